@@ -1,1 +1,23 @@
-//! placeholder
+//! sync-proxy fans one or more beacon nodes' Engine API calls out to several execution
+//! clients.
+//!
+//! A request flows listener → downstream → policy → upstreams → answer. `event_loop` owns the
+//! only `mio::Poll` and moves bytes; `downstream` is one beacon node connection (pipelined
+//! requests answered in order); `http` reads and writes HTTP/1.1 without sockets; `rpc` finds
+//! method, id, timestamps and status in raw JSON without building a tree; `policy` decides who
+//! gets a call, which answer wins and which beacon node is followed; `exchange` is one request's
+//! life across the execution clients; `upstream` is one execution client with its ordered,
+//! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
+//! a `Config`; `logging` writes text or JSON log lines.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod downstream;
+pub mod event_loop;
+pub mod exchange;
+pub mod http;
+pub mod jwt;
+pub mod logging;
+pub mod policy;
+pub mod rpc;
+pub mod upstream;

@@ -1,0 +1,796 @@
+//! The only owner of `mio::Poll`: accepts beacon node connections, connects to execution
+//! clients, dispatches readiness to the connection state machines, turns requests into
+//! exchanges and answers, and fires deadlines. The poll timeout is the earliest deadline;
+//! closed connections are reaped after each event batch so a reused slot never receives its
+//! predecessor's events.
+//!
+//! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
+//! `policy` and `jwt`.
+
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::Config;
+use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
+use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
+use crate::http::{self, HttpError, Limits, Request, RequestEvent};
+use crate::jwt::{self, TokenCache};
+use crate::policy::{self, BestBeacon, Choice, Class, Standing};
+use crate::rpc;
+use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
+
+const LISTENER: Token = Token(0);
+/// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
+const UP_BASE: usize = 16;
+/// Downstream connection tokens: `DOWN_BASE + slot`.
+const DOWN_BASE: usize = 1 << 24;
+/// Reads per connection per wakeup before others get their turn.
+const READS_PER_WAKEUP: usize = 16;
+/// After running out of file descriptors, accepting pauses this long instead of spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const SCRATCH: usize = 64 * 1024;
+
+/// Something the event loop can stop: set from a signal handler's token in `main`.
+pub trait Stopper {
+    fn stop_requested(&self) -> bool;
+}
+
+pub struct Proxy {
+    poll: Poll,
+    listener: TcpListener,
+    cfg: Config,
+    downs: Vec<Option<Downstream>>,
+    free_downs: Vec<usize>,
+    live_downs: usize,
+    next_serial: u64,
+    ups: Vec<Upstream>,
+    /// How many of `ups` are `--builders` (the rest are `--proxies` peers).
+    builders: usize,
+    exchanges: Exchanges,
+    best: BestBeacon,
+    scratch: Vec<u8>,
+    /// Downstream slots with more to read after their per-wakeup share.
+    again: Vec<usize>,
+    accepting: bool,
+    accept_paused_until: Option<Instant>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Proxy {
+    /// Binds the listener; nothing is accepted until `run`.
+    pub fn bind(cfg: Config) -> io::Result<Proxy> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(cfg.listen)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut ups = Vec::new();
+        for (i, endpoint) in cfg.builders.iter().enumerate() {
+            let token = cfg
+                .builder_jwt_secrets
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
+            ups.push(Upstream::new(endpoint.clone(), false, token, cfg.backlog_requests, cfg.backlog_bytes));
+        }
+        for endpoint in &cfg.proxies {
+            ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
+        }
+        Ok(Proxy {
+            poll,
+            listener,
+            builders: cfg.builders.len(),
+            best: BestBeacon::new(cfg.beacon_expiry),
+            cfg,
+            downs: Vec::new(),
+            free_downs: Vec::new(),
+            live_downs: 0,
+            next_serial: 0,
+            ups,
+            exchanges: Exchanges::default(),
+            scratch: vec![0; SCRATCH],
+            again: Vec::new(),
+            accepting: true,
+            accept_paused_until: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stopper` asks to stop, then delivers what is queued for up to
+    /// `drain` and returns.
+    pub fn run(&mut self, stopper: &dyn Stopper, drain: Duration) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if stop_deadline.is_none() && stopper.stop_requested() {
+                log::info!("stopping: no new connections; delivering what is queued (up to {drain:?})");
+                let _ = self.poll.registry().deregister(&mut self.listener);
+                self.accepting = false;
+                stop_deadline = Some(now + drain);
+            }
+            if let Some(deadline) = stop_deadline {
+                let queued: usize = self.ups.iter().map(Upstream::queued).sum();
+                let owed = self.downs.iter().flatten().any(Downstream::owes_answers);
+                if (queued == 0 && !owed) || now >= deadline {
+                    if queued > 0 {
+                        log::warn!("stopping with {queued} calls undelivered");
+                    }
+                    return Ok(());
+                }
+            }
+            let timeout = if self.again.is_empty() {
+                let next = self.next_deadline();
+                let wait = next.map(|d| d.saturating_duration_since(now));
+                // A stop request is checked at least every 100 ms.
+                Some(wait.map_or(Duration::from_millis(100), |w| w.min(Duration::from_millis(100))))
+            } else {
+                Some(Duration::ZERO)
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                self.on_event(event.token(), event.is_readable(), event.is_writable(), now);
+            }
+            for slot in std::mem::take(&mut self.again) {
+                self.down_readable(slot, now);
+            }
+            self.on_timeouts(Instant::now());
+            self.pump_all(Instant::now());
+            self.reap();
+        }
+    }
+
+    fn on_event(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
+        match token.0 {
+            0 => self.accept(now),
+            t if t >= DOWN_BASE => {
+                let slot = t - DOWN_BASE;
+                if writable {
+                    self.down_flush(slot, now);
+                }
+                if readable {
+                    self.down_readable(slot, now);
+                }
+            }
+            t if t >= UP_BASE => {
+                let up = (t - UP_BASE) / MAX_CONNS;
+                let slot = (t - UP_BASE) % MAX_CONNS;
+                if up < self.ups.len() {
+                    self.up_event(up, slot, readable, writable, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- beacon node side
+
+    fn accept(&mut self, now: Instant) {
+        while self.accepting && self.accept_paused_until.is_none() {
+            if self.live_downs >= self.cfg.max_connections {
+                log::warn!("{} connections open: not accepting until some close", self.live_downs);
+                self.accepting = false;
+                return;
+            }
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.free_downs.pop().unwrap_or_else(|| {
+                        self.downs.push(None);
+                        self.downs.len() - 1
+                    });
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(DOWN_BASE + slot),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("cannot register a connection from {peer}: {e}");
+                        self.free_downs.push(slot);
+                        continue;
+                    }
+                    let limits = Limits { max_head: 64 * 1024, max_body: self.cfg.max_body_bytes };
+                    self.next_serial += 1;
+                    self.downs[slot] = Some(Downstream::new(stream, self.next_serial, peer, limits, now));
+                    self.live_downs += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors (EMFILE/ENFILE) or similar: the pending connection
+                    // stays queued, and retrying at once would spin, so wait a moment.
+                    log::warn!("accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn down_readable(&mut self, slot: usize, now: Instant) {
+        for _ in 0..READS_PER_WAKEUP {
+            let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+            if down.dead || down.no_more_requests || down.backpressured() {
+                return;
+            }
+            let n = match down.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    // The peer is done sending. Answers it is owed are still written (a
+                    // half-closed client may still read); a half-read request is dropped.
+                    down.no_more_requests = true;
+                    if !down.owes_answers() {
+                        down.dead = true;
+                    }
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    down.dead = true;
+                    return;
+                }
+            };
+            let mut pos = 0;
+            while pos < n {
+                let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+                if down.no_more_requests {
+                    break;
+                }
+                let step = down.reader.advance(&self.scratch[pos..n]);
+                pos += step.consumed;
+                match step.event {
+                    Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
+                    Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
+                    Some(Err(e)) => self.on_bad_request(slot, e),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
+                down.after_read(now);
+            }
+            self.down_flush(slot, now);
+        }
+        // More may be waiting; come back after the others had their turn.
+        self.again.push(slot);
+    }
+
+    fn on_bad_request(&mut self, slot: usize, error: HttpError) {
+        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        log::debug!("bad request from {}: {error}", down.peer);
+        let body = policy::error_body(None, -32600, &error.to_string());
+        down.push(Slot::Ready(Outgoing::json(error.status(), body, false, 1)));
+        down.no_more_requests = true;
+    }
+
+    fn on_request(&mut self, slot: usize, req: Request, now: Instant) {
+        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let keep_alive = req.head.keep_alive;
+        let minor = req.head.minor;
+        if !keep_alive {
+            down.no_more_requests = true;
+        }
+        let answer =
+            |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
+        match req.head.method.as_str() {
+            "POST" => {}
+            "GET" | "HEAD" => {
+                // A health probe, as the Go proxy answers any GET.
+                down.push(Slot::Ready(Outgoing::answer(200, None, Vec::new(), keep_alive, minor)));
+                return;
+            }
+            _ => {
+                let body = policy::error_body(None, -32600, "only POST carries JSON-RPC");
+                down.push(answer(405, body));
+                return;
+            }
+        }
+        if let Some(secret) = self.cfg.jwt_secret.as_ref() {
+            let verdict = match req.head.header("authorization").and_then(jwt::bearer_token) {
+                None => Err("missing bearer token".to_string()),
+                Some(token) => {
+                    jwt::verify(secret, token, unix_now(), jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string())
+                }
+            };
+            if let Err(why) = verdict {
+                log::warn!("rejected a request from {}: {why}", down.peer);
+                down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
+                return;
+            }
+        }
+        let scan = match rpc::scan_request(&req.body) {
+            Ok(scan) => scan,
+            Err(e) => {
+                log::debug!("invalid JSON from {}: {e}", down.peer);
+                down.push(answer(400, policy::error_body(None, -32700, &format!("parse error: {e}"))));
+                return;
+            }
+        };
+        let class = if scan.shape == rpc::Shape::Object {
+            Class::of(scan.method.as_deref())
+        } else {
+            Class::NonEngine
+        };
+        let id = scan.id.as_ref().and_then(|r| req.body.get(r.clone())).map(<[u8]>::to_vec);
+        let client = down.peer.ip().to_string();
+        let beacon = req
+            .head
+            .header("x-forwarded-for")
+            .and_then(http::first_forwarded_for)
+            .map_or_else(|| client.clone(), str::to_string);
+        let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
+        if let Some(switch) = verdict.switched {
+            match switch.from {
+                None => log::info!("following beacon node {}", switch.to),
+                Some(from) => log::info!(
+                    "switching beacon node {from} -> {} (timestamp {})",
+                    switch.to,
+                    switch.timestamp
+                ),
+            }
+        }
+        if !verdict.forward {
+            log::debug!("filtered {} from {beacon}: not the best beacon node", class.label());
+            let body = policy::result_body(id.as_deref(), policy::SYNCING_FCU_RESULT);
+            down.push(answer(200, body));
+            return;
+        }
+        let timeout = policy::timeout_for(scan.method.as_deref(), class, self.cfg.request_timeout);
+        let serial = down.serial;
+        let mirror = self.cfg.mirror_mode;
+        if mirror {
+            down.push(answer(200, policy::mirror_ack(class, id.as_deref())));
+        }
+        log::debug!(
+            "{} id {} from {beacon}",
+            scan.method.as_deref().unwrap_or("-"),
+            String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
+        );
+        let inbound = Rc::new(Inbound {
+            head: req.head,
+            body: req.body,
+            client,
+            method: scan.method,
+            class,
+            id,
+            timeout,
+            received: now,
+        });
+        let reply = (!mirror).then_some(Reply { slot, serial });
+        let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
+        if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
+            down.push(Slot::Waiting(r));
+        }
+        if class.is_fanned_out() {
+            for target in 0..self.builders {
+                self.send(target, r, target, &inbound, now);
+            }
+            let peer_timeout = self.cfg.proxy_request_timeout;
+            for up in self.builders..self.ups.len() {
+                let job = Job {
+                    inbound: inbound.clone(),
+                    exchange: None,
+                    target: 0,
+                    ordered: class.is_ordered(),
+                    timeout: peer_timeout,
+                    retried: false,
+                };
+                self.enqueue(up, job, now);
+            }
+        } else {
+            self.send(0, r, 0, &inbound, now);
+        }
+        self.decide(r, now);
+    }
+
+    /// Queues a job for builder `up` on behalf of exchange `r`.
+    fn send(&mut self, up: usize, r: ExchangeRef, target: usize, inbound: &Rc<Inbound>, now: Instant) {
+        if let Some(e) = self.exchanges.get_mut(r) {
+            e.live_jobs += 1;
+        }
+        let job = Job {
+            inbound: inbound.clone(),
+            exchange: Some(r),
+            target,
+            ordered: inbound.class.is_ordered(),
+            timeout: inbound.timeout,
+            retried: false,
+        };
+        // A client known to be down cannot answer this in time; its ordered calls still wait
+        // in its backlog, but the beacon node is answered by the next client at once.
+        if self.ups[up].is_down() && job.ordered {
+            self.standing(r, target, Standing::Failed, now);
+        }
+        self.enqueue(up, job, now);
+    }
+
+    fn enqueue(&mut self, up: usize, job: Job, now: Instant) {
+        let dropped = self.ups[up].enqueue(job);
+        for old in dropped {
+            log::warn!(
+                "{}: backlog full ({} calls, {} bytes): dropped the oldest {}",
+                self.ups[up].name(),
+                self.ups[up].backlog_len(),
+                self.ups[up].backlog_bytes(),
+                old.inbound.method.as_deref().unwrap_or("call")
+            );
+            self.job_failed(up, old, Failure::Dropped, now);
+        }
+        self.pump(up, now);
+    }
+
+    fn down_flush(&mut self, slot: usize, now: Instant) {
+        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let was_backpressured = down.backpressured();
+        match down.flush(now) {
+            Ok(Flushed::Drained) => {
+                if was_backpressured && !down.backpressured() {
+                    // Reading stopped at the pipeline limit; bytes may be waiting already,
+                    // and an edge-triggered poll will not say so again.
+                    self.again.push(slot);
+                }
+            }
+            Ok(Flushed::Blocked) => {}
+            Err(_) => down.dead = true,
+        }
+    }
+
+    // ---------------------------------------------------------------- deciding answers
+
+    fn standing(&mut self, r: ExchangeRef, target: usize, standing: Standing, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if let Some(s) = e.standings.get_mut(target) {
+            if *s == Standing::Pending {
+                *s = standing;
+            }
+        }
+        if standing == Standing::Failed && e.sequential && !e.decided {
+            // Non-engine calls fall back to the next client in list order.
+            let next = target + 1;
+            if next < self.builders {
+                let inbound = e.inbound.clone();
+                self.send(next, r, next, &inbound, now);
+            }
+        }
+        self.decide(r, now);
+    }
+
+    /// Answers the beacon node as soon as the answer is decided.
+    fn decide(&mut self, r: ExchangeRef, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if !e.decided {
+            let Some(choice) = policy::choose(e.combine, &e.standings) else { return };
+            e.decided = true;
+            let reply = e.reply.take();
+            let id = e.inbound.id.clone();
+            let keep_alive = e.inbound.head.keep_alive;
+            let minor = e.inbound.head.minor;
+            let answer = match choice {
+                Choice::Relay(i) => e.answers.get_mut(i).and_then(Option::take).map(|resp| {
+                    let ct = resp.head.header("content-type").map(<[u8]>::to_vec);
+                    Outgoing::answer(resp.head.status, ct.as_deref(), resp.body, keep_alive, minor)
+                }),
+                Choice::Combine(ref who) => {
+                    let results: Vec<&[u8]> = who
+                        .iter()
+                        .filter_map(|&i| e.answers.get(i).and_then(Option::as_ref))
+                        .filter_map(|resp| {
+                            rpc::scan_response(&resp.body).ok()?.result.and_then(|range| resp.body.get(range))
+                        })
+                        .collect();
+                    policy::combine_results(e.combine, id.as_deref(), &results)
+                        .map(|body| Outgoing::json(200, body, keep_alive, minor))
+                }
+                Choice::NoAnswer => None,
+            };
+            let answer = answer.unwrap_or_else(|| {
+                let body = policy::error_body(id.as_deref(), -32603, "no execution client answered");
+                Outgoing::json(502, body, keep_alive, minor)
+            });
+            for a in e.answers.iter_mut() {
+                *a = None;
+            }
+            if answer.head.starts_with(b"HTTP/1.1 502") || answer.head.starts_with(b"HTTP/1.0 502") {
+                log::warn!(
+                    "{} id {}: no execution client answered",
+                    e.inbound.method.as_deref().unwrap_or("call"),
+                    String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
+                );
+            }
+            if let Some(reply) = reply {
+                self.deliver(reply, r, answer, now);
+            }
+        }
+        if self.exchanges.get(r).is_some_and(Exchange::finished) {
+            self.exchanges.remove(r);
+        }
+    }
+
+    fn deliver(&mut self, reply: Reply, r: ExchangeRef, answer: Outgoing, now: Instant) {
+        let Some(down) = self.downs.get_mut(reply.slot).and_then(Option::as_mut) else { return };
+        if down.serial != reply.serial || down.dead {
+            return;
+        }
+        if down.fill(r, answer) {
+            self.down_flush(reply.slot, now);
+        }
+    }
+
+    // ---------------------------------------------------------------- execution client side
+
+    fn up_token(up: usize, slot: usize) -> Token {
+        Token(UP_BASE + up * MAX_CONNS + slot)
+    }
+
+    fn pump_all(&mut self, now: Instant) {
+        for up in 0..self.ups.len() {
+            self.pump(up, now);
+        }
+    }
+
+    /// Hands queued jobs to connections and registers new connections.
+    fn pump(&mut self, up: usize, now: Instant) {
+        let dispatch = self.ups[up].dispatch(now, unix_now());
+        let name = self.ups[up].endpoint.name.clone();
+        for slot in dispatch.opened {
+            let token = Self::up_token(up, slot);
+            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
+                let interest = Interest::READABLE | Interest::WRITABLE;
+                if let Err(e) = self.poll.registry().register(&mut conn.stream, token, interest) {
+                    log::warn!("{name}: cannot register a connection: {e}");
+                    conn.dead = true;
+                }
+            }
+        }
+        // Jobs handed to idle kept-alive connections are written at once.
+        let mut outcomes = Vec::new();
+        for conn in self.ups[up].conns.iter_mut().flatten() {
+            if conn.state == ConnState::Busy
+                && conn.job.is_some()
+                && !conn.request_sent()
+                && conn.write().is_err()
+            {
+                outcomes.push(conn.fail(Failure::Reset));
+            }
+        }
+        for (job, failure) in dispatch.failed {
+            self.job_failed(up, job, failure, now);
+        }
+        for outcome in outcomes {
+            self.on_outcome(up, outcome, now);
+        }
+    }
+
+    fn up_event(&mut self, up: usize, slot: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        if conn.dead {
+            return;
+        }
+        if conn.state == ConnState::Connecting {
+            if !writable && !readable {
+                return;
+            }
+            // A non-blocking connect ends with WRITABLE; the error (if any) is in SO_ERROR,
+            // and a peer address confirms the connection really is established.
+            let failed = match conn.stream.take_error() {
+                Ok(Some(_)) | Err(_) => true,
+                Ok(None) => match conn.stream.peer_addr() {
+                    Ok(_) => false,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(_) => true,
+                },
+            };
+            if failed {
+                self.connect_failed(up, slot, now);
+                return;
+            }
+            self.ups[up].connected(slot, now);
+            if self.ups[up].mark_up() {
+                log::info!("{} is up", self.ups[up].name());
+            }
+        }
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        if conn.job.is_some() && !conn.request_sent() && conn.write().is_err() {
+            let outcome = conn.fail(Failure::Reset);
+            self.on_outcome(up, outcome, now);
+            return;
+        }
+        if readable || conn.dead {
+            let outcome = conn.read(&mut self.scratch, now);
+            self.on_outcome(up, outcome, now);
+        }
+    }
+
+    fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
+        let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
+        if self.ups[up].mark_down(now) {
+            log::warn!(
+                "{} is down: connection refused; calls that must stay in order wait in its backlog",
+                self.ups[up].name()
+            );
+        }
+        if let Some(job) = job {
+            if job.ordered {
+                // Not delivered: it goes back to the front of the backlog for the retry.
+                if let Some(r) = job.exchange {
+                    self.standing(r, job.target, Standing::Failed, now);
+                }
+                self.ups[up].requeue_front(job);
+            } else {
+                self.job_failed(up, job, Failure::Refused, now);
+            }
+        }
+        self.pump(up, now);
+    }
+
+    fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Pending => {}
+            Outcome::Answered(job, resp) => {
+                self.ups[up].job_ended(&job);
+                self.job_answered(up, job, resp, now);
+                self.pump(up, now);
+            }
+            Outcome::Failed(job, failure) => {
+                self.ups[up].job_ended(&job);
+                self.job_failed(up, job, failure, now);
+                self.pump(up, now);
+            }
+            Outcome::Retry(job) => {
+                log::debug!(
+                    "{}: kept-alive connection closed under a call; retrying it once",
+                    self.ups[up].name()
+                );
+                self.ups[up].requeue_front(job);
+                self.pump(up, now);
+            }
+        }
+    }
+
+    fn job_answered(&mut self, up: usize, job: Job, resp: http::Response, now: Instant) {
+        let Some(r) = job.exchange else { return };
+        let name = self.ups[up].name().to_string();
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.live_jobs = e.live_jobs.saturating_sub(1);
+        let status = if job.inbound.class.is_ordered() {
+            rpc::scan_response(&resp.body).ok().and_then(|s| s.status)
+        } else {
+            None
+        };
+        let mine = status.clone();
+        if let Some((other, theirs)) = e.record_status(job.target, status) {
+            let other_name = self.ups.get(other).map_or("?", |u| u.name());
+            log::warn!(
+                "execution clients disagree on {} id {}: {} says {}, {} says {}",
+                job.inbound.method.as_deref().unwrap_or("call"),
+                String::from_utf8_lossy(job.inbound.id.as_deref().unwrap_or(b"null")),
+                other_name,
+                theirs,
+                name,
+                mine.unwrap_or_default()
+            );
+        }
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if !e.decided {
+            if let Some(slot) = e.answers.get_mut(job.target) {
+                *slot = Some(resp);
+            }
+        }
+        self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    fn job_failed(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
+        log::debug!(
+            "{}: {} failed: {}",
+            self.ups[up].name(),
+            job.inbound.method.as_deref().unwrap_or("call"),
+            failure.label()
+        );
+        let Some(r) = job.exchange else { return };
+        if let Some(e) = self.exchanges.get_mut(r) {
+            e.live_jobs = e.live_jobs.saturating_sub(1);
+        }
+        self.standing(r, job.target, Standing::Failed, now);
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let downs = self
+            .downs
+            .iter()
+            .flatten()
+            .filter_map(|d| d.deadline(self.cfg.read_timeout, self.cfg.idle_timeout));
+        let ups = self.ups.iter().filter_map(Upstream::next_deadline);
+        downs.chain(ups).chain(self.exchanges.next_deadline()).chain(self.accept_paused_until).min()
+    }
+
+    fn on_timeouts(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.accept(now);
+        }
+        let (read_timeout, idle_timeout) = (self.cfg.read_timeout, self.cfg.idle_timeout);
+        for down in self.downs.iter_mut().flatten() {
+            if down.deadline(read_timeout, idle_timeout).is_some_and(|d| d <= now) {
+                log::debug!("closing connection from {}: timed out", down.peer);
+                down.dead = true;
+            }
+        }
+        for r in self.exchanges.refs() {
+            let Some(e) = self.exchanges.get_mut(r) else { continue };
+            if e.decided || e.deadline > now {
+                continue;
+            }
+            for s in e.standings.iter_mut() {
+                if *s == Standing::Pending {
+                    *s = Standing::Failed;
+                }
+            }
+            self.decide(r, now);
+        }
+        for up in 0..self.ups.len() {
+            for slot in 0..MAX_CONNS {
+                let Some(conn) = self.ups[up].conns[slot].as_mut() else { continue };
+                if conn.dead || conn.deadline > now {
+                    continue;
+                }
+                if conn.state == ConnState::Connecting {
+                    self.connect_failed(up, slot, now);
+                } else {
+                    let outcome = conn.on_timeout();
+                    self.on_outcome(up, outcome, now);
+                }
+            }
+        }
+    }
+
+    /// Drops dead connections after the event batch, and resumes accepting below 90 % of the cap.
+    fn reap(&mut self) {
+        for slot in 0..self.downs.len() {
+            if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
+                continue;
+            }
+            if let Some(mut down) = self.downs[slot].take() {
+                for r in down.waiting().collect::<Vec<_>>() {
+                    if let Some(e) = self.exchanges.get_mut(r) {
+                        e.reply = None;
+                    }
+                }
+                let _ = self.poll.registry().deregister(&mut down.stream);
+                self.free_downs.push(slot);
+                self.live_downs -= 1;
+            }
+        }
+        for up in self.ups.iter_mut() {
+            for conn in up.conns.iter_mut() {
+                if conn.as_ref().is_some_and(|c| c.dead && c.job.is_none()) {
+                    if let Some(mut c) = conn.take() {
+                        let _ = self.poll.registry().deregister(&mut c.stream);
+                    }
+                }
+            }
+        }
+        if !self.accepting
+            && self.accept_paused_until.is_none()
+            && self.live_downs * 10 < self.cfg.max_connections * 9
+        {
+            self.accepting = true;
+            self.accept(Instant::now());
+        }
+    }
+}

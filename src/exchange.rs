@@ -1,0 +1,225 @@
+//! One request's life after it was read whole: the shared body, which execution clients owe
+//! an answer, which answer the beacon node gets, and what the clients said (for comparing).
+//!
+//! Exchanges live in a slab addressed by `ExchangeRef` (index + generation), so a job or a
+//! connection holding a stale reference finds nothing instead of a stranger's exchange.
+//! This file knows no sockets.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::http::{RequestHead, Response};
+use crate::policy::{Class, Combine, Standing};
+
+/// A request read whole from a beacon node, shared (never copied) by every upstream write.
+#[derive(Debug)]
+pub struct Inbound {
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+    /// The beacon node's address, appended to `X-Forwarded-For`.
+    pub client: String,
+    pub method: Option<String>,
+    pub class: Class,
+    /// The raw JSON text of the request's id.
+    pub id: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub received: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeRef {
+    index: u32,
+    generation: u32,
+}
+
+/// Where the beacon node's answer goes: a connection slot and the connection's serial number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub slot: usize,
+    pub serial: u64,
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub inbound: Rc<Inbound>,
+    /// None once answered, in mirror mode, or when the beacon node left.
+    pub reply: Option<Reply>,
+    pub combine: Combine,
+    /// Non-engine calls try one execution client at a time, in list order.
+    pub sequential: bool,
+    /// Per execution client (builders only), in `--builders` order.
+    pub standings: Vec<Standing>,
+    pub answers: Vec<Option<Response>>,
+    pub statuses: Vec<Option<String>>,
+    pub decided: bool,
+    pub deadline: Instant,
+    /// Jobs still queued or in flight for this exchange; it is freed when none remain.
+    pub live_jobs: usize,
+    /// Whether a status disagreement was already reported.
+    pub warned: bool,
+}
+
+impl Exchange {
+    pub fn new(inbound: Rc<Inbound>, reply: Option<Reply>, clients: usize, now: Instant) -> Self {
+        let class = inbound.class;
+        let deadline = now + inbound.timeout;
+        Exchange {
+            inbound,
+            reply,
+            combine: Combine::for_class(class),
+            sequential: !class.is_fanned_out(),
+            standings: vec![Standing::Pending; clients],
+            answers: (0..clients).map(|_| None).collect(),
+            statuses: vec![None; clients],
+            decided: false,
+            deadline,
+            live_jobs: 0,
+            warned: false,
+        }
+    }
+
+    /// Whether nothing more can happen to this exchange.
+    pub fn finished(&self) -> bool {
+        self.decided && self.live_jobs == 0
+    }
+
+    /// Records a client's status and returns the first disagreement with an earlier one, as
+    /// (earlier client, its status), once per exchange.
+    pub fn record_status(&mut self, client: usize, status: Option<String>) -> Option<(usize, String)> {
+        let status = status?;
+        let earlier = self
+            .statuses
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.as_ref().filter(|s| **s != status).map(|s| (i, s.clone())));
+        if let Some(slot) = self.statuses.get_mut(client) {
+            *slot = Some(status);
+        }
+        if self.warned {
+            return None;
+        }
+        self.warned = earlier.is_some();
+        earlier
+    }
+}
+
+/// A slab of exchanges with generation-checked references.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    slots: Vec<(u32, Option<Exchange>)>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl Exchanges {
+    pub fn insert(&mut self, exchange: Exchange) -> ExchangeRef {
+        self.live += 1;
+        if let Some(index) = self.free.pop() {
+            let slot = &mut self.slots[index as usize];
+            slot.0 = slot.0.wrapping_add(1);
+            slot.1 = Some(exchange);
+            return ExchangeRef { index, generation: slot.0 };
+        }
+        self.slots.push((0, Some(exchange)));
+        ExchangeRef { index: (self.slots.len() - 1) as u32, generation: 0 }
+    }
+
+    pub fn get(&self, r: ExchangeRef) -> Option<&Exchange> {
+        match self.slots.get(r.index as usize) {
+            Some((generation, Some(e))) if *generation == r.generation => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, r: ExchangeRef) -> Option<&mut Exchange> {
+        match self.slots.get_mut(r.index as usize) {
+            Some((generation, Some(e))) if *generation == r.generation => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, r: ExchangeRef) -> Option<Exchange> {
+        match self.slots.get_mut(r.index as usize) {
+            Some((generation, slot @ Some(_))) if *generation == r.generation => {
+                self.free.push(r.index);
+                self.live -= 1;
+                slot.take()
+            }
+            _ => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// References to every live exchange.
+    pub fn refs(&self) -> Vec<ExchangeRef> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, e))| e.is_some())
+            .map(|(i, (generation, _))| ExchangeRef { index: i as u32, generation: *generation })
+            .collect()
+    }
+
+    /// The earliest deadline of an exchange still waiting for a decision.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(|e| e.deadline).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::RequestHead;
+
+    fn exchange(clients: usize) -> Exchange {
+        let head = RequestHead {
+            method: "POST".into(),
+            path: "/".into(),
+            minor: 1,
+            headers: Vec::new(),
+            keep_alive: true,
+            expect_continue: false,
+        };
+        let now = Instant::now();
+        let inbound = Inbound {
+            head,
+            body: Vec::new(),
+            client: "127.0.0.1".into(),
+            method: Some("engine_newPayloadV3".into()),
+            class: Class::NewPayload,
+            id: None,
+            timeout: Duration::from_secs(8),
+            received: now,
+        };
+        Exchange::new(Rc::new(inbound), None, clients, now)
+    }
+
+    #[test]
+    fn stale_references_find_nothing() {
+        let mut slab = Exchanges::default();
+        let a = slab.insert(exchange(1));
+        assert!(slab.remove(a).is_some());
+        let b = slab.insert(exchange(1));
+        assert!(slab.get(a).is_none(), "a reused slot must not answer to the old reference");
+        assert!(slab.get(b).is_some());
+        assert_eq!(slab.len(), 1);
+    }
+
+    #[test]
+    fn disagreement_is_reported_once() {
+        let mut e = exchange(3);
+        assert_eq!(e.record_status(0, Some("VALID".into())), None);
+        assert_eq!(e.record_status(1, Some("SYNCING".into())), Some((0, "VALID".into())));
+        assert_eq!(e.record_status(2, Some("INVALID".into())), None);
+        let mut e = exchange(2);
+        assert_eq!(e.record_status(1, Some("VALID".into())), None);
+        assert_eq!(e.record_status(0, Some("VALID".into())), None);
+    }
+}

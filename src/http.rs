@@ -1,0 +1,1030 @@
+//! Sans-IO HTTP/1.1: an incremental request reader (beacon node → proxy), an incremental
+//! response reader (execution client → proxy) and the head writers for both directions.
+//!
+//! Heads are parsed with `httparse` once the blank line that ends them has arrived, so a
+//! trickled head is searched incrementally and never re-parsed from the start. Bodies are
+//! framed by `Content-Length`, `chunked` or (answers only) the end of the connection. Every
+//! buffer has a cap and every cap has an answer (431, 413, 400).
+//!
+//! This module knows no sockets, no JSON and no JWT: it turns bytes into heads and bodies and
+//! heads back into bytes.
+
+use std::fmt;
+
+/// How many header lines a head may carry; more is answered with 431.
+pub const MAX_HEADERS: usize = 64;
+/// Longest chunk-size line (size, extensions) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Most bytes of trailer fields accepted after the last chunk.
+const MAX_TRAILERS: usize = 8 * 1024;
+/// A body is first given at most this much capacity, whatever its Content-Length claims, so a
+/// lying client cannot make the proxy reserve memory it never fills.
+const INITIAL_BODY_CAPACITY: usize = 1 << 20;
+
+/// The caps that bound one message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_head: 64 * 1024, max_body: 128 << 20 }
+    }
+}
+
+/// Why a message could not be read; each maps to the status code the peer is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The head is longer than `max_head` or has more than `MAX_HEADERS` fields.
+    HeadTooLarge,
+    /// The body is longer than `max_body`.
+    BodyTooLarge,
+    /// A transfer coding other than `chunked`.
+    UnsupportedEncoding,
+    /// Anything else that is not HTTP/1.x: the text says what.
+    Malformed(&'static str),
+}
+
+impl HttpError {
+    /// The status code that answers this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+            HttpError::UnsupportedEncoding => 501,
+            HttpError::Malformed(_) => 400,
+        }
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpError::HeadTooLarge => f.write_str("request head too large"),
+            HttpError::BodyTooLarge => f.write_str("body too large"),
+            HttpError::UnsupportedEncoding => f.write_str("unsupported transfer encoding"),
+            HttpError::Malformed(what) => write!(f, "malformed HTTP: {what}"),
+        }
+    }
+}
+
+/// One header field as it arrived; the value is kept as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// The parsed head of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub headers: Vec<Header>,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+impl RequestHead {
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// A request read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+}
+
+/// What the request reader has to say after a call to `advance`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestEvent {
+    /// The head asked for `100 Continue` and its body is within limits.
+    Continue,
+    /// A whole request.
+    Request(Request),
+}
+
+/// The outcome of feeding bytes to a reader: how many were used, and what happened.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step<E> {
+    pub consumed: usize,
+    pub event: Option<Result<E, HttpError>>,
+}
+
+impl<E> Step<E> {
+    fn more(consumed: usize) -> Self {
+        Step { consumed, event: None }
+    }
+    fn done(consumed: usize, event: E) -> Self {
+        Step { consumed, event: Some(Ok(event)) }
+    }
+    fn fail(consumed: usize, error: HttpError) -> Self {
+        Step { consumed, event: Some(Err(error)) }
+    }
+}
+
+/// Incremental reader of pipelined requests from one connection.
+///
+/// Feed it the bytes read from the socket with `advance`; it consumes what belongs to the
+/// current request and reports each request once it is whole. After an error the connection
+/// must be answered and closed: the reader's state is no longer meaningful.
+#[derive(Debug)]
+pub struct RequestReader {
+    limits: Limits,
+    head: HeadBuffer,
+    body: Option<(RequestHead, BodyReader)>,
+}
+
+impl RequestReader {
+    pub fn new(limits: Limits) -> Self {
+        RequestReader { limits, head: HeadBuffer::default(), body: None }
+    }
+
+    /// Whether some bytes of a request have arrived but not the whole request.
+    pub fn in_progress(&self) -> bool {
+        self.body.is_some() || !self.head.buf.is_empty()
+    }
+
+    /// Consumes bytes from `input`; call again with the rest while `consumed > 0` and no event.
+    pub fn advance(&mut self, input: &[u8]) -> Step<RequestEvent> {
+        if let Some((_, body)) = self.body.as_mut() {
+            return match body.advance(input) {
+                (n, BodyProgress::More) => Step::more(n),
+                (n, BodyProgress::Done) => match self.body.take() {
+                    Some((head, body)) => {
+                        Step::done(n, RequestEvent::Request(Request { head, body: body.into_body() }))
+                    }
+                    None => Step::more(n),
+                },
+                (n, BodyProgress::Error(e)) => Step::fail(n, e),
+            };
+        }
+        let (consumed, complete) = match self.head.push(input, self.limits.max_head) {
+            Ok(found) => found,
+            Err(e) => return Step::fail(input.len(), e),
+        };
+        if !complete {
+            return Step::more(consumed);
+        }
+        let head_bytes = std::mem::take(&mut self.head.buf);
+        self.head = HeadBuffer::default();
+        match parse_request_head(&head_bytes, &self.limits) {
+            Err(e) => Step::fail(consumed, e),
+            Ok((head, framing)) => {
+                let body = BodyReader::new(framing, self.limits.max_body);
+                if body.is_done() {
+                    return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
+                }
+                let expect = head.expect_continue;
+                self.body = Some((head, body));
+                if expect {
+                    Step::done(consumed, RequestEvent::Continue)
+                } else {
+                    Step::more(consumed)
+                }
+            }
+        }
+    }
+}
+
+/// The parsed head of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub minor: u8,
+    pub headers: Vec<Header>,
+    pub keep_alive: bool,
+}
+
+impl ResponseHead {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// An answer read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub head: ResponseHead,
+    pub body: Vec<u8>,
+}
+
+/// Incremental reader of one answer from an execution client. Interim (1xx) answers are
+/// skipped. A close-delimited body is finished by `finish`, called when the peer closes.
+#[derive(Debug)]
+pub struct ResponseReader {
+    limits: Limits,
+    head: HeadBuffer,
+    body: Option<(ResponseHead, BodyReader)>,
+    /// Whether any byte of an answer has arrived (a retry is only safe when none has).
+    started: bool,
+}
+
+impl ResponseReader {
+    pub fn new(limits: Limits) -> Self {
+        ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false }
+    }
+
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Consumes bytes from `input`; call again with the rest while `consumed > 0` and no event.
+    pub fn advance(&mut self, input: &[u8]) -> Step<Response> {
+        if !input.is_empty() {
+            self.started = true;
+        }
+        if let Some((_, body)) = self.body.as_mut() {
+            return match body.advance(input) {
+                (n, BodyProgress::More) => Step::more(n),
+                (n, BodyProgress::Done) => self.complete(n),
+                (n, BodyProgress::Error(e)) => Step::fail(n, e),
+            };
+        }
+        let (consumed, complete) = match self.head.push(input, self.limits.max_head) {
+            Ok(found) => found,
+            Err(e) => return Step::fail(input.len(), e),
+        };
+        if !complete {
+            return Step::more(consumed);
+        }
+        let head_bytes = std::mem::take(&mut self.head.buf);
+        self.head = HeadBuffer::default();
+        match parse_response_head(&head_bytes) {
+            Err(e) => Step::fail(consumed, e),
+            // An interim answer (100 Continue) is followed by the real one.
+            Ok((head, _)) if (100..200).contains(&head.status) => Step::more(consumed),
+            Ok((head, framing)) => {
+                let body = BodyReader::new(framing, self.limits.max_body);
+                self.body = Some((head, body));
+                if self.body.as_ref().is_some_and(|(_, b)| b.is_done()) {
+                    self.complete(consumed)
+                } else {
+                    Step::more(consumed)
+                }
+            }
+        }
+    }
+
+    /// The peer closed the connection: a close-delimited answer is now whole; anything else
+    /// is an answer cut short.
+    pub fn finish(&mut self) -> Result<Response, HttpError> {
+        match self.body.take() {
+            Some((head, BodyReader::UntilClose { body, .. })) => Ok(Response { head, body }),
+            _ => Err(HttpError::Malformed("connection closed before the answer was complete")),
+        }
+    }
+
+    fn complete(&mut self, consumed: usize) -> Step<Response> {
+        match self.body.take() {
+            Some((head, body)) => Step::done(consumed, Response { head, body: body.into_body() }),
+            None => Step::more(consumed),
+        }
+    }
+}
+
+/// Accumulates a head until the blank line that ends it, searching only new bytes.
+#[derive(Debug, Default)]
+struct HeadBuffer {
+    buf: Vec<u8>,
+}
+
+impl HeadBuffer {
+    /// Appends bytes up to the end of the head. Returns how many bytes of `input` belong to
+    /// the head and whether it is complete.
+    fn push(&mut self, input: &[u8], max_head: usize) -> Result<(usize, bool), HttpError> {
+        // Blank lines before a request line are ignored (RFC 9112 §2.2), so they never count.
+        let mut skipped = 0;
+        if self.buf.is_empty() {
+            while skipped < input.len() && matches!(input[skipped], b'\r' | b'\n') {
+                skipped += 1;
+            }
+        }
+        let input = &input[skipped..];
+        let old = self.buf.len();
+        // Search from three bytes back so a terminator split across reads is found.
+        let search_from = old.saturating_sub(3);
+        let room = max_head.saturating_sub(old);
+        let take = input.len().min(room.saturating_add(1));
+        self.buf.extend_from_slice(&input[..take]);
+        if let Some(end) = find_head_end(&self.buf[search_from..]) {
+            let end = search_from + end;
+            self.buf.truncate(end);
+            if end > max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok((skipped + (end - old), true));
+        }
+        if self.buf.len() > max_head {
+            return Err(HttpError::HeadTooLarge);
+        }
+        Ok((skipped + take, false))
+    }
+}
+
+/// The index just past the first blank line (`\n\n` or `\n\r\n`).
+fn find_head_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\n' {
+            match bytes.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if bytes.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// How a body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn find_header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_slice())
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value.split(|&b| b == b',').any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn copy_headers(raw: &[httparse::Header<'_>]) -> Vec<Header> {
+    raw.iter().map(|h| Header { name: h.name.to_string(), value: h.value.to_vec() }).collect()
+}
+
+/// Body framing shared by requests and answers: Transfer-Encoding wins over Content-Length,
+/// and several differing Content-Length values are an error (request smuggling otherwise).
+fn framing_of(headers: &[Header]) -> Result<Option<Framing>, HttpError> {
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if transfer_encoding.is_some() {
+                return Err(HttpError::UnsupportedEncoding);
+            }
+            transfer_encoding = Some(&h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(&h.value)?;
+            if length.is_some_and(|old| old != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    match transfer_encoding {
+        Some(te) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(Some(Framing::Chunked)),
+        Some(_) => Err(HttpError::UnsupportedEncoding),
+        None => Ok(length.map(Framing::Length)),
+    }
+}
+
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(HttpError::Malformed("bad Content-Length"));
+    }
+    Ok(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+fn parse_request_head(bytes: &[u8], limits: &Limits) -> Result<(RequestHead, Framing), HttpError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut raw);
+    match req.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(_) => return Err(HttpError::Malformed("invalid request head")),
+    }
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HttpError::Malformed("incomplete request line"));
+    };
+    let headers = copy_headers(req.headers);
+    let connection = find_header(&headers, "connection");
+    let keep_alive = match minor {
+        0 => connection.is_some_and(|v| has_token(v, "keep-alive")),
+        _ => !connection.is_some_and(|v| has_token(v, "close")),
+    };
+    let expect_continue = minor >= 1
+        && find_header(&headers, "expect")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    // A request without Content-Length or Transfer-Encoding has no body (RFC 9112 §6.3).
+    let framing = framing_of(&headers)?.unwrap_or(Framing::Length(0));
+    if matches!(framing, Framing::Chunked) && minor == 0 {
+        return Err(HttpError::Malformed("chunked body in HTTP/1.0"));
+    }
+    if let Framing::Length(n) = framing {
+        if n > limits.max_body as u64 {
+            return Err(HttpError::BodyTooLarge);
+        }
+    }
+    let head = RequestHead {
+        method: method.to_string(),
+        path: path.to_string(),
+        minor,
+        headers,
+        keep_alive,
+        expect_continue,
+    };
+    Ok((head, framing))
+}
+
+fn parse_response_head(bytes: &[u8]) -> Result<(ResponseHead, Framing), HttpError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut raw);
+    match resp.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(_) => return Err(HttpError::Malformed("invalid answer head")),
+    }
+    let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+        return Err(HttpError::Malformed("incomplete status line"));
+    };
+    let headers = copy_headers(resp.headers);
+    let connection = find_header(&headers, "connection");
+    let mut keep_alive = match minor {
+        0 => connection.is_some_and(|v| has_token(v, "keep-alive")),
+        _ => !connection.is_some_and(|v| has_token(v, "close")),
+    };
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Length(0)
+    } else {
+        framing_of(&headers)?.unwrap_or(Framing::UntilClose)
+    };
+    if framing == Framing::UntilClose {
+        keep_alive = false;
+    }
+    Ok((ResponseHead { status, minor, headers, keep_alive }, framing))
+}
+
+/// Reads one body, whatever its framing, into a single buffer: the only copy the proxy makes.
+#[derive(Debug)]
+enum BodyReader {
+    Length { remaining: u64, body: Vec<u8> },
+    Chunked { state: ChunkState, line: Vec<u8>, body: Vec<u8>, max: usize },
+    UntilClose { body: Vec<u8>, max: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    Size,
+    /// Reading chunk data; this many bytes are left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer fields after the last chunk, until a blank line.
+    Trailers,
+    Done,
+}
+
+enum BodyProgress {
+    More,
+    Done,
+    Error(HttpError),
+}
+
+impl BodyReader {
+    fn new(framing: Framing, max: usize) -> Self {
+        match framing {
+            Framing::Length(n) => BodyReader::Length {
+                remaining: n,
+                body: Vec::with_capacity(usize::try_from(n).unwrap_or(usize::MAX).min(INITIAL_BODY_CAPACITY)),
+            },
+            Framing::Chunked => {
+                BodyReader::Chunked { state: ChunkState::Size, line: Vec::new(), body: Vec::new(), max }
+            }
+            Framing::UntilClose => BodyReader::UntilClose { body: Vec::new(), max },
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            BodyReader::Length { remaining, .. } => *remaining == 0,
+            BodyReader::Chunked { state, .. } => *state == ChunkState::Done,
+            BodyReader::UntilClose { .. } => false,
+        }
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        match self {
+            BodyReader::Length { body, .. }
+            | BodyReader::Chunked { body, .. }
+            | BodyReader::UntilClose { body, .. } => body,
+        }
+    }
+
+    fn advance(&mut self, input: &[u8]) -> (usize, BodyProgress) {
+        match self {
+            BodyReader::Length { remaining, body } => {
+                let take = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                body.extend_from_slice(&input[..take]);
+                *remaining -= take as u64;
+                (take, if *remaining == 0 { BodyProgress::Done } else { BodyProgress::More })
+            }
+            BodyReader::UntilClose { body, max } => {
+                if body.len() + input.len() > *max {
+                    return (input.len(), BodyProgress::Error(HttpError::BodyTooLarge));
+                }
+                body.extend_from_slice(input);
+                (input.len(), BodyProgress::More)
+            }
+            BodyReader::Chunked { state, line, body, max } => {
+                let mut used = 0;
+                while used < input.len() {
+                    let rest = &input[used..];
+                    match *state {
+                        ChunkState::Size => match take_line(line, rest, MAX_CHUNK_LINE) {
+                            Err(e) => return (used, BodyProgress::Error(e)),
+                            Ok((n, false)) => used += n,
+                            Ok((n, true)) => {
+                                used += n;
+                                let size = match parse_chunk_size(line) {
+                                    Ok(size) => size,
+                                    Err(e) => return (used, BodyProgress::Error(e)),
+                                };
+                                line.clear();
+                                if (body.len() as u64).saturating_add(size) > *max as u64 {
+                                    return (used, BodyProgress::Error(HttpError::BodyTooLarge));
+                                }
+                                *state =
+                                    if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                            }
+                        },
+                        ChunkState::Data(left) => {
+                            let take = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                            if body.capacity() - body.len() < take {
+                                body.reserve(take.max(body.len() / 2).min(*max - body.len()));
+                            }
+                            body.extend_from_slice(&rest[..take]);
+                            used += take;
+                            let left = left - take as u64;
+                            *state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                        }
+                        // Chunk data must be followed by CRLF (a bare LF is tolerated) and
+                        // nothing else, so a lying chunk size is caught at once.
+                        ChunkState::DataEnd => match (line.is_empty(), rest[0]) {
+                            (true, b'\r') => {
+                                line.push(b'\r');
+                                used += 1;
+                            }
+                            (_, b'\n') => {
+                                line.clear();
+                                used += 1;
+                                *state = ChunkState::Size;
+                            }
+                            _ => return (used, BodyProgress::Error(HttpError::Malformed("bad chunk end"))),
+                        },
+                        ChunkState::Trailers => match take_line(line, rest, MAX_TRAILERS) {
+                            Err(e) => return (used, BodyProgress::Error(e)),
+                            Ok((n, false)) => used += n,
+                            Ok((n, true)) => {
+                                used += n;
+                                let blank = line.is_empty();
+                                line.clear();
+                                if blank {
+                                    *state = ChunkState::Done;
+                                    return (used, BodyProgress::Done);
+                                }
+                            }
+                        },
+                        ChunkState::Done => return (used, BodyProgress::Done),
+                    }
+                }
+                let progress =
+                    if *state == ChunkState::Done { BodyProgress::Done } else { BodyProgress::More };
+                (used, progress)
+            }
+        }
+    }
+}
+
+/// Appends to `line` up to and including the next LF. Returns bytes used and whether the line
+/// ended; the stored line excludes its CRLF/LF. A line over `max` bytes is an error.
+fn take_line(line: &mut Vec<u8>, input: &[u8], max: usize) -> Result<(usize, bool), HttpError> {
+    match input.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&input[..i]);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.len() > max {
+                return Err(HttpError::Malformed("chunk line too long"));
+            }
+            Ok((i + 1, true))
+        }
+        None => {
+            line.extend_from_slice(input);
+            if line.len() > max + 1 {
+                return Err(HttpError::Malformed("chunk line too long"));
+            }
+            Ok((input.len(), false))
+        }
+    }
+}
+
+/// A chunk-size line: hex digits, optionally followed by `;extensions` (ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
+    let size = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    if size.is_empty() || size.len() > 15 {
+        return Err(HttpError::Malformed("bad chunk size"));
+    }
+    let mut n: u64 = 0;
+    for &b in size {
+        let digit = (b as char).to_digit(16).ok_or(HttpError::Malformed("bad chunk size"))?;
+        n = n * 16 + u64::from(digit);
+    }
+    Ok(n)
+}
+
+/// The reason phrase for the status codes the proxy writes itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// Writes the head of an answer to a beacon node. `minor` is the request's HTTP version.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: Option<&[u8]>,
+    content_length: usize,
+    keep_alive: bool,
+    minor: u8,
+) {
+    out.extend_from_slice(if minor == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(ct) = content_type {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(ct);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: ");
+    push_decimal(out, content_length as u64);
+    out.extend_from_slice(b"\r\n");
+    match (keep_alive, minor) {
+        (false, 1) => out.extend_from_slice(b"Connection: close\r\n"),
+        (true, 0) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Headers that describe one hop, never the message: they are not forwarded (RFC 9110 §7.6.1).
+/// `Host` and `Content-Length` are rewritten, `Expect` was answered here, and
+/// `Accept-Encoding` is dropped so that execution clients never compress their answers.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "accept-encoding",
+    "x-forwarded-for",
+];
+
+/// What a forwarded request says beside the beacon node's own headers.
+pub struct Forward<'a> {
+    pub path: &'a str,
+    pub host: &'a str,
+    /// Replaces the beacon node's `Authorization` when the execution client has its own secret.
+    pub authorization: Option<&'a [u8]>,
+    /// The beacon node's address, appended to `X-Forwarded-For`.
+    pub client: &'a str,
+    pub content_length: usize,
+}
+
+/// Writes the head of a request forwarded to an execution client: the beacon node's headers
+/// minus the hop-by-hop ones (and those its `Connection` header names), with `Host`,
+/// `Content-Length` and `X-Forwarded-For` set by the proxy.
+pub fn write_forward_head(out: &mut Vec<u8>, head: &RequestHead, fwd: &Forward<'_>) {
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(fwd.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(fwd.host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let connection = head.header("connection").unwrap_or_default();
+    let mut forwarded_for: Option<&[u8]> = None;
+    for h in &head.headers {
+        let name = h.name.as_str();
+        if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
+            forwarded_for = Some(&h.value);
+        }
+        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) || has_token(connection, name) {
+            continue;
+        }
+        if fwd.authorization.is_some() && name.eq_ignore_ascii_case("authorization") {
+            continue;
+        }
+        push_header(out, name.as_bytes(), &h.value);
+    }
+    if let Some(auth) = fwd.authorization {
+        push_header(out, b"Authorization", auth);
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prior) = forwarded_for {
+        out.extend_from_slice(prior.trim_ascii());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(fwd.client.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_decimal(out, fwd.content_length as u64);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal without going through the formatting machinery.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The first address of `X-Forwarded-For`, which names the original client.
+pub fn first_forwarded_for(value: &[u8]) -> Option<&str> {
+    let first = value.split(|&b| b == b',').next()?.trim_ascii();
+    if first.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(first).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_head: 1024, max_body: 4096 }
+    }
+
+    /// Feeds `input` in pieces of `split` bytes and collects every event.
+    fn read_all(input: &[u8], split: usize) -> Vec<Result<RequestEvent, HttpError>> {
+        let mut reader = RequestReader::new(limits());
+        let mut events = Vec::new();
+        for piece in input.chunks(split.max(1)) {
+            let mut rest = piece;
+            loop {
+                let step = reader.advance(rest);
+                rest = &rest[step.consumed..];
+                match step.event {
+                    Some(Err(e)) => {
+                        events.push(Err(e));
+                        return events;
+                    }
+                    Some(Ok(ev)) => events.push(Ok(ev)),
+                    None if step.consumed == 0 || rest.is_empty() => break,
+                    None => {}
+                }
+                if rest.is_empty() {
+                    break;
+                }
+            }
+        }
+        events
+    }
+
+    fn bodies(events: &[Result<RequestEvent, HttpError>]) -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Ok(RequestEvent::Request(r)) => Some(r.body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn content_length_requests_in_any_split() {
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        for split in [1, 2, 3, 7, 64, 4096] {
+            let events = read_all(input, split);
+            assert_eq!(bodies(&events), vec![b"hello".to_vec(), b"abc".to_vec()], "split {split}");
+        }
+    }
+
+    #[test]
+    fn chunked_body_with_extensions_and_trailers() {
+        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET /h HTTP/1.1\r\n\r\n";
+        for split in [1, 2, 5, 4096] {
+            let events = read_all(input, split);
+            assert_eq!(bodies(&events), vec![b"hello world".to_vec(), Vec::new()], "split {split}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"GET / HTTP/1.1\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
+        ];
+        for (input, keep) in cases {
+            let events = read_all(input, 4096);
+            match &events[0] {
+                Ok(RequestEvent::Request(r)) => assert_eq!(r.head.keep_alive, *keep),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn expect_continue_is_reported_before_the_body() {
+        let input = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok";
+        let events = read_all(input, 4096);
+        assert_eq!(events[0], Ok(RequestEvent::Continue));
+        assert_eq!(bodies(&events), vec![b"ok".to_vec()]);
+    }
+
+    #[test]
+    fn errors_map_to_status_codes() {
+        let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(MAX_HEADERS + 1));
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (long_header.into_bytes(), 431),
+            (many_headers.into_bytes(), 431),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec(), 413),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc".to_vec(), 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
+            (b"\x00\x01garbage\r\n\r\n".to_vec(), 400),
+            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(), 400),
+        ];
+        for (input, status) in cases {
+            let events = read_all(&input, 4096);
+            match events.last() {
+                Some(Err(e)) => assert_eq!(e.status(), status, "{:?}", String::from_utf8_lossy(&input)),
+                other => panic!("expected an error for {:?}, got {other:?}", String::from_utf8_lossy(&input)),
+            }
+        }
+    }
+
+    #[test]
+    fn head_split_across_reads_at_every_point() {
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        for cut in 0..input.len() {
+            let mut reader = RequestReader::new(limits());
+            let (a, b) = input.split_at(cut);
+            let mut got = None;
+            for part in [a, b] {
+                let mut rest = part;
+                while !rest.is_empty() {
+                    let step = reader.advance(rest);
+                    rest = &rest[step.consumed..];
+                    if let Some(ev) = step.event {
+                        got = Some(ev);
+                    }
+                }
+            }
+            match got {
+                Some(Ok(RequestEvent::Request(r))) => assert_eq!(r.body, b"x"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+    }
+
+    fn read_response(input: &[u8], split: usize) -> Result<Response, HttpError> {
+        let mut reader = ResponseReader::new(limits());
+        for piece in input.chunks(split.max(1)) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let step = reader.advance(rest);
+                rest = &rest[step.consumed..];
+                if let Some(ev) = step.event {
+                    return ev;
+                }
+            }
+        }
+        reader.finish()
+    }
+
+    #[test]
+    fn responses_of_every_framing() {
+        let cases: &[(&[u8], &[u8], bool)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", b"ok", true),
+            (b"HTTP/1.1 200 OK\r\n\r\nuntil close", b"until close", false),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", false),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", b"", true),
+        ];
+        for (input, body, keep) in cases {
+            for split in [1, 3, 4096] {
+                let resp = read_response(input, split).expect("answer");
+                assert_eq!(&resp.body, body);
+                assert_eq!(resp.head.keep_alive, *keep);
+            }
+        }
+    }
+
+    #[test]
+    fn cut_answers_are_errors() {
+        assert!(read_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok", 4096).is_err());
+        assert!(read_response(b"HTTP/1.1 200 OK\r\nContent-Le", 4096).is_err());
+        assert!(read_response(b"not http at all\r\n\r\n", 4096).is_err());
+    }
+
+    #[test]
+    fn forward_head_drops_hop_by_hop_and_appends_forwarded_for() {
+        let input = b"POST /x HTTP/1.1\r\nHost: proxy\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nAccept-Encoding: gzip\r\nAuthorization: Bearer bn\r\nX-Forwarded-For: 10.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let events = read_all(input, 4096);
+        let Some(Ok(RequestEvent::Request(req))) = events.into_iter().next() else { panic!("no request") };
+        let mut out = Vec::new();
+        let fwd = Forward {
+            path: "/",
+            host: "el:8551",
+            authorization: None,
+            client: "127.0.0.1",
+            content_length: 0,
+        };
+        write_forward_head(&mut out, &req.head, &fwd);
+        let text = String::from_utf8(out).expect("ascii");
+        assert_eq!(
+            text,
+            "POST / HTTP/1.1\r\nHost: el:8551\r\nAuthorization: Bearer bn\r\nContent-Type: application/json\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        let fwd = Forward { authorization: Some(b"Bearer own"), ..fwd };
+        write_forward_head(&mut out, &req.head, &fwd);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.contains("Authorization: Bearer own\r\n") && !text.contains("Bearer bn"), "{text}");
+    }
+
+    #[test]
+    fn response_head_matches_version_and_persistence() {
+        let mut out = Vec::new();
+        write_response_head(&mut out, 200, Some(b"application/json"), 12, true, 1);
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n");
+        out.clear();
+        write_response_head(&mut out, 502, None, 0, false, 0);
+        assert_eq!(out, b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_first_address() {
+        assert_eq!(first_forwarded_for(b" 10.0.0.1 , 10.0.0.2"), Some("10.0.0.1"));
+        assert_eq!(first_forwarded_for(b""), None);
+    }
+}

@@ -1,0 +1,424 @@
+//! Pure routing policy: which execution clients get a call, how long they have, which answer
+//! the beacon node gets, which beacon node is followed, and the answers the proxy writes itself.
+//!
+//! Nothing here knows sockets or HTTP; it knows method names, timestamps and JSON-RPC bodies.
+
+use std::time::{Duration, Instant};
+
+/// What kind of call a request is, by its method name. Versions are matched by prefix so a
+/// new `V<n>` of a known method is handled like its predecessors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    NewPayload,
+    ForkchoiceUpdated,
+    GetPayload,
+    GetPayloadBodies,
+    GetBlobs,
+    ExchangeCapabilities,
+    GetClientVersion,
+    /// Any other `engine_*` method: fanned out, the primary's answer wins.
+    OtherEngine,
+    /// Not an Engine API call (`eth_*`, `net_*`, …), a batch, or no method: primary only.
+    NonEngine,
+}
+
+impl Class {
+    pub fn of(method: Option<&str>) -> Class {
+        let Some(method) = method else { return Class::NonEngine };
+        let Some(name) = method.strip_prefix("engine_") else { return Class::NonEngine };
+        const TABLE: &[(&str, Class)] = &[
+            ("newPayload", Class::NewPayload),
+            ("forkchoiceUpdated", Class::ForkchoiceUpdated),
+            ("getPayloadBodies", Class::GetPayloadBodies),
+            ("getPayload", Class::GetPayload),
+            ("getBlobs", Class::GetBlobs),
+            ("exchangeCapabilities", Class::ExchangeCapabilities),
+            ("getClientVersion", Class::GetClientVersion),
+        ];
+        TABLE.iter().find(|(prefix, _)| name.starts_with(prefix)).map_or(Class::OtherEngine, |&(_, c)| c)
+    }
+
+    /// Calls that change an execution client's state reach it one at a time, in arrival order.
+    pub fn is_ordered(self) -> bool {
+        matches!(self, Class::NewPayload | Class::ForkchoiceUpdated)
+    }
+
+    /// Engine calls go to every execution client; the rest to the primary (with fallback).
+    pub fn is_fanned_out(self) -> bool {
+        self != Class::NonEngine
+    }
+
+    /// Short label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::NewPayload => "newPayload",
+            Class::ForkchoiceUpdated => "forkchoiceUpdated",
+            Class::GetPayload => "getPayload",
+            Class::GetPayloadBodies => "getPayloadBodies",
+            Class::GetBlobs => "getBlobs",
+            Class::ExchangeCapabilities => "exchangeCapabilities",
+            Class::GetClientVersion => "getClientVersion",
+            Class::OtherEngine => "otherEngine",
+            Class::NonEngine => "nonEngine",
+        }
+    }
+}
+
+/// The consensus layer's timeout for a method (execution-apis, src/engine/*.md), unless the
+/// operator set one value for all. `engine_newPayloadV5` onwards (Amsterdam) has 6 s.
+pub fn timeout_for(method: Option<&str>, class: Class, all: Option<Duration>) -> Duration {
+    if let Some(all) = all {
+        return all;
+    }
+    let secs = match class {
+        Class::NewPayload => match method.and_then(version_of) {
+            Some(v) if v >= 5 => 6,
+            _ => 8,
+        },
+        Class::ForkchoiceUpdated => 8,
+        Class::GetPayloadBodies => 10,
+        _ => 1,
+    };
+    Duration::from_secs(secs)
+}
+
+/// The `N` of a method name ending in `V<N>`.
+fn version_of(method: &str) -> Option<u32> {
+    let (_, digits) = method.rsplit_once('V')?;
+    digits.parse().ok()
+}
+
+/// How the beacon node's answer is made from the execution clients' answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// The primary's answer, or the next in list order that answered.
+    FirstInOrder,
+    /// `engine_getClientVersionV1`: every answering client's array, concatenated, primary first.
+    ClientVersions,
+    /// `engine_exchangeCapabilities`: the methods every answering client supports.
+    Capabilities,
+}
+
+impl Combine {
+    pub fn for_class(class: Class) -> Combine {
+        match class {
+            Class::GetClientVersion => Combine::ClientVersions,
+            Class::ExchangeCapabilities => Combine::Capabilities,
+            _ => Combine::FirstInOrder,
+        }
+    }
+}
+
+/// Where one execution client stands in deciding the beacon node's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Pending,
+    Answered,
+    Failed,
+}
+
+/// The decision, once it can be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// Relay this client's answer unchanged.
+    Relay(usize),
+    /// Combine the answers of these clients, in list order.
+    Combine(Vec<usize>),
+    /// Nobody answered.
+    NoAnswer,
+}
+
+/// Decides the beacon node's answer from the clients' standings (in `--builders` order), as
+/// early as possible: the primary's answer is relayed the moment it arrives, whatever the
+/// others are doing; a later client's answer only once every client before it has failed.
+pub fn choose(combine: Combine, standings: &[Standing]) -> Option<Choice> {
+    match combine {
+        Combine::FirstInOrder => {
+            for (i, s) in standings.iter().enumerate() {
+                match s {
+                    Standing::Answered => return Some(Choice::Relay(i)),
+                    Standing::Pending => return None,
+                    Standing::Failed => {}
+                }
+            }
+            Some(Choice::NoAnswer)
+        }
+        Combine::ClientVersions | Combine::Capabilities => {
+            if standings.contains(&Standing::Pending) {
+                return None;
+            }
+            let answered: Vec<usize> =
+                (0..standings.len()).filter(|&i| standings[i] == Standing::Answered).collect();
+            Some(if answered.is_empty() { Choice::NoAnswer } else { Choice::Combine(answered) })
+        }
+    }
+}
+
+/// Follows the best-synced beacon node, as flashbots/sync-proxy does: the first one seen is
+/// the best; another takes over when it sends a larger payload timestamp, or when the best
+/// has sent nothing for `expiry` (so a dead beacon node does not freeze the clients).
+#[derive(Debug)]
+pub struct BestBeacon {
+    best: Option<Best>,
+    expiry: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Best {
+    id: String,
+    timestamp: u64,
+    last_seen: Instant,
+}
+
+/// What the best-beacon filter says of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub forward: bool,
+    /// Set when this request made its sender the best beacon node.
+    pub switched: Option<Switch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub from: Option<String>,
+    pub to: String,
+    pub timestamp: u64,
+}
+
+impl BestBeacon {
+    pub fn new(expiry: Duration) -> Self {
+        BestBeacon { best: None, expiry }
+    }
+
+    /// The best beacon node and its last timestamp.
+    pub fn current(&self) -> Option<(&str, u64)> {
+        self.best.as_ref().map(|b| (b.id.as_str(), b.timestamp))
+    }
+
+    /// Notes a request from beacon node `id` and says whether it is forwarded. Only
+    /// `forkchoiceUpdated` is ever filtered: payloads from every beacon node are useful.
+    pub fn observe(&mut self, id: &str, class: Class, timestamp: Option<u64>, now: Instant) -> Verdict {
+        let mut switched = None;
+        let expired = self
+            .best
+            .as_ref()
+            .is_some_and(|b| b.id != id && now.saturating_duration_since(b.last_seen) > self.expiry);
+        if self.best.is_none() || expired {
+            let from = self.best.take().map(|b| b.id);
+            self.best = Some(Best { id: id.to_string(), timestamp: 0, last_seen: now });
+            switched = Some(Switch { from, to: id.to_string(), timestamp: 0 });
+        }
+        let tracks_time = matches!(class, Class::NewPayload | Class::ForkchoiceUpdated);
+        if let (Some(ts), true, Some(best)) = (timestamp, tracks_time, self.best.as_mut()) {
+            if ts > best.timestamp {
+                if best.id != id {
+                    switched =
+                        Some(Switch { from: Some(best.id.clone()), to: id.to_string(), timestamp: ts });
+                    best.id = id.to_string();
+                }
+                best.timestamp = ts;
+            }
+        }
+        let is_best = match self.best.as_mut() {
+            Some(best) if best.id == id => {
+                best.last_seen = now;
+                if let Some(s) = switched.as_mut() {
+                    s.timestamp = best.timestamp;
+                }
+                true
+            }
+            _ => false,
+        };
+        Verdict { forward: is_best || class != Class::ForkchoiceUpdated, switched }
+    }
+}
+
+/// The result a filtered `forkchoiceUpdated` gets: valid JSON-RPC that tells the beacon node
+/// the execution client is syncing, without starting a payload build.
+pub const SYNCING_FCU_RESULT: &[u8] =
+    br#"{"payloadStatus":{"status":"SYNCING","latestValidHash":null,"validationError":null},"payloadId":null}"#;
+const SYNCING_PAYLOAD_RESULT: &[u8] =
+    br#"{"status":"SYNCING","latestValidHash":null,"validationError":null}"#;
+
+/// `{"jsonrpc":"2.0","id":<id>,"result":<result>}`, with the id's raw JSON text.
+pub fn result_body(id: Option<&[u8]>, result: &[u8]) -> Vec<u8> {
+    let id = id.unwrap_or(b"null");
+    let mut out = Vec::with_capacity(40 + id.len() + result.len());
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    out.extend_from_slice(id);
+    out.extend_from_slice(br#","result":"#);
+    out.extend_from_slice(result);
+    out.push(b'}');
+    out
+}
+
+/// `{"jsonrpc":"2.0","id":<id>,"error":{"code":<code>,"message":"<message>"}}`.
+pub fn error_body(id: Option<&[u8]>, code: i64, message: &str) -> Vec<u8> {
+    let id = id.unwrap_or(b"null");
+    let message = serde_json::Value::String(message.to_string()).to_string();
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":{message}}}}}"#,
+        String::from_utf8_lossy(id)
+    )
+    .into_bytes()
+}
+
+/// The acknowledgement sent at once in `--mirror-mode`: nobody reads it (nginx drops mirror
+/// answers), but it is valid JSON-RPC that claims nothing beyond "not yet known".
+pub fn mirror_ack(class: Class, id: Option<&[u8]>) -> Vec<u8> {
+    let result: &[u8] = match class {
+        Class::NewPayload => SYNCING_PAYLOAD_RESULT,
+        Class::ForkchoiceUpdated => SYNCING_FCU_RESULT,
+        _ => b"null",
+    };
+    result_body(id, result)
+}
+
+/// The `result` arrays of several answers, combined as `combine` says, as a whole answer body.
+/// Answers whose result is not an array are left out (and logged by the caller).
+pub fn combine_results(combine: Combine, id: Option<&[u8]>, results: &[&[u8]]) -> Option<Vec<u8>> {
+    let arrays: Vec<Vec<serde_json::Value>> = results
+        .iter()
+        .filter_map(|r| match serde_json::from_slice::<serde_json::Value>(r) {
+            Ok(serde_json::Value::Array(items)) => Some(items),
+            _ => None,
+        })
+        .collect();
+    let first = arrays.first()?;
+    let combined: Vec<serde_json::Value> = match combine {
+        Combine::ClientVersions => arrays.iter().flatten().cloned().collect(),
+        Combine::Capabilities => {
+            first.iter().filter(|m| arrays[1..].iter().all(|other| other.contains(m))).cloned().collect()
+        }
+        Combine::FirstInOrder => first.clone(),
+    };
+    let result = serde_json::Value::Array(combined).to_string();
+    Some(result_body(id, result.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_prefix() {
+        let cases = [
+            ("engine_newPayloadV1", Class::NewPayload),
+            ("engine_newPayloadV5", Class::NewPayload),
+            ("engine_forkchoiceUpdatedV4", Class::ForkchoiceUpdated),
+            ("engine_getPayloadV6", Class::GetPayload),
+            ("engine_getPayloadBodiesByRangeV1", Class::GetPayloadBodies),
+            ("engine_getBlobsV2", Class::GetBlobs),
+            ("engine_exchangeCapabilities", Class::ExchangeCapabilities),
+            ("engine_getClientVersionV1", Class::GetClientVersion),
+            ("engine_exchangeTransitionConfigurationV1", Class::OtherEngine),
+            ("eth_blockNumber", Class::NonEngine),
+            ("engine", Class::NonEngine),
+        ];
+        for (method, class) in cases {
+            assert_eq!(Class::of(Some(method)), class, "{method}");
+        }
+        assert_eq!(Class::of(None), Class::NonEngine);
+    }
+
+    #[test]
+    fn spec_timeouts() {
+        let t = |m: &str| timeout_for(Some(m), Class::of(Some(m)), None).as_secs();
+        assert_eq!(t("engine_newPayloadV4"), 8);
+        assert_eq!(t("engine_newPayloadV5"), 6);
+        assert_eq!(t("engine_forkchoiceUpdatedV3"), 8);
+        assert_eq!(t("engine_getPayloadV4"), 1);
+        assert_eq!(t("engine_getPayloadBodiesByHashV1"), 10);
+        assert_eq!(t("engine_exchangeCapabilities"), 1);
+        assert_eq!(t("eth_chainId"), 1);
+        let all = Some(Duration::from_millis(250));
+        assert_eq!(
+            timeout_for(Some("engine_newPayloadV3"), Class::NewPayload, all),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn first_in_order_waits_only_for_earlier_clients() {
+        use Standing::*;
+        let cases: &[(&[Standing], Option<Choice>)] = &[
+            (&[Answered, Pending], Some(Choice::Relay(0))),
+            (&[Pending, Answered], None),
+            (&[Failed, Answered], Some(Choice::Relay(1))),
+            (&[Failed, Pending, Answered], None),
+            (&[Failed, Failed], Some(Choice::NoAnswer)),
+        ];
+        for (standings, choice) in cases {
+            assert_eq!(&choose(Combine::FirstInOrder, standings), choice, "{standings:?}");
+        }
+    }
+
+    #[test]
+    fn combined_answers_wait_for_everyone() {
+        use Standing::*;
+        assert_eq!(choose(Combine::ClientVersions, &[Answered, Pending]), None);
+        assert_eq!(
+            choose(Combine::Capabilities, &[Failed, Answered, Answered]),
+            Some(Choice::Combine(vec![1, 2]))
+        );
+        assert_eq!(choose(Combine::Capabilities, &[Failed, Failed]), Some(Choice::NoAnswer));
+    }
+
+    #[test]
+    fn combine_concatenates_and_intersects() {
+        let a: &[u8] = br#"[{"code":"GE"}]"#;
+        let b: &[u8] = br#"[{"code":"NM"}]"#;
+        let body = combine_results(Combine::ClientVersions, Some(b"7"), &[a, b]).expect("combined");
+        assert_eq!(body, br#"{"jsonrpc":"2.0","id":7,"result":[{"code":"GE"},{"code":"NM"}]}"#);
+        let a: &[u8] = br#"["engine_newPayloadV3","engine_newPayloadV4","engine_getPayloadV4"]"#;
+        let b: &[u8] = br#"["engine_getPayloadV4","engine_newPayloadV3"]"#;
+        let body = combine_results(Combine::Capabilities, Some(b"\"x\""), &[a, b]).expect("combined");
+        assert_eq!(
+            body,
+            br#"{"jsonrpc":"2.0","id":"x","result":["engine_newPayloadV3","engine_getPayloadV4"]}"#
+        );
+        assert_eq!(combine_results(Combine::Capabilities, None, &[b"{}"]), None);
+    }
+
+    #[test]
+    fn best_beacon_follows_the_largest_timestamp() {
+        let t0 = Instant::now();
+        let mut best = BestBeacon::new(Duration::from_secs(12));
+        let v = best.observe("a", Class::ForkchoiceUpdated, Some(100), t0);
+        assert!(v.forward && v.switched.is_some());
+        // b is behind: its fcU is filtered, its newPayload forwarded.
+        assert!(!best.observe("b", Class::ForkchoiceUpdated, Some(90), t0).forward);
+        assert!(best.observe("b", Class::NewPayload, Some(90), t0).forward);
+        // b moves ahead and takes over; a's fcU is now filtered.
+        let v = best.observe("b", Class::ForkchoiceUpdated, Some(101), t0);
+        assert!(v.forward);
+        assert_eq!(v.switched, Some(Switch { from: Some("a".into()), to: "b".into(), timestamp: 101 }));
+        assert!(!best.observe("a", Class::ForkchoiceUpdated, None, t0).forward);
+        assert_eq!(best.current(), Some(("b", 101)));
+        // Equal timestamps do not switch.
+        assert!(!best.observe("a", Class::ForkchoiceUpdated, Some(101), t0).forward);
+    }
+
+    #[test]
+    fn a_silent_best_beacon_expires() {
+        let t0 = Instant::now();
+        let mut best = BestBeacon::new(Duration::from_secs(12));
+        best.observe("a", Class::ForkchoiceUpdated, Some(100), t0);
+        assert!(!best.observe("b", Class::ForkchoiceUpdated, Some(50), t0 + Duration::from_secs(5)).forward);
+        let v = best.observe("b", Class::ForkchoiceUpdated, Some(50), t0 + Duration::from_secs(13));
+        assert!(v.forward && v.switched.is_some());
+    }
+
+    #[test]
+    fn written_answers_are_valid_json_rpc() {
+        for body in [
+            result_body(Some(b"1"), SYNCING_FCU_RESULT),
+            error_body(None, -32700, "parse \"error\""),
+            mirror_ack(Class::NewPayload, Some(b"[1]")),
+            mirror_ack(Class::GetPayload, None),
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+            assert_eq!(v["jsonrpc"], "2.0");
+        }
+    }
+}

@@ -1,0 +1,1872 @@
+//! The JSON-RPC scanner: one pass over a request or answer body that validates it as strict
+//! JSON (RFC 8259) and picks out the few members the proxy routes on — the method, the raw
+//! `id`, the timestamp a state-changing call carries, and an answer's status, error code and
+//! raw `result`. It builds no document tree and does not recurse: nesting is tracked in a
+//! 128-bit stack, so memory stays fixed whatever the body holds, and bodies of tens of MiB
+//! (mostly long hex strings) pass through a word-at-a-time string loop.
+//!
+//! It knows no HTTP, no sockets and no routing policy: it takes the bytes of one body and
+//! returns byte ranges into them plus a few decoded values; what they mean for routing is
+//! `policy`'s business.
+//!
+//! Semantics worth knowing:
+//! - Only members of the top-level object count; a `"method"` key nested anywhere else is
+//!   ignored. Keys may come in any order, so both candidate timestamps (`params[0].timestamp`
+//!   and `params[1].timestamp`) are kept until the end and picked by method then.
+//! - Keys are compared after escape decoding (`"\u006dethod"` is `"method"`).
+//! - Duplicate keys: the last occurrence wins, as in `serde_json::Value`. A repeated key
+//!   replaces everything learned from the earlier value, even when the new value is of a
+//!   type that yields nothing (a later `"method": 1` leaves the method `None`).
+//! - Decoded strings (method, status) longer than [`MAX_TEXT_LEN`] bytes are reported as
+//!   `None`: no Engine API method or status comes close, and the cap bounds the allocation.
+
+use std::fmt;
+use std::ops::Range;
+
+/// How deeply arrays and objects may nest.
+///
+/// Depth is the number of arrays and objects open at a point in the body: the top-level `[`
+/// or `{` opens depth 1, and each nested one adds 1, so 128 nested containers are accepted
+/// and the 129th opening bracket is rejected with [`ScanErrorKind::TooDeep`]. Scalars do not
+/// count. serde_json has the same limit of 128 but spends one unit before checking, so it
+/// accepts only 127 nested containers; see [`differential`].
+pub const MAX_DEPTH: usize = 128;
+
+/// Longest decoded method or status string reported; longer ones come back as `None`.
+pub const MAX_TEXT_LEN: usize = 1024;
+
+/// Methods whose timestamp is `params[0].timestamp` (the execution payload).
+const NEW_PAYLOAD_PREFIX: &str = "engine_newPayload";
+/// Methods whose timestamp is `params[1].timestamp` (the payload attributes, or `null`).
+const FORKCHOICE_PREFIX: &str = "engine_forkchoiceUpdated";
+
+/// The kind of the top-level JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A single call or answer.
+    Object,
+    /// A JSON-RPC batch.
+    Array,
+    /// A string, number or literal: valid JSON, but no JSON-RPC message.
+    Other,
+}
+
+/// What the proxy needs to know about a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub shape: Shape,
+    /// Top-level "method" member when it is a string, escapes decoded. None when absent or not a string.
+    pub method: Option<String>,
+    /// Byte range in the body of the raw JSON text of the top-level "id" value (any JSON type), None if absent.
+    pub id: Option<Range<usize>>,
+    /// engine_newPayload*  -> params[0].timestamp ; engine_forkchoiceUpdated* -> params[1].timestamp
+    /// (params[1] may be null -> None). Parsed from a hex QUANTITY string "0x..." into u64;
+    /// None when absent, not a string, not valid hex quantity, or overflowing u64. None for other methods.
+    pub timestamp: Option<u64>,
+}
+
+/// What the proxy needs to know about an answer body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub shape: Shape,
+    /// Byte range of the raw JSON text of the top-level "id" value, None if absent.
+    pub id: Option<Range<usize>>,
+    /// result.status (newPayload answers) or result.payloadStatus.status (forkchoiceUpdated answers), when a string.
+    /// When both are present, result.status is taken if it is a string.
+    pub status: Option<String>,
+    /// error.code when it is an integer fitting i64.
+    /// Written without fraction or exponent; `-0` does not count, as serde_json reads it as a float.
+    pub error_code: Option<i64>,
+    /// Byte range of the raw JSON text of the top-level "result" value, if present.
+    pub result: Option<Range<usize>>,
+}
+
+/// Why a body is not JSON, and where the scanner noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanError {
+    /// Byte offset of the offending byte; the body's length when it ended too early.
+    pub offset: usize,
+    pub kind: ScanErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanErrorKind {
+    /// The body ended inside a value, or before any value.
+    UnexpectedEnd,
+    /// A byte that cannot start or continue the expected token.
+    UnexpectedByte,
+    /// A raw control character (below 0x20) inside a string.
+    InvalidString,
+    /// A number that breaks the grammar (leading zero, missing digits).
+    InvalidNumber,
+    /// An unknown escape, a bad `\u` escape or a lone surrogate.
+    InvalidEscape,
+    /// String bytes that are not UTF-8.
+    InvalidUtf8,
+    /// More than [`MAX_DEPTH`] nested arrays and objects.
+    TooDeep,
+    /// Something other than whitespace after the top-level value.
+    TrailingData,
+}
+
+impl fmt::Display for ScanErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScanErrorKind::UnexpectedEnd => "unexpected end of input",
+            ScanErrorKind::UnexpectedByte => "unexpected byte",
+            ScanErrorKind::InvalidString => "control character in string",
+            ScanErrorKind::InvalidNumber => "invalid number",
+            ScanErrorKind::InvalidEscape => "invalid escape",
+            ScanErrorKind::InvalidUtf8 => "invalid UTF-8",
+            ScanErrorKind::TooDeep => "nested too deeply",
+            ScanErrorKind::TrailingData => "trailing data after the value",
+        })
+    }
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid JSON at byte {}: {}", self.offset, self.kind)
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// Validates a request body and extracts its method, id and timestamp.
+pub fn scan_request(body: &[u8]) -> Result<Request, ScanError> {
+    let (shape, fields) = scan(body, Mode::Request)?;
+    let timestamp = match fields.method.as_deref() {
+        Some(m) if m.starts_with(NEW_PAYLOAD_PREFIX) => fields.payload_timestamp,
+        Some(m) if m.starts_with(FORKCHOICE_PREFIX) => fields.attributes_timestamp,
+        _ => None,
+    };
+    Ok(Request { shape, method: fields.method, id: fields.id, timestamp })
+}
+
+/// Validates an answer body and extracts its id, status, error code and result.
+pub fn scan_response(body: &[u8]) -> Result<Response, ScanError> {
+    let (shape, fields) = scan(body, Mode::Response)?;
+    Ok(Response {
+        shape,
+        id: fields.id,
+        status: fields.status.or(fields.payload_status),
+        error_code: fields.error_code,
+        result: fields.result,
+    })
+}
+
+/// Parses an Engine API QUANTITY ("0x" + 1..=16 hex digits, no leading zeros required to be rejected — be lenient on leading zeros but reject empty/overlong/non-hex) into u64.
+///
+/// The prefix must be a lowercase `0x`; digits may be of either case. Sixteen digits always
+/// fit a u64, so rejecting longer text is also what rules out overflow.
+pub fn parse_quantity(text: &[u8]) -> Option<u64> {
+    let digits = text.strip_prefix(b"0x")?;
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, &digit| {
+        let nibble = char::from(digit).to_digit(16)?;
+        Some(value << 4 | u64::from(nibble))
+    })
+}
+
+/// Which members the scan looks for: a request's or an answer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Request,
+    Response,
+}
+
+/// What an open array or object is, as far as extraction cares. Only the first three depths
+/// can hold anything of interest; deeper containers are always `Skip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Skip,
+    /// The top-level object.
+    Top,
+    /// The top-level `params` array.
+    Params,
+    /// `params[0]`, the execution payload of a newPayload call.
+    Payload,
+    /// `params[1]`, the payload attributes of a forkchoiceUpdated call.
+    Attributes,
+    /// The top-level `result` object of an answer.
+    Result,
+    /// `result.payloadStatus` of a forkchoiceUpdated answer.
+    PayloadStatus,
+    /// The top-level `error` object of an answer.
+    Error,
+}
+
+/// Roles are remembered for depths 0 to 3; index 0 is never used because the top-level
+/// value is at depth 0 and is not a container member.
+const ROLE_DEPTHS: usize = 4;
+
+/// What the value about to be scanned means to extraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Skip,
+    Top,
+    Method,
+    Id,
+    Params,
+    Payload,
+    Attributes,
+    PayloadTimestamp,
+    AttributesTimestamp,
+    Result,
+    Status,
+    PayloadStatus,
+    PayloadStatusStatus,
+    Error,
+    Code,
+}
+
+/// Everything a scan can learn; `scan_request` and `scan_response` pick from it.
+#[derive(Debug, Default)]
+struct Fields {
+    method: Option<String>,
+    id: Option<Range<usize>>,
+    payload_timestamp: Option<u64>,
+    attributes_timestamp: Option<u64>,
+    result: Option<Range<usize>>,
+    status: Option<String>,
+    payload_status: Option<String>,
+    error_code: Option<i64>,
+}
+
+/// The content of a scanned string: its byte range without the quotes, and whether it holds
+/// escapes (when it does not, the raw bytes are the decoded text).
+#[derive(Debug, Clone, Copy)]
+struct Text {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+fn scan(body: &[u8], mode: Mode) -> Result<(Shape, Fields), ScanError> {
+    let mut scanner = Scanner {
+        body,
+        pos: 0,
+        mode,
+        fields: Fields::default(),
+        objects: 0,
+        depth: 0,
+        roles: [Role::Skip; ROLE_DEPTHS],
+        params_index: 0,
+        member: Slot::Skip,
+        member_start: 0,
+    };
+    scanner.skip_whitespace();
+    let shape = match scanner.peek() {
+        Some(b'{') => Shape::Object,
+        Some(b'[') => Shape::Array,
+        _ => Shape::Other,
+    };
+    scanner.run()?;
+    Ok((shape, scanner.fields))
+}
+
+struct Scanner<'a> {
+    body: &'a [u8],
+    pos: usize,
+    mode: Mode,
+    fields: Fields,
+    /// Bit `d` is set when the container at depth `d + 1` is an object, clear for an array.
+    /// 128 bits hold exactly [`MAX_DEPTH`] levels.
+    objects: u128,
+    /// Number of arrays and objects open at `pos`.
+    depth: usize,
+    roles: [Role; ROLE_DEPTHS],
+    /// Index of the element being scanned in the top-level `params` array.
+    params_index: usize,
+    /// The top-level member being scanned, and where its value starts, so that the raw
+    /// range of `id` and `result` can be recorded when the value ends.
+    member: Slot,
+    member_start: usize,
+}
+
+impl Scanner<'_> {
+    /// The scan proper: a loop that reads one value per turn and then climbs out of every
+    /// container that the value completes, so nesting costs a bit, never a stack frame.
+    fn run(&mut self) -> Result<(), ScanError> {
+        let mut slot = Slot::Top;
+        'value: loop {
+            self.skip_whitespace();
+            if matches!(slot, Slot::Id | Slot::Result) {
+                self.member_start = self.pos;
+            }
+            match self.peek() {
+                Some(b'{') => {
+                    self.open(true, object_role(slot))?;
+                    self.skip_whitespace();
+                    if self.peek() == Some(b'}') {
+                        self.pos += 1;
+                        self.close();
+                    } else {
+                        slot = self.member_key()?;
+                        continue 'value;
+                    }
+                }
+                Some(b'[') => {
+                    let role = if slot == Slot::Params { Role::Params } else { Role::Skip };
+                    self.open(false, role)?;
+                    self.skip_whitespace();
+                    if self.peek() == Some(b']') {
+                        self.pos += 1;
+                        self.close();
+                    } else {
+                        slot = self.element_slot();
+                        continue 'value;
+                    }
+                }
+                Some(b'"') => {
+                    let text = self.string()?;
+                    self.store_text(slot, text);
+                }
+                Some(b'-' | b'0'..=b'9') => {
+                    let number = self.number()?;
+                    if slot == Slot::Code {
+                        self.fields.error_code = self.body.get(number).and_then(parse_integer);
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(_) => return Err(self.error(ScanErrorKind::UnexpectedByte)),
+                None => return Err(self.end()),
+            }
+
+            // A value is complete. Close every container it completes, then go on with the
+            // next member or element, or finish at the top level.
+            loop {
+                if self.depth == 0 {
+                    self.skip_whitespace();
+                    if self.pos < self.body.len() {
+                        return Err(self.error(ScanErrorKind::TrailingData));
+                    }
+                    return Ok(());
+                }
+                if self.depth == 1 {
+                    self.end_member();
+                }
+                self.skip_whitespace();
+                let in_object = self.in_object();
+                match self.peek() {
+                    Some(b',') if in_object => {
+                        self.pos += 1;
+                        self.skip_whitespace();
+                        slot = self.member_key()?;
+                        continue 'value;
+                    }
+                    Some(b',') => {
+                        self.pos += 1;
+                        if self.role() == Role::Params {
+                            self.params_index = self.params_index.saturating_add(1);
+                        }
+                        slot = self.element_slot();
+                        continue 'value;
+                    }
+                    Some(b'}') if in_object => {
+                        self.pos += 1;
+                        self.close();
+                    }
+                    Some(b']') if !in_object => {
+                        self.pos += 1;
+                        self.close();
+                    }
+                    Some(_) => return Err(self.error(ScanErrorKind::UnexpectedByte)),
+                    None => return Err(self.end()),
+                }
+            }
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.body.get(self.pos).copied()
+    }
+
+    fn error(&self, kind: ScanErrorKind) -> ScanError {
+        ScanError { offset: self.pos, kind }
+    }
+
+    fn end(&self) -> ScanError {
+        ScanError { offset: self.body.len(), kind: ScanErrorKind::UnexpectedEnd }
+    }
+
+    /// The error for a byte that is not the one required here, or for its absence.
+    fn unexpected(&self) -> ScanError {
+        match self.peek() {
+            Some(_) => self.error(ScanErrorKind::UnexpectedByte),
+            None => self.end(),
+        }
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Opens the array or object whose bracket is at `pos`.
+    fn open(&mut self, object: bool, role: Role) -> Result<(), ScanError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error(ScanErrorKind::TooDeep));
+        }
+        // The check above keeps the shift below 128, so no bit is lost.
+        let bit = 1u128.wrapping_shl(self.depth as u32);
+        if object {
+            self.objects |= bit;
+        } else {
+            self.objects &= !bit;
+        }
+        self.depth += 1;
+        if let Some(slot) = self.roles.get_mut(self.depth) {
+            *slot = role;
+        }
+        if role == Role::Params {
+            self.params_index = 0;
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    fn in_object(&self) -> bool {
+        let below = self.depth.saturating_sub(1) as u32;
+        self.objects.wrapping_shr(below) & 1 == 1
+    }
+
+    fn role(&self) -> Role {
+        self.roles.get(self.depth).copied().unwrap_or(Role::Skip)
+    }
+
+    /// Scans `"key" :` at `pos` and tells what the member's value means.
+    fn member_key(&mut self) -> Result<Slot, ScanError> {
+        if self.peek() != Some(b'"') {
+            return Err(self.unexpected());
+        }
+        let key = self.string()?;
+        self.skip_whitespace();
+        if self.peek() != Some(b':') {
+            return Err(self.unexpected());
+        }
+        self.pos += 1;
+        let role = self.role();
+        if role == Role::Skip {
+            return Ok(Slot::Skip);
+        }
+        let mut buffer = [0u8; 16];
+        let name = if key.escaped {
+            // Keys longer than the buffer are none of the names looked for.
+            self.body
+                .get(key.start..key.end)
+                .and_then(|raw| decode(raw, &mut buffer))
+                .and_then(|len| buffer.get(..len))
+        } else {
+            self.body.get(key.start..key.end)
+        };
+        let slot = name.map_or(Slot::Skip, |name| classify(role, self.mode, name));
+        self.forget(slot);
+        if self.depth == 1 {
+            self.member = slot;
+        }
+        Ok(slot)
+    }
+
+    /// What the next element of the innermost array means.
+    fn element_slot(&self) -> Slot {
+        match (self.role(), self.params_index) {
+            (Role::Params, 0) => Slot::Payload,
+            (Role::Params, 1) => Slot::Attributes,
+            _ => Slot::Skip,
+        }
+    }
+
+    /// Drops what an earlier member with the same key taught, because the last duplicate
+    /// wins and the new value may yield nothing.
+    fn forget(&mut self, slot: Slot) {
+        let fields = &mut self.fields;
+        match slot {
+            Slot::Method => fields.method = None,
+            Slot::Id => fields.id = None,
+            Slot::Params => {
+                fields.payload_timestamp = None;
+                fields.attributes_timestamp = None;
+            }
+            Slot::PayloadTimestamp => fields.payload_timestamp = None,
+            Slot::AttributesTimestamp => fields.attributes_timestamp = None,
+            Slot::Result => {
+                fields.result = None;
+                fields.status = None;
+                fields.payload_status = None;
+            }
+            Slot::Status => fields.status = None,
+            Slot::PayloadStatus | Slot::PayloadStatusStatus => fields.payload_status = None,
+            Slot::Error | Slot::Code => fields.error_code = None,
+            Slot::Skip | Slot::Top | Slot::Payload | Slot::Attributes => {}
+        }
+    }
+
+    /// Called when a member value of the top-level object has just ended at `pos`.
+    fn end_member(&mut self) {
+        let range = self.member_start..self.pos;
+        match self.member {
+            Slot::Id => self.fields.id = Some(range),
+            Slot::Result => self.fields.result = Some(range),
+            _ => {}
+        }
+        self.member = Slot::Skip;
+    }
+
+    fn store_text(&mut self, slot: Slot, text: Text) {
+        let Some(raw) = self.body.get(text.start..text.end) else {
+            return;
+        };
+        match slot {
+            Slot::Method => self.fields.method = decode_string(raw, text.escaped),
+            Slot::Status => self.fields.status = decode_string(raw, text.escaped),
+            Slot::PayloadStatusStatus => {
+                self.fields.payload_status = decode_string(raw, text.escaped);
+            }
+            Slot::PayloadTimestamp => {
+                self.fields.payload_timestamp = decode_quantity(raw, text.escaped);
+            }
+            Slot::AttributesTimestamp => {
+                self.fields.attributes_timestamp = decode_quantity(raw, text.escaped);
+            }
+            _ => {}
+        }
+    }
+
+    /// Validates the string whose opening quote is at `pos` and moves past its closing quote.
+    fn string(&mut self) -> Result<Text, ScanError> {
+        let start = self.pos + 1;
+        let mut i = start;
+        let mut escaped = false;
+        loop {
+            i = skip_plain(self.body, i);
+            match self.body.get(i) {
+                Some(b'"') => {
+                    self.pos = i + 1;
+                    return Ok(Text { start, end: i, escaped });
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    i = self.escape(i)?;
+                }
+                Some(&byte) if byte < 0x20 => return Err(at(i, ScanErrorKind::InvalidString)),
+                Some(_) => i = self.utf8_char(i)?,
+                None => return Err(self.end()),
+            }
+        }
+    }
+
+    /// Validates the escape whose backslash is at `i`; returns the index after it. A `\u`
+    /// escape of a surrogate must be a high surrogate followed by an escaped low one, because
+    /// a lone surrogate cannot be decoded to a Rust `String` (serde_json rejects it too).
+    fn escape(&self, i: usize) -> Result<usize, ScanError> {
+        match self.body.get(i + 1) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+            Some(b'u') => match self.hex4(i + 2)? {
+                0xD800..=0xDBFF => match (self.body.get(i + 6), self.body.get(i + 7)) {
+                    (Some(b'\\'), Some(b'u')) => match self.hex4(i + 8)? {
+                        0xDC00..=0xDFFF => Ok(i + 12),
+                        _ => Err(at(i + 6, ScanErrorKind::InvalidEscape)),
+                    },
+                    (None, _) | (Some(b'\\'), None) => Err(self.end()),
+                    _ => Err(at(i, ScanErrorKind::InvalidEscape)),
+                },
+                0xDC00..=0xDFFF => Err(at(i, ScanErrorKind::InvalidEscape)),
+                _ => Ok(i + 6),
+            },
+            Some(_) => Err(at(i + 1, ScanErrorKind::InvalidEscape)),
+            None => Err(self.end()),
+        }
+    }
+
+    /// Reads the four hex digits of a `\u` escape starting at `i`.
+    fn hex4(&self, i: usize) -> Result<u32, ScanError> {
+        let mut value = 0;
+        for k in i..i + 4 {
+            let Some(&digit) = self.body.get(k) else {
+                return Err(self.end());
+            };
+            let Some(nibble) = char::from(digit).to_digit(16) else {
+                return Err(at(k, ScanErrorKind::InvalidEscape));
+            };
+            value = value << 4 | nibble;
+        }
+        Ok(value)
+    }
+
+    /// Validates the multi-byte UTF-8 character whose lead byte is at `i`; returns the index
+    /// after it. The standard library's validator decides, so overlong forms, surrogates and
+    /// code points above U+10FFFF are refused exactly as `str` refuses them.
+    fn utf8_char(&self, i: usize) -> Result<usize, ScanError> {
+        let width = match self.body.get(i) {
+            Some(0xC2..=0xDF) => 2,
+            Some(0xE0..=0xEF) => 3,
+            Some(0xF0..=0xF4) => 4,
+            _ => return Err(at(i, ScanErrorKind::InvalidUtf8)),
+        };
+        match self.body.get(i..i + width) {
+            Some(bytes) if std::str::from_utf8(bytes).is_ok() => Ok(i + width),
+            Some(_) => Err(at(i, ScanErrorKind::InvalidUtf8)),
+            None => {
+                // The body ends inside the character: that is an early end if what is there
+                // could still begin one, and bad UTF-8 otherwise.
+                let tail = self.body.get(i + 1..).unwrap_or_default();
+                if tail.iter().all(|&b| (0x80..=0xBF).contains(&b)) {
+                    Err(self.end())
+                } else {
+                    Err(at(i, ScanErrorKind::InvalidUtf8))
+                }
+            }
+        }
+    }
+
+    /// Validates the number at `pos` against the RFC 8259 grammar
+    /// (`-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`) and returns its range.
+    fn number(&mut self) -> Result<Range<usize>, ScanError> {
+        let start = self.pos;
+        let mut i = start;
+        if self.body.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match self.body.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if let Some(b'0'..=b'9') = self.body.get(i) {
+                    return Err(at(i, ScanErrorKind::InvalidNumber));
+                }
+            }
+            Some(b'1'..=b'9') => i = skip_digits(self.body, i + 1),
+            Some(_) => return Err(at(i, ScanErrorKind::InvalidNumber)),
+            None => return Err(self.end()),
+        }
+        if self.body.get(i) == Some(&b'.') {
+            i = self.required_digits(i + 1)?;
+        }
+        if let Some(b'e' | b'E') = self.body.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = self.body.get(i) {
+                i += 1;
+            }
+            i = self.required_digits(i)?;
+        }
+        self.pos = i;
+        Ok(start..i)
+    }
+
+    /// Skips one or more digits at `i`, as a fraction or exponent requires.
+    fn required_digits(&self, i: usize) -> Result<usize, ScanError> {
+        match self.body.get(i) {
+            Some(b'0'..=b'9') => Ok(skip_digits(self.body, i + 1)),
+            Some(_) => Err(at(i, ScanErrorKind::InvalidNumber)),
+            None => Err(self.end()),
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
+        for (k, &expected) in word.iter().enumerate() {
+            match self.body.get(self.pos + k) {
+                Some(&byte) if byte == expected => {}
+                Some(_) => return Err(at(self.pos + k, ScanErrorKind::UnexpectedByte)),
+                None => return Err(self.end()),
+            }
+        }
+        self.pos += word.len();
+        Ok(())
+    }
+}
+
+fn at(offset: usize, kind: ScanErrorKind) -> ScanError {
+    ScanError { offset, kind }
+}
+
+fn object_role(slot: Slot) -> Role {
+    match slot {
+        Slot::Top => Role::Top,
+        Slot::Payload => Role::Payload,
+        Slot::Attributes => Role::Attributes,
+        Slot::Result => Role::Result,
+        Slot::PayloadStatus => Role::PayloadStatus,
+        Slot::Error => Role::Error,
+        _ => Role::Skip,
+    }
+}
+
+/// What the value of member `key` of an object with `role` means.
+fn classify(role: Role, mode: Mode, key: &[u8]) -> Slot {
+    match (role, mode, key) {
+        (Role::Top, _, b"id") => Slot::Id,
+        (Role::Top, Mode::Request, b"method") => Slot::Method,
+        (Role::Top, Mode::Request, b"params") => Slot::Params,
+        (Role::Top, Mode::Response, b"result") => Slot::Result,
+        (Role::Top, Mode::Response, b"error") => Slot::Error,
+        (Role::Payload, _, b"timestamp") => Slot::PayloadTimestamp,
+        (Role::Attributes, _, b"timestamp") => Slot::AttributesTimestamp,
+        (Role::Result, _, b"status") => Slot::Status,
+        (Role::Result, _, b"payloadStatus") => Slot::PayloadStatus,
+        (Role::PayloadStatus, _, b"status") => Slot::PayloadStatusStatus,
+        (Role::Error, _, b"code") => Slot::Code,
+        _ => Slot::Skip,
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Returns the index of the first byte at or after `i` that a string loop must look at —
+/// `"`, `\`, a control character or a non-ASCII byte — or the body's length.
+///
+/// This is the hot loop of the scanner: an Engine API body is mostly hex strings, so it
+/// tests eight bytes per step with word arithmetic. In each term below a byte's high bit is
+/// set when the byte matches, and bits can be set spuriously only above a real match, so the
+/// lowest set bit is always the first match.
+fn skip_plain(body: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = body.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(bytes);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        let found = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | word.wrapping_sub(ONES * 0x20)
+            | word;
+        let found = found & HIGHS;
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&byte) = body.get(i) {
+        if byte == b'"' || byte == b'\\' || !(0x20..0x80).contains(&byte) {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn skip_digits(body: &[u8], mut i: usize) -> usize {
+    while let Some(b'0'..=b'9') = body.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Decodes the escapes of validated string content `raw` into `out`; returns the decoded
+/// length, or `None` when it does not fit (or, defensively, when `raw` is malformed).
+fn decode(raw: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    let mut i = 0;
+    while let Some(&byte) = raw.get(i) {
+        if byte != b'\\' {
+            put(out, &mut len, &[byte])?;
+            i += 1;
+            continue;
+        }
+        let simple = match *raw.get(i + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0C,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let high = hex_value(raw.get(i + 2..i + 6)?)?;
+                let code = if (0xD800..0xDC00).contains(&high) {
+                    let low = hex_value(raw.get(i + 8..i + 12)?)?;
+                    i += 12;
+                    0x10000 + ((high - 0xD800) << 10) + low.checked_sub(0xDC00)?
+                } else {
+                    i += 6;
+                    high
+                };
+                let mut utf8 = [0u8; 4];
+                put(out, &mut len, char::from_u32(code)?.encode_utf8(&mut utf8).as_bytes())?;
+                continue;
+            }
+            _ => return None,
+        };
+        put(out, &mut len, &[simple])?;
+        i += 2;
+    }
+    Some(len)
+}
+
+/// Appends `bytes` to the first `len` bytes of `out`, or fails when they do not fit.
+fn put(out: &mut [u8], len: &mut usize, bytes: &[u8]) -> Option<()> {
+    out.get_mut(*len..*len + bytes.len())?.copy_from_slice(bytes);
+    *len += bytes.len();
+    Some(())
+}
+
+fn hex_value(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0u32, |value, &digit| Some(value << 4 | char::from(digit).to_digit(16)?))
+}
+
+/// Decodes validated string content into an owned string, `None` beyond [`MAX_TEXT_LEN`].
+fn decode_string(raw: &[u8], escaped: bool) -> Option<String> {
+    if !escaped {
+        if raw.len() > MAX_TEXT_LEN {
+            return None;
+        }
+        return std::str::from_utf8(raw).ok().map(str::to_owned);
+    }
+    let mut buffer = [0u8; MAX_TEXT_LEN];
+    let len = decode(raw, &mut buffer)?;
+    String::from_utf8(buffer.get(..len)?.to_vec()).ok()
+}
+
+/// Decodes a validated timestamp string and parses it as a QUANTITY. A QUANTITY is at most
+/// 18 bytes, so anything that does not fit the small buffer is no QUANTITY.
+fn decode_quantity(raw: &[u8], escaped: bool) -> Option<u64> {
+    if !escaped {
+        return parse_quantity(raw);
+    }
+    let mut buffer = [0u8; 32];
+    let len = decode(raw, &mut buffer)?;
+    parse_quantity(buffer.get(..len)?)
+}
+
+/// Reads validated number text as an i64 the way serde_json's `Value::as_i64` would: only
+/// integers written without fraction or exponent, and not `-0` (serde_json makes it a float).
+fn parse_integer(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let magnitude = digits.iter().try_fold(0u64, |value, &digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })?;
+    if negative {
+        if magnitude == 0 {
+            return None;
+        }
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+/// The scanner checked against serde_json, for tests and the fuzz target.
+///
+/// Each `check_*` function scans a body with this module and parses it with
+/// `serde_json::from_slice::<serde_json::Value>`, then requires both to accept or both to
+/// reject, and on acceptance the same shape and fields, derived from the `Value` by the rules
+/// the scanner documents (top-level members only, last duplicate wins, method and status
+/// capped at [`MAX_TEXT_LEN`] bytes, timestamp picked by method prefix).
+///
+/// Known differences, and the only ones tolerated:
+/// - Depth: the scanner accepts [`MAX_DEPTH`] (128) nested arrays and objects; serde_json
+///   spends one unit of its limit of 128 before checking, so it accepts only 127. A body
+///   nested exactly 128 deep is accepted here and rejected there ("recursion limit exceeded").
+/// - Number range: the scanner checks the number grammar only, as RFC 8259 does; serde_json
+///   (without `arbitrary_precision`) turns large numbers into f64 and rejects those that
+///   overflow, such as `1e400` or a 400-digit integer ("number out of range"). The proxy
+///   forwards the bytes unchanged, so it has no reason to refuse them.
+#[doc(hidden)]
+pub mod differential {
+    use super::{
+        parse_quantity, scan_request, scan_response, ScanError, Shape, FORKCHOICE_PREFIX, MAX_DEPTH,
+        MAX_TEXT_LEN, NEW_PAYLOAD_PREFIX,
+    };
+    use serde_json::{Map, Value};
+    use std::ops::Range;
+
+    /// Compares [`scan_request`] with serde_json on `body`.
+    pub fn check_request(body: &[u8]) -> Result<(), String> {
+        let ours = scan_request(body);
+        let Some(value) = reference(body, ours.as_ref().err())? else {
+            return Ok(());
+        };
+        let ours = ours.map_err(|e| format!("scanner rejected an accepted body: {e}"))?;
+        same("shape", &ours.shape, &shape(&value))?;
+        let members = value.as_object();
+        let method = short_text(member(members, "method"));
+        same("method", &ours.method.as_deref(), &method)?;
+        same_raw("id", body, &ours.id, members.and_then(|m| m.get("id")))?;
+        let position = match method {
+            Some(m) if m.starts_with(NEW_PAYLOAD_PREFIX) => Some(0),
+            Some(m) if m.starts_with(FORKCHOICE_PREFIX) => Some(1),
+            _ => None,
+        };
+        let timestamp = position
+            .and_then(|p| member(members, "params")?.as_array()?.get(p))
+            .and_then(|param| param.as_object()?.get("timestamp")?.as_str())
+            .and_then(|text| parse_quantity(text.as_bytes()));
+        same("timestamp", &ours.timestamp, &timestamp)
+    }
+
+    /// Compares [`scan_response`] with serde_json on `body`.
+    pub fn check_response(body: &[u8]) -> Result<(), String> {
+        let ours = scan_response(body);
+        let Some(value) = reference(body, ours.as_ref().err())? else {
+            return Ok(());
+        };
+        let ours = ours.map_err(|e| format!("scanner rejected an accepted body: {e}"))?;
+        same("shape", &ours.shape, &shape(&value))?;
+        let members = value.as_object();
+        same_raw("id", body, &ours.id, members.and_then(|m| m.get("id")))?;
+        same_raw("result", body, &ours.result, member(members, "result"))?;
+        let result = member(members, "result").and_then(Value::as_object);
+        let direct = short_text(member(result, "status"));
+        let nested = short_text(member(result, "payloadStatus").and_then(|p| p.get("status")));
+        same("status", &ours.status.as_deref(), &direct.or(nested))?;
+        let code = member(members, "error").and_then(|e| e.get("code")).and_then(Value::as_i64);
+        same("error code", &ours.error_code, &code)
+    }
+
+    /// Parses `body` with serde_json and settles acceptance: `Ok(Some(value))` when both
+    /// accept, `Ok(None)` when both reject or the difference is a documented one.
+    fn reference(body: &[u8], ours: Option<&ScanError>) -> Result<Option<Value>, String> {
+        match (serde_json::from_slice::<Value>(body), ours) {
+            (Ok(value), None) => Ok(Some(value)),
+            (Err(_), Some(_)) => Ok(None),
+            (Err(e), None) => {
+                let message = e.to_string();
+                let tolerated = message.starts_with("number out of range")
+                    || (message.starts_with("recursion limit exceeded") && nesting(body) == MAX_DEPTH);
+                if tolerated {
+                    Ok(None)
+                } else {
+                    Err(format!("scanner accepted, serde_json rejected: {e}"))
+                }
+            }
+            (Ok(_), Some(e)) => Err(format!("scanner rejected ({e}), serde_json accepted")),
+        }
+    }
+
+    /// A string value the scanner reports, that is one no longer than [`MAX_TEXT_LEN`].
+    fn short_text(value: Option<&Value>) -> Option<&str> {
+        value?.as_str().filter(|text| text.len() <= MAX_TEXT_LEN)
+    }
+
+    fn member<'v>(members: Option<&'v Map<String, Value>>, key: &str) -> Option<&'v Value> {
+        members?.get(key)
+    }
+
+    fn shape(value: &Value) -> Shape {
+        match value {
+            Value::Object(_) => Shape::Object,
+            Value::Array(_) => Shape::Array,
+            _ => Shape::Other,
+        }
+    }
+
+    fn same<T: PartialEq + std::fmt::Debug>(what: &str, ours: &T, theirs: &T) -> Result<(), String> {
+        if ours == theirs {
+            Ok(())
+        } else {
+            Err(format!("{what}: scanner {ours:?}, serde_json {theirs:?}"))
+        }
+    }
+
+    /// Requires the raw range found by the scanner to hold the value serde_json found.
+    fn same_raw(
+        what: &str,
+        body: &[u8],
+        ours: &Option<Range<usize>>,
+        theirs: Option<&Value>,
+    ) -> Result<(), String> {
+        match (ours, theirs) {
+            (None, None) => Ok(()),
+            (Some(range), Some(theirs)) => {
+                let raw = body
+                    .get(range.clone())
+                    .ok_or_else(|| format!("{what}: range {range:?} outside the body"))?;
+                let ours = serde_json::from_slice::<Value>(raw)
+                    .map_err(|e| format!("{what}: raw range {range:?} is not a value: {e}"))?;
+                same(what, &ours, theirs)
+            }
+            _ => Err(format!("{what}: scanner {ours:?}, serde_json {theirs:?}")),
+        }
+    }
+
+    /// Deepest nesting of arrays and objects in a body already known to be valid JSON.
+    fn nesting(body: &[u8]) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &byte in body {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::differential::{check_request, check_response};
+    use super::*;
+    use serde_json::Value;
+
+    const FCU: &[u8] = include_bytes!("../../shared/samples/fcu.json");
+    const NEW_PAYLOAD_1K: &[u8] = include_bytes!("../../shared/samples/newpayload-1k.json");
+    const NEW_PAYLOAD_128K: &[u8] = include_bytes!("../../shared/samples/newpayload-128k.json");
+
+    macro_rules! lodestar {
+        ($name:literal) => {
+            include_bytes!(concat!("../../shared/samples/lodestar-1.5.1/", $name, ".json"))
+        };
+    }
+
+    /// Every request sample: (name, body, method, raw id, timestamp).
+    #[allow(clippy::type_complexity)]
+    const REQUEST_SAMPLES: &[(&str, &[u8], &str, &str, Option<u64>)] = &[
+        ("fcu", FCU, "engine_forkchoiceUpdatedV3", "2", Some(0x66ed3e63)),
+        ("newpayload-1k", NEW_PAYLOAD_1K, "engine_newPayloadV3", "1", Some(0x66ed3e57)),
+        ("newpayload-128k", NEW_PAYLOAD_128K, "engine_newPayloadV3", "1", Some(0x66ed3e57)),
+        (
+            "lodestar exchangeTransitionConfigurationV1",
+            lodestar!("engine_exchangeTransitionConfigurationV1.request"),
+            "engine_exchangeTransitionConfigurationV1",
+            "1",
+            None,
+        ),
+        (
+            "lodestar forkchoiceUpdatedV2 no_attrs",
+            lodestar!("engine_forkchoiceUpdatedV2.no_attrs.request"),
+            "engine_forkchoiceUpdatedV2",
+            "41",
+            None,
+        ),
+        (
+            "lodestar forkchoiceUpdatedV2 with_attrs",
+            lodestar!("engine_forkchoiceUpdatedV2.with_attrs.request"),
+            "engine_forkchoiceUpdatedV2",
+            "42",
+            Some(0x6b012238),
+        ),
+        (
+            "lodestar getPayloadV2",
+            lodestar!("engine_getPayloadV2.request"),
+            "engine_getPayloadV2",
+            "43",
+            None,
+        ),
+        (
+            "lodestar newPayloadV2",
+            lodestar!("engine_newPayloadV2.request"),
+            "engine_newPayloadV2",
+            "40",
+            Some(0x6b012236),
+        ),
+        (
+            "lodestar newPayloadV2 with_txs",
+            lodestar!("engine_newPayloadV2.with_txs.request"),
+            "engine_newPayloadV2",
+            "20",
+            Some(0x6b01222c),
+        ),
+    ];
+
+    /// Every answer sample: (name, body, raw id, status, error code, result starts with).
+    #[allow(clippy::type_complexity)]
+    const RESPONSE_SAMPLES: &[(&str, &[u8], &str, Option<&str>, Option<i64>, Option<&str>)] = &[
+        (
+            "exchangeTransitionConfigurationV1",
+            lodestar!("engine_exchangeTransitionConfigurationV1.response"),
+            "1",
+            None,
+            Some(-32601),
+            None,
+        ),
+        (
+            "forkchoiceUpdatedV2 no_attrs",
+            lodestar!("engine_forkchoiceUpdatedV2.no_attrs.response"),
+            "41",
+            Some("VALID"),
+            None,
+            Some(r#"{"payloadStatus":{"status":"VALID""#),
+        ),
+        (
+            "forkchoiceUpdatedV2 with_attrs",
+            lodestar!("engine_forkchoiceUpdatedV2.with_attrs.response"),
+            "42",
+            Some("VALID"),
+            None,
+            Some(r#"{"payloadStatus""#),
+        ),
+        (
+            "getPayloadV2",
+            lodestar!("engine_getPayloadV2.response"),
+            "43",
+            None,
+            None,
+            Some(r#"{"executionPayload":{"blockNumber":"0xb""#),
+        ),
+        (
+            "newPayloadV2",
+            lodestar!("engine_newPayloadV2.response"),
+            "40",
+            Some("VALID"),
+            None,
+            Some(r#"{"status":"VALID""#),
+        ),
+        (
+            "newPayloadV2 with_txs",
+            lodestar!("engine_newPayloadV2.with_txs.response"),
+            "20",
+            Some("VALID"),
+            None,
+            Some(r#"{"status":"VALID""#),
+        ),
+    ];
+
+    /// The raw text a range points at.
+    fn raw<'b>(body: &'b [u8], range: &Option<Range<usize>>) -> Option<&'b str> {
+        let range = range.clone()?;
+        std::str::from_utf8(body.get(range)?).ok()
+    }
+
+    #[track_caller]
+    fn request(body: &[u8]) -> Request {
+        match scan_request(body) {
+            Ok(request) => request,
+            Err(e) => panic!("{e} in {}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    #[track_caller]
+    fn response(body: &[u8]) -> Response {
+        match scan_response(body) {
+            Ok(response) => response,
+            Err(e) => panic!("{e} in {}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    /// Rebuilds an object body with its top-level members in `order` (all must be named).
+    fn with_key_order(body: &[u8], order: &[&str]) -> Vec<u8> {
+        let value: Value = serde_json::from_slice(body).expect("sample is JSON");
+        let members = value.as_object().expect("sample is an object");
+        let parts: Vec<String> = order
+            .iter()
+            .filter_map(|key| members.get(*key).map(|v| format!("{}:{v}", Value::from(*key))))
+            .collect();
+        assert_eq!(parts.len(), members.len(), "order {order:?} misses members");
+        format!("{{{}}}", parts.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn request_samples() {
+        for &(name, body, method, id, timestamp) in REQUEST_SAMPLES {
+            let scanned = request(body);
+            assert_eq!(scanned.shape, Shape::Object, "{name}");
+            assert_eq!(scanned.method.as_deref(), Some(method), "{name}");
+            assert_eq!(raw(body, &scanned.id), Some(id), "{name}");
+            assert_eq!(scanned.timestamp, timestamp, "{name}");
+        }
+    }
+
+    #[test]
+    fn response_samples() {
+        for &(name, body, id, status, error_code, result) in RESPONSE_SAMPLES {
+            let scanned = response(body);
+            assert_eq!(scanned.shape, Shape::Object, "{name}");
+            assert_eq!(raw(body, &scanned.id), Some(id), "{name}");
+            assert_eq!(scanned.status.as_deref(), status, "{name}");
+            assert_eq!(scanned.error_code, error_code, "{name}");
+            match (raw(body, &scanned.result), result) {
+                (Some(text), Some(prefix)) => {
+                    assert!(text.starts_with(prefix), "{name}: {text}");
+                    assert!(text.ends_with('}'), "{name}: {text}");
+                }
+                (text, prefix) => assert_eq!(text, prefix, "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn any_key_order() {
+        let orders: &[&[&str]] = &[
+            &["jsonrpc", "id", "method", "params"], // Lodestar, Prysm
+            &["jsonrpc", "method", "params", "id"], // Lighthouse
+            &["params", "method", "jsonrpc", "id"], // method after params
+            &["params", "id", "jsonrpc", "method"], // method last
+            &["id", "jsonrpc", "method", "params"], // serde_json's sorted order
+        ];
+        for &(name, body, method, id, timestamp) in REQUEST_SAMPLES {
+            for order in orders {
+                let body = with_key_order(body, order);
+                let scanned = request(&body);
+                assert_eq!(scanned.method.as_deref(), Some(method), "{name} {order:?}");
+                assert_eq!(raw(&body, &scanned.id), Some(id), "{name} {order:?}");
+                assert_eq!(scanned.timestamp, timestamp, "{name} {order:?}");
+                check_request(&body).unwrap();
+            }
+            // Pretty printing puts whitespace between every token.
+            let value: Value = serde_json::from_slice(body).unwrap();
+            let pretty = serde_json::to_vec_pretty(&value).unwrap();
+            let scanned = request(&pretty);
+            assert_eq!(scanned.method.as_deref(), Some(method), "{name} pretty");
+            assert_eq!(scanned.timestamp, timestamp, "{name} pretty");
+        }
+    }
+
+    #[test]
+    fn escaped_keys_and_values() {
+        let cases: &[(&str, Option<&str>, Option<u64>)] = &[
+            (
+                r#"{"\u006dethod":"engine_newPayloadV3","params":[{"timestamp":"0x10"}]}"#,
+                Some("engine_newPayloadV3"),
+                Some(0x10),
+            ),
+            (
+                r#"{"method":"engine_newPayloadV3","p\u0061rams":[{"time\u0073tamp":"0x10"}]}"#,
+                Some("engine_newPayloadV3"),
+                Some(0x10),
+            ),
+            (
+                r#"{"method":"engine_\u006eewPayloadV1","params":[{"timestamp":"\u0030x1f"}]}"#,
+                Some("engine_newPayloadV1"),
+                Some(0x1f),
+            ),
+            (
+                r#"{"method":"engine_forkchoiceUpdatedV3","params":[{},{"\u0074\u0069\u006D\u0065\u0073\u0074\u0061\u006D\u0070":"0x2"}]}"#,
+                Some("engine_forkchoiceUpdatedV3"),
+                Some(2),
+            ),
+            // An escape that decodes to something else is a different key.
+            (r#"{"me\thod":"engine_newPayloadV3"}"#, None, None),
+            (r#"{"method\u0000":"engine_newPayloadV3"}"#, None, None),
+            // Escaped keys longer than any wanted name are skipped without decoding them whole.
+            (
+                r#"{"\u006dethod_and_a_long_tail":"x","method":"m\u00e9\ud83d\ude00\n\/"}"#,
+                Some("mé😀\n/"),
+                None,
+            ),
+        ];
+        for &(body, method, timestamp) in cases {
+            let scanned = request(body.as_bytes());
+            assert_eq!(scanned.method.as_deref(), method, "{body}");
+            assert_eq!(scanned.timestamp, timestamp, "{body}");
+            check_request(body.as_bytes()).unwrap();
+        }
+        let answer = br#"{"id":1,"r\u0065sult":{"payload\u0053tatus":{"st\u0061tus":"\u0056ALID"}},"error":{"\u0063ode":-1}}"#;
+        let scanned = response(answer);
+        assert_eq!(scanned.status.as_deref(), Some("VALID"));
+        assert_eq!(scanned.error_code, Some(-1));
+        check_response(answer).unwrap();
+    }
+
+    #[test]
+    fn duplicate_keys_last_wins() {
+        let requests: &[(&str, Option<&str>, Option<&str>, Option<u64>)] = &[
+            (
+                r#"{"method":"engine_getPayloadV3","method":"engine_newPayloadV3","params":[{"timestamp":"0x1"}]}"#,
+                Some("engine_newPayloadV3"),
+                None,
+                Some(1),
+            ),
+            (r#"{"method":"engine_newPayloadV3","method":1}"#, None, None, None),
+            (r#"{"id":1,"id":"two"}"#, None, Some(r#""two""#), None),
+            (r#"{"id":[1,2],"method":"x","id":null}"#, Some("x"), Some("null"), None),
+            (
+                r#"{"method":"engine_newPayloadV3","params":[{"timestamp":"0x1"}],"params":[{"timestamp":"0x2"}]}"#,
+                Some("engine_newPayloadV3"),
+                None,
+                Some(2),
+            ),
+            (
+                r#"{"method":"engine_newPayloadV3","params":[{"timestamp":"0x1"}],"params":[]}"#,
+                Some("engine_newPayloadV3"),
+                None,
+                None,
+            ),
+            (
+                r#"{"method":"engine_newPayloadV3","params":[{"timestamp":"0x1","timestamp":"0x3"}]}"#,
+                Some("engine_newPayloadV3"),
+                None,
+                Some(3),
+            ),
+            (
+                r#"{"method":"engine_newPayloadV3","params":[{"timestamp":"0x1","timestamp":"bad"}]}"#,
+                Some("engine_newPayloadV3"),
+                None,
+                None,
+            ),
+            (
+                r#"{"method":"engine_forkchoiceUpdatedV3","params":[{},{"timestamp":"0x5","timestamp":null}]}"#,
+                Some("engine_forkchoiceUpdatedV3"),
+                None,
+                None,
+            ),
+        ];
+        for &(body, method, id, timestamp) in requests {
+            let scanned = request(body.as_bytes());
+            assert_eq!(scanned.method.as_deref(), method, "{body}");
+            assert_eq!(raw(body.as_bytes(), &scanned.id), id, "{body}");
+            assert_eq!(scanned.timestamp, timestamp, "{body}");
+            check_request(body.as_bytes()).unwrap();
+        }
+        let responses: &[(&str, Option<&str>, Option<i64>, Option<&str>)] = &[
+            (
+                r#"{"result":{"status":"VALID"},"result":{"status":"INVALID"}}"#,
+                Some("INVALID"),
+                None,
+                Some(r#"{"status":"INVALID"}"#),
+            ),
+            (r#"{"result":{"status":"VALID"},"result":5}"#, None, None, Some("5")),
+            (
+                r#"{"result":{"status":"VALID","status":"SYNCING"}}"#,
+                Some("SYNCING"),
+                None,
+                Some(r#"{"status":"VALID","status":"SYNCING"}"#),
+            ),
+            (
+                r#"{"result":{"payloadStatus":{"status":"VALID"},"payloadStatus":{}}}"#,
+                None,
+                None,
+                Some(r#"{"payloadStatus":{"status":"VALID"},"payloadStatus":{}}"#),
+            ),
+            (r#"{"error":{"code":1},"error":{"code":2}}"#, None, Some(2), None),
+            (r#"{"error":{"code":1,"code":"x"}}"#, None, None, None),
+            (r#"{"error":{"code":1},"error":null}"#, None, None, None),
+        ];
+        for &(body, status, error_code, result) in responses {
+            let scanned = response(body.as_bytes());
+            assert_eq!(scanned.status.as_deref(), status, "{body}");
+            assert_eq!(scanned.error_code, error_code, "{body}");
+            assert_eq!(raw(body.as_bytes(), &scanned.result), result, "{body}");
+            check_response(body.as_bytes()).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_id_type() {
+        let ids = [
+            "7",
+            "0",
+            "-1.5e3",
+            "18446744073709551616",
+            r#""abc""#,
+            r#""""#,
+            r#""\u0041\"]}""#,
+            "null",
+            "true",
+            "false",
+            r#"{"a":[1,{}],"id":2}"#,
+            "{}",
+            "[]",
+            r#"[1,"x",null,[]]"#,
+        ];
+        for id in ids {
+            let bodies = [
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"engine_getPayloadV3","params":["0x1"]}}"#),
+                format!(r#"{{"jsonrpc":"2.0","method":"engine_getPayloadV3","params":["0x1"],"id":{id}}}"#),
+                format!("{{ \"id\" :\t{id}\n , \"method\" : \"m\" }}"),
+                format!("{{\"id\":{id}}}"),
+            ];
+            for body in &bodies {
+                let scanned = request(body.as_bytes());
+                assert_eq!(raw(body.as_bytes(), &scanned.id), Some(id), "{body}");
+                check_request(body.as_bytes()).unwrap();
+                let scanned = response(body.as_bytes());
+                assert_eq!(raw(body.as_bytes(), &scanned.id), Some(id), "{body}");
+                check_response(body.as_bytes()).unwrap();
+            }
+        }
+        assert_eq!(request(br#"{"method":"m"}"#).id, None);
+        assert_eq!(request(br#"{"x":{"id":1}}"#).id, None);
+    }
+
+    #[test]
+    fn only_top_level_members_count() {
+        let cases: &[(&str, Option<&str>, Option<u64>)] = &[
+            (r#"{"params":[{"method":"engine_newPayloadV1","timestamp":"0x1"}]}"#, None, None),
+            (r#"{"x":{"method":"engine_newPayloadV1"},"y":[{"method":"m"}]}"#, None, None),
+            (r#"[{"method":"engine_newPayloadV1","params":[{"timestamp":"0x1"}]}]"#, None, None),
+            (
+                r#"{"method":"engine_newPayloadV1","x":{"params":[{"timestamp":"0x1"}]}}"#,
+                Some("engine_newPayloadV1"),
+                None,
+            ),
+            (
+                r#"{"method":"engine_newPayloadV1","params":[[{"timestamp":"0x1"}]]}"#,
+                Some("engine_newPayloadV1"),
+                None,
+            ),
+            (
+                r#"{"method":"engine_newPayloadV1","params":[{"a":{"timestamp":"0x1"}}]}"#,
+                Some("engine_newPayloadV1"),
+                None,
+            ),
+            (
+                r#"{"method":"engine_newPayloadV1","params":[{"timestamp":"0x2","a":{"timestamp":"0x1"},"b":[{"timestamp":"0x3"}]}]}"#,
+                Some("engine_newPayloadV1"),
+                Some(2),
+            ),
+            (
+                r#"{"method":"engine_newPayloadV1","params":{"0":{"timestamp":"0x1"}}}"#,
+                Some("engine_newPayloadV1"),
+                None,
+            ),
+            (r#"{"method":{"method":"engine_newPayloadV1"},"params":[{"timestamp":"0x1"}]}"#, None, None),
+        ];
+        for &(body, method, timestamp) in cases {
+            let scanned = request(body.as_bytes());
+            assert_eq!(scanned.method.as_deref(), method, "{body}");
+            assert_eq!(scanned.timestamp, timestamp, "{body}");
+            check_request(body.as_bytes()).unwrap();
+        }
+        let answer = br#"{"result":{"x":{"status":"VALID"},"payloadStatus":{"x":{"status":"VALID"}}},"error":{"data":{"code":1}}}"#;
+        let scanned = response(answer);
+        assert_eq!((scanned.status, scanned.error_code), (None, None));
+    }
+
+    #[test]
+    fn timestamp_position_by_method() {
+        let params_both = r#"[{"timestamp":"0xa","blockHash":"0x00"},{"timestamp":"0xb"},"0xcc"]"#;
+        let params_null = r#"[{"headBlockHash":"0x00"},null]"#;
+        let cases: &[(&str, &str, Option<u64>)] = &[
+            ("engine_newPayloadV1", params_both, Some(0xa)),
+            ("engine_newPayloadV2", params_both, Some(0xa)),
+            ("engine_newPayloadV3", params_both, Some(0xa)),
+            ("engine_newPayloadV4", params_both, Some(0xa)),
+            ("engine_newPayloadV5", params_both, Some(0xa)),
+            ("engine_forkchoiceUpdatedV1", params_both, Some(0xb)),
+            ("engine_forkchoiceUpdatedV2", params_both, Some(0xb)),
+            ("engine_forkchoiceUpdatedV3", params_both, Some(0xb)),
+            ("engine_forkchoiceUpdatedV4", params_both, Some(0xb)),
+            ("engine_forkchoiceUpdatedV3", params_null, None),
+            ("engine_forkchoiceUpdatedV3", r#"[{}]"#, None),
+            ("engine_forkchoiceUpdatedV3", r#"[]"#, None),
+            ("engine_forkchoiceUpdatedV3", r#"[{"timestamp":"0xa"},{"timestamp":7}]"#, None),
+            ("engine_newPayloadV3", r#"[{"timestamp":"0x"}]"#, None),
+            ("engine_newPayloadV3", r#"[{"timestamp":"0x10000000000000000"}]"#, None),
+            ("engine_newPayloadV3", r#"[{"timestamp":"0xffffffffffffffff"}]"#, Some(u64::MAX)),
+            ("engine_newPayloadV3", r#"[null,{"timestamp":"0xb"}]"#, None),
+            ("engine_getPayloadV4", params_both, None),
+            ("engine_exchangeCapabilities", params_both, None),
+            ("eth_blockNumber", params_both, None),
+            ("engine_newpayloadV3", params_both, None),
+        ];
+        for &(method, params, timestamp) in cases {
+            let lodestar = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+            let lighthouse = format!(r#"{{"jsonrpc":"2.0","params":{params},"method":"{method}","id":1}}"#);
+            for body in [lodestar, lighthouse] {
+                assert_eq!(request(body.as_bytes()).timestamp, timestamp, "{body}");
+                check_request(body.as_bytes()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn response_status_and_error_code() {
+        let cases: &[(&str, Option<&str>, Option<i64>)] = &[
+            (r#"{"id":1,"result":{"status":"SYNCING","latestValidHash":null}}"#, Some("SYNCING"), None),
+            (
+                r#"{"id":1,"result":{"payloadStatus":{"status":"INVALID"},"payloadId":null}}"#,
+                Some("INVALID"),
+                None,
+            ),
+            (r#"{"result":{"payloadStatus":{"status":"INVALID"},"status":"VALID"}}"#, Some("VALID"), None),
+            (r#"{"result":{"status":5,"payloadStatus":{"status":"ACCEPTED"}}}"#, Some("ACCEPTED"), None),
+            (r#"{"result":{"status":"INVALID_BLOCK_HASH"}}"#, Some("INVALID_BLOCK_HASH"), None),
+            (r#"{"result":"VALID"}"#, None, None),
+            (r#"{"result":null}"#, None, None),
+            (r#"{"error":{"code":-38001,"message":"Unknown payload"}}"#, None, Some(-38001)),
+            (r#"{"error":{"message":"x","code":-32700}}"#, None, Some(-32700)),
+            (r#"{"error":{"code":9223372036854775807}}"#, None, Some(i64::MAX)),
+            (r#"{"error":{"code":-9223372036854775808}}"#, None, Some(i64::MIN)),
+            (r#"{"error":{"code":9223372036854775808}}"#, None, None),
+            (r#"{"error":{"code":-9223372036854775809}}"#, None, None),
+            (r#"{"error":{"code":99999999999999999999}}"#, None, None),
+            (r#"{"error":{"code":0}}"#, None, Some(0)),
+            (r#"{"error":{"code":-0}}"#, None, None),
+            (r#"{"error":{"code":1.0}}"#, None, None),
+            (r#"{"error":{"code":1e3}}"#, None, None),
+            (r#"{"error":{"code":"-32000"}}"#, None, None),
+            (r#"{"error":-32000}"#, None, None),
+            (r#"{"code":-32000}"#, None, None),
+        ];
+        for &(body, status, error_code) in cases {
+            let scanned = response(body.as_bytes());
+            assert_eq!(scanned.status.as_deref(), status, "{body}");
+            assert_eq!(scanned.error_code, error_code, "{body}");
+            check_response(body.as_bytes()).unwrap();
+        }
+        // A request scan looks for none of an answer's members, and the other way round.
+        let answer =
+            br#"{"method":"engine_newPayloadV1","params":[{"timestamp":"0x1"}],"result":{"status":"VALID"}}"#;
+        assert_eq!(request(answer).timestamp, Some(1));
+        assert_eq!(response(answer).status.as_deref(), Some("VALID"));
+        let scanned = response(FCU);
+        assert_eq!((scanned.status, scanned.result), (None, None));
+        assert_eq!(request(lodestar!("engine_newPayloadV2.response")).method, None);
+    }
+
+    #[test]
+    fn shapes() {
+        let cases: &[(&str, Shape)] = &[
+            ("{}", Shape::Object),
+            (" \r\n\t{ } ", Shape::Object),
+            ("[]", Shape::Array),
+            (r#"[{"method":"engine_newPayloadV1","id":1}]"#, Shape::Array),
+            ("1", Shape::Other),
+            ("-0.5e-7", Shape::Other),
+            (r#""method""#, Shape::Other),
+            ("null", Shape::Other),
+            ("true", Shape::Other),
+            ("false ", Shape::Other),
+        ];
+        for &(body, shape) in cases {
+            let scanned = request(body.as_bytes());
+            assert_eq!(scanned.shape, shape, "{body}");
+            if shape != Shape::Object {
+                assert_eq!((scanned.method, scanned.id, scanned.timestamp), (None, None, None), "{body}");
+                let scanned = response(body.as_bytes());
+                assert_eq!((scanned.id, scanned.status, scanned.result), (None, None, None), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn long_text_is_capped() {
+        let exactly = "a".repeat(MAX_TEXT_LEN);
+        let over = "a".repeat(MAX_TEXT_LEN + 1);
+        // Each escape is six bytes of input for one byte of text, so the cap is on the text.
+        let escaped_exactly = r"\u0061".repeat(MAX_TEXT_LEN);
+        let escaped_over = format!("{escaped_exactly}a");
+        let multibyte_over = "é".repeat(MAX_TEXT_LEN / 2) + "a";
+        let cases: &[(&str, Option<&str>)] = &[
+            (&exactly, Some(&exactly)),
+            (&over, None),
+            (&escaped_exactly, Some(&exactly)),
+            (&escaped_over, None),
+            (&multibyte_over, None),
+        ];
+        for &(text, expected) in cases {
+            let body = format!(r#"{{"method":"{text}","params":[]}}"#);
+            assert_eq!(request(body.as_bytes()).method.as_deref(), expected);
+            check_request(body.as_bytes()).unwrap();
+            let body = format!(r#"{{"result":{{"status":"{text}"}}}}"#);
+            assert_eq!(response(body.as_bytes()).status.as_deref(), expected);
+            check_response(body.as_bytes()).unwrap();
+        }
+    }
+
+    /// Invalid bodies: (body, kind, offset).
+    const INVALID: &[(&[u8], ScanErrorKind, usize)] = &[
+        (b"", ScanErrorKind::UnexpectedEnd, 0),
+        (b"  \n", ScanErrorKind::UnexpectedEnd, 3),
+        (b"{", ScanErrorKind::UnexpectedEnd, 1),
+        (b"{\"a\"", ScanErrorKind::UnexpectedEnd, 4),
+        (b"{\"a\":", ScanErrorKind::UnexpectedEnd, 5),
+        (b"{\"a\":1", ScanErrorKind::UnexpectedEnd, 6),
+        (b"[1,", ScanErrorKind::UnexpectedEnd, 3),
+        (b"\"abc", ScanErrorKind::UnexpectedEnd, 4),
+        (b"\"abcdefghijklmnopqrstuvwxyz", ScanErrorKind::UnexpectedEnd, 27),
+        (b"tru", ScanErrorKind::UnexpectedEnd, 3),
+        (b"-", ScanErrorKind::UnexpectedEnd, 1),
+        (b"1.", ScanErrorKind::UnexpectedEnd, 2),
+        (b"1e", ScanErrorKind::UnexpectedEnd, 2),
+        (b"1e+", ScanErrorKind::UnexpectedEnd, 3),
+        (b"\"\\", ScanErrorKind::UnexpectedEnd, 2),
+        (b"\"\\u12", ScanErrorKind::UnexpectedEnd, 5),
+        (b"\"\\ud800", ScanErrorKind::UnexpectedEnd, 7),
+        (b"\"\\ud800\\", ScanErrorKind::UnexpectedEnd, 8),
+        (b"\"\xe2\x82", ScanErrorKind::UnexpectedEnd, 3),
+        (b"[1,]", ScanErrorKind::UnexpectedByte, 3),
+        (b"{\"a\":1,}", ScanErrorKind::UnexpectedByte, 7),
+        (b"{,}", ScanErrorKind::UnexpectedByte, 1),
+        (b"{a:1}", ScanErrorKind::UnexpectedByte, 1),
+        (b"{1:1}", ScanErrorKind::UnexpectedByte, 1),
+        (b"{\"a\" 1}", ScanErrorKind::UnexpectedByte, 5),
+        (b"{\"a\":1 \"b\":2}", ScanErrorKind::UnexpectedByte, 7),
+        (b"[1 2]", ScanErrorKind::UnexpectedByte, 3),
+        (b"[1}", ScanErrorKind::UnexpectedByte, 2),
+        (b"{\"a\":1]", ScanErrorKind::UnexpectedByte, 6),
+        (b"]", ScanErrorKind::UnexpectedByte, 0),
+        (b"trUe", ScanErrorKind::UnexpectedByte, 2),
+        (b"nul1", ScanErrorKind::UnexpectedByte, 3),
+        (b"NaN", ScanErrorKind::UnexpectedByte, 0),
+        (b"Infinity", ScanErrorKind::UnexpectedByte, 0),
+        (b"'a'", ScanErrorKind::UnexpectedByte, 0),
+        (b".5", ScanErrorKind::UnexpectedByte, 0),
+        (b"+1", ScanErrorKind::UnexpectedByte, 0),
+        (b"\xef\xbb\xbf{}", ScanErrorKind::UnexpectedByte, 0),
+        (b"\x0c{}", ScanErrorKind::UnexpectedByte, 0),
+        (b"\xa0{}", ScanErrorKind::UnexpectedByte, 0),
+        (b"\"a\x01\"", ScanErrorKind::InvalidString, 2),
+        (b"\"\t\"", ScanErrorKind::InvalidString, 1),
+        (b"\"0123456789abcdef\n\"", ScanErrorKind::InvalidString, 17),
+        (b"{\"a\x1f\":1}", ScanErrorKind::InvalidString, 3),
+        (b"01", ScanErrorKind::InvalidNumber, 1),
+        (b"-01", ScanErrorKind::InvalidNumber, 2),
+        (b"[00]", ScanErrorKind::InvalidNumber, 2),
+        (b"[1.]", ScanErrorKind::InvalidNumber, 3),
+        (b"[1.e5]", ScanErrorKind::InvalidNumber, 3),
+        (b"[1e]", ScanErrorKind::InvalidNumber, 3),
+        (b"[1E+x]", ScanErrorKind::InvalidNumber, 4),
+        (b"-a", ScanErrorKind::InvalidNumber, 1),
+        (b"[-]", ScanErrorKind::InvalidNumber, 2),
+        (b"\"\\x\"", ScanErrorKind::InvalidEscape, 2),
+        (b"\"\\U0041\"", ScanErrorKind::InvalidEscape, 2),
+        (b"\"\\'\"", ScanErrorKind::InvalidEscape, 2),
+        (b"\"\\u12G4\"", ScanErrorKind::InvalidEscape, 5),
+        (b"\"\\ud800\"", ScanErrorKind::InvalidEscape, 1),
+        (b"\"\\udc00\"", ScanErrorKind::InvalidEscape, 1),
+        (b"\"\\udfff\\ud800\"", ScanErrorKind::InvalidEscape, 1),
+        (b"\"\\ud800\\u0041\"", ScanErrorKind::InvalidEscape, 7),
+        (b"\"\\ud800\\ud800\"", ScanErrorKind::InvalidEscape, 7),
+        (b"\"\\ud800\\n\"", ScanErrorKind::InvalidEscape, 1),
+        (b"\"\\ud800x\"", ScanErrorKind::InvalidEscape, 1),
+        (b"{\"\\ud800\":1}", ScanErrorKind::InvalidEscape, 2),
+        (b"\"\xff\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xc0\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xc3\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xe0\x80\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xed\xa0\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xf4\x90\x80\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xf5\x80\x80\x80\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xe2\x82\"", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"\xe2(", ScanErrorKind::InvalidUtf8, 1),
+        (b"\"abcdefgh\xe2\x82\xac\xff\"", ScanErrorKind::InvalidUtf8, 12),
+        (b"1 2", ScanErrorKind::TrailingData, 2),
+        (b"{}x", ScanErrorKind::TrailingData, 2),
+        (b"{} {}", ScanErrorKind::TrailingData, 3),
+        (b"[]]", ScanErrorKind::TrailingData, 2),
+        (b"null\0", ScanErrorKind::TrailingData, 4),
+        (b"0x10", ScanErrorKind::TrailingData, 1),
+        (b"1.5.", ScanErrorKind::TrailingData, 3),
+    ];
+
+    #[test]
+    fn invalid_json() {
+        for &(body, kind, offset) in INVALID {
+            let expected = Err(ScanError { offset, kind });
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(scan_request(body).map(|_| ()), expected, "{shown:?}");
+            assert_eq!(scan_response(body).map(|_| ()), expected, "{shown:?}");
+            check_request(body).unwrap();
+            check_response(body).unwrap();
+        }
+    }
+
+    #[test]
+    fn valid_json_edge_cases() {
+        let cases: &[&[u8]] = &[
+            b"0",
+            b"-0",
+            b"-0.0e-0",
+            b"1E+5",
+            b"123456789012345678901234567890",
+            b"[0,1,-1,0.5,1e-400,2.5E10]",
+            b"\"\"",
+            b"\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u0000\\uFFFF\\ud83d\\ude00\"",
+            "\"é€😀\u{7f}\"".as_bytes(),
+            b"\"\xed\x9f\xbf\xee\x80\x80\xf4\x8f\xbf\xbf\"",
+            b"{\"\":\"\"}",
+            b"[[],{},[{}],{\"a\":[]}]",
+            b" \t\r\n[ \t\r\n1 \t\r\n, \t\r\n{ \t\r\n\"a\" \t\r\n: \t\r\nnull \t\r\n} \t\r\n] \t\r\n",
+        ];
+        for &body in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert!(scan_request(body).is_ok(), "{shown}");
+            assert!(scan_response(body).is_ok(), "{shown}");
+            check_request(body).unwrap();
+            check_response(body).unwrap();
+        }
+    }
+
+    fn nested(open: &str, inner: &str, close: &str, depth: usize) -> Vec<u8> {
+        format!("{}{inner}{}", open.repeat(depth), close.repeat(depth)).into_bytes()
+    }
+
+    #[test]
+    fn nesting_limit() {
+        let shapes = [("[", "", "]"), ("[", "1", "]"), ("{\"a\":", "1", "}"), ("[{\"a\":", "null", "}]")];
+        for (open, inner, close) in shapes {
+            // A pair of containers per repetition for the last shape.
+            let per = if open.len() > 5 { 2 } else { 1 };
+            let ok = nested(open, inner, close, MAX_DEPTH / per);
+            assert!(scan_request(&ok).is_ok(), "{open} x {}", MAX_DEPTH / per);
+            let deep = nested(open, inner, close, MAX_DEPTH / per + 1);
+            let error = scan_request(&deep).unwrap_err();
+            assert_eq!(error.kind, ScanErrorKind::TooDeep, "{open}");
+            // The offending bracket is the 129th one.
+            let brackets = deep.iter().enumerate().filter(|(_, b)| matches!(b, b'[' | b'{'));
+            assert_eq!(Some(error.offset), brackets.map(|(i, _)| i).nth(MAX_DEPTH), "{open}");
+        }
+        // Siblings at the limit do not add up.
+        let mut siblings = b"[".to_vec();
+        for _ in 0..3 {
+            siblings.extend(nested("[", "", "]", MAX_DEPTH - 1));
+            siblings.push(b',');
+        }
+        siblings.extend(b"1]");
+        assert!(scan_request(&siblings).is_ok());
+        // Extraction still works around a deep member.
+        let mut body = br#"{"method":"engine_newPayloadV1","x":"#.to_vec();
+        body.extend(nested("[", "", "]", MAX_DEPTH - 1));
+        body.extend(br#","params":[{"timestamp":"0x9"}]}"#);
+        assert_eq!(request(&body).timestamp, Some(9));
+    }
+
+    #[test]
+    fn a_million_brackets_fail_without_recursion() {
+        let body = vec![b'['; 1_000_000];
+        assert_eq!(scan_request(&body), Err(ScanError { offset: MAX_DEPTH, kind: ScanErrorKind::TooDeep }));
+        let body = b"{\"a\":".repeat(1_000_000);
+        assert_eq!(scan_response(&body).unwrap_err().kind, ScanErrorKind::TooDeep);
+    }
+
+    #[test]
+    fn quantities() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"0x0", Some(0)),
+            (b"0x1", Some(1)),
+            (b"0x66ed3e63", Some(0x66ed3e63)),
+            (b"0xABCdef", Some(0xabcdef)),
+            (b"0x00000001", Some(1)),
+            (b"0xffffffffffffffff", Some(u64::MAX)),
+            (b"0x0000000000000000", Some(0)),
+            (b"0x00000000000000001", None),
+            (b"0x10000000000000000", None),
+            (b"0x", None),
+            (b"", None),
+            (b"0", None),
+            (b"10", None),
+            (b"x10", None),
+            (b"0X10", None),
+            (b"0x-1", None),
+            (b"0x+1", None),
+            (b"0x1g", None),
+            (b"0x 1", None),
+            (b"0x1 ", None),
+            (b" 0x1", None),
+            (b"0x\xc3\xa9", None),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(parse_quantity(text), expected, "{:?}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
+    fn error_display() {
+        let error = ScanError { offset: 17, kind: ScanErrorKind::UnexpectedByte };
+        assert_eq!(error.to_string(), "invalid JSON at byte 17: unexpected byte");
+        assert_eq!(
+            scan_request(b"[").unwrap_err().to_string(),
+            "invalid JSON at byte 1: unexpected end of input"
+        );
+    }
+
+    /// The differences `differential` tolerates are real, and the only ones.
+    #[test]
+    fn documented_differences_from_serde_json() {
+        let at_limit = nested("[", "", "]", MAX_DEPTH);
+        let out_of_range: &[&[u8]] =
+            &[b"1e400", b"[-1e400]", &[b'9'; 400], b"{\"id\":1.7976931348623159e308}"];
+        for body in std::iter::once(at_limit.as_slice()).chain(out_of_range.iter().copied()) {
+            assert!(scan_request(body).is_ok());
+            assert!(serde_json::from_slice::<Value>(body).is_err());
+            check_request(body).unwrap();
+            check_response(body).unwrap();
+        }
+        assert!(serde_json::from_slice::<Value>(&nested("[", "", "]", MAX_DEPTH - 1)).is_ok());
+    }
+
+    /// A deterministic xorshift generator, so mutations are the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Bytes that make mutations interesting to a JSON scanner.
+    const MUTANTS: &[u8] = b"{}[],:\"\\ -+.eE019afuxnlt\t\n\x00\x1f\x7f\x80\xbf\xc3\xe2\xed\xf0\xff";
+
+    fn mutate(body: &[u8], rng: &mut Rng) -> Vec<u8> {
+        let mut body = body.to_vec();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(body.len() + 1);
+            let byte = MUTANTS[rng.below(MUTANTS.len())];
+            match rng.below(5) {
+                0 => body.truncate(at),
+                1 if at < body.len() => {
+                    body.remove(at);
+                }
+                2 => body.insert(at, byte),
+                _ if at < body.len() => body[at] = byte,
+                _ => body.push(byte),
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn differential_against_serde_json() {
+        let mut corpus: Vec<Vec<u8>> = Vec::new();
+        corpus.extend(REQUEST_SAMPLES.iter().map(|s| s.1.to_vec()));
+        corpus.extend(RESPONSE_SAMPLES.iter().map(|s| s.1.to_vec()));
+        corpus.extend(INVALID.iter().map(|s| s.0.to_vec()));
+        corpus.extend(
+            [
+                r#"{"method":"engine_newPayloadV3","params":[{"timestamp":"0x1"}],"id":{"method":"x"}}"#,
+                r#"{"method":"engine_forkchoiceUpdatedV3","params":[{},{"timestamp":"\u0030x2"}]}"#,
+                r#"{"result":{"payloadStatus":{"status":"VALID"}},"id":"a","error":{"code":-32000}}"#,
+                r#"{"result":[{"status":"VALID"}],"id":[]}"#,
+                r#"[{"method":"engine_newPayloadV1"},{"result":1}]"#,
+                r#"{"id":-0,"error":{"code":-0}}"#,
+                r#"{"id":1e400,"method":"x"}"#,
+            ]
+            .iter()
+            .map(|s| s.as_bytes().to_vec()),
+        );
+        for body in &corpus {
+            check_request(body).unwrap_or_else(|e| panic!("{e} in {}", String::from_utf8_lossy(body)));
+            check_response(body).unwrap_or_else(|e| panic!("{e} in {}", String::from_utf8_lossy(body)));
+        }
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for body in corpus.iter().filter(|b| b.len() < 4096) {
+            for _ in 0..300 {
+                let mutant = mutate(body, &mut rng);
+                let shown = || String::from_utf8_lossy(&mutant).into_owned();
+                check_request(&mutant).unwrap_or_else(|e| panic!("{e} in {}", shown()));
+                check_response(&mutant).unwrap_or_else(|e| panic!("{e} in {}", shown()));
+            }
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! One execution client (or one `--proxies` peer): its health, its ordered backlog, the calls
+//! waiting for a connection, and its connections.
+//!
+//! State-changing calls (`newPayload`, `forkchoiceUpdated`) wait in a bounded backlog and go
+//! out one at a time, in arrival order, on whichever connection is free; other calls go out at
+//! once on any free connection. A client that cannot be reached keeps its backlog and is retried
+//! with capped exponential backoff, so it catches up in order as soon as it is back.
+//! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::Endpoint;
+use crate::exchange::{ExchangeRef, Inbound};
+use crate::http::{self, Limits, Response, ResponseReader};
+use crate::jwt::TokenCache;
+
+/// Most connections kept to one execution client.
+pub const MAX_CONNS: usize = 8;
+/// Calls that need no order may wait this many for a free connection before the oldest fails.
+const MAX_WAITING: usize = 256;
+/// An idle kept-alive connection is closed after this long, before the client closes it.
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One call for one client.
+#[derive(Debug)]
+pub struct Job {
+    pub inbound: Rc<Inbound>,
+    /// The exchange that wants the answer (None for `--proxies` peers and filtered traffic).
+    pub exchange: Option<ExchangeRef>,
+    /// This client's index among the exchange's targets.
+    pub target: usize,
+    pub ordered: bool,
+    pub timeout: Duration,
+    /// Whether this job already got its one retry after a kept-alive connection closed under it.
+    pub retried: bool,
+}
+
+/// Why a job ended without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection could not be made.
+    Refused,
+    /// The connection broke before the answer was whole.
+    Reset,
+    /// The answer did not arrive within the call's timeout.
+    Timeout,
+    /// What arrived was not an HTTP answer.
+    BadAnswer,
+    /// The client is down and the call is not one that waits in the backlog.
+    Down,
+    /// The backlog was full and this, its oldest call, was dropped.
+    Dropped,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Refused => "refused",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+            Failure::BadAnswer => "bad_answer",
+            Failure::Down => "down",
+            Failure::Dropped => "dropped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Never tried yet.
+    Unknown,
+    Up,
+    /// Unreachable; the next attempt is at `retry_at`.
+    Down {
+        retry_at: Instant,
+        failures: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Idle,
+    Busy,
+}
+
+pub struct Conn {
+    pub stream: mio::net::TcpStream,
+    pub state: ConnState,
+    pub job: Option<Job>,
+    out: Vec<u8>,
+    written: usize,
+    reader: ResponseReader,
+    /// Answers read whole on this connection; a reused one may have been closed by the client.
+    served: u32,
+    pub deadline: Instant,
+    pub sent_at: Instant,
+    pub dead: bool,
+}
+
+/// What became of the job on a connection after I/O.
+pub enum Outcome {
+    /// Nothing to report yet.
+    Pending,
+    Answered(Job, Response),
+    Failed(Job, Failure),
+    /// The connection closed under a job before any byte of an answer: send it again, once.
+    Retry(Job),
+}
+
+impl Conn {
+    fn new(stream: mio::net::TcpStream, now: Instant) -> Self {
+        Conn {
+            stream,
+            state: ConnState::Connecting,
+            job: None,
+            out: Vec::new(),
+            written: 0,
+            reader: ResponseReader::new(Limits::default()),
+            served: 0,
+            deadline: now + CONNECT_TIMEOUT,
+            sent_at: now,
+            dead: false,
+        }
+    }
+
+    fn body(&self) -> &[u8] {
+        self.job.as_ref().map_or(&[][..], |j| &j.inbound.body)
+    }
+
+    /// Writes the request head and the shared body with vectored writes, never copying the body.
+    pub fn write(&mut self) -> io::Result<()> {
+        let head_len = self.out.len();
+        loop {
+            let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
+            let total = head_len + body.len();
+            if self.written >= total {
+                return Ok(());
+            }
+            let n = if self.written < head_len {
+                self.stream.write_vectored(&[IoSlice::new(&self.out[self.written..]), IoSlice::new(body)])
+            } else {
+                self.stream.write(&body[self.written - head_len..])
+            };
+            match n {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Ends the connection; its job is retried once when that is safe, else it failed.
+    pub fn fail(&mut self, failure: Failure) -> Outcome {
+        self.dead = true;
+        match self.job.take() {
+            None => Outcome::Pending,
+            Some(job) => {
+                let reused = self.served > 0;
+                if reused && !self.reader.started() && !job.retried && failure == Failure::Reset {
+                    Outcome::Retry(Job { retried: true, ..job })
+                } else {
+                    Outcome::Failed(job, failure)
+                }
+            }
+        }
+    }
+
+    /// Reads what arrived. An idle connection that the client closed is simply marked dead.
+    pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> Outcome {
+        loop {
+            let n = match self.stream.read(scratch) {
+                Ok(0) => {
+                    if self.job.is_none() {
+                        self.dead = true;
+                        return Outcome::Pending;
+                    }
+                    return match self.reader.finish() {
+                        Ok(resp) => self.complete(resp, now),
+                        Err(_) => self.fail(Failure::Reset),
+                    };
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.fail(Failure::Reset),
+            };
+            if self.job.is_none() {
+                // Bytes nobody asked for: the connection cannot be trusted any more.
+                self.dead = true;
+                return Outcome::Pending;
+            }
+            let mut input = &scratch[..n];
+            while !input.is_empty() {
+                let step = self.reader.advance(input);
+                input = &input[step.consumed..];
+                match step.event {
+                    Some(Ok(resp)) => {
+                        if !input.is_empty() {
+                            // Extra bytes after a whole answer: never reuse this connection.
+                            self.dead = true;
+                        }
+                        return self.complete(resp, now);
+                    }
+                    Some(Err(_)) => return self.fail(Failure::BadAnswer),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, resp: Response, now: Instant) -> Outcome {
+        self.served += 1;
+        self.reader = ResponseReader::new(Limits::default());
+        self.out.clear();
+        self.written = 0;
+        self.state = ConnState::Idle;
+        self.deadline = now + IDLE_CLOSE;
+        if !resp.head.keep_alive {
+            self.dead = true;
+        }
+        match self.job.take() {
+            Some(job) => Outcome::Answered(job, resp),
+            None => Outcome::Pending,
+        }
+    }
+
+    /// The connection's deadline passed: a connect or an answer took too long, or it idled.
+    pub fn on_timeout(&mut self) -> Outcome {
+        match self.state {
+            ConnState::Connecting => self.fail(Failure::Refused),
+            ConnState::Busy => {
+                self.dead = true;
+                match self.job.take() {
+                    Some(job) => Outcome::Failed(job, Failure::Timeout),
+                    None => Outcome::Pending,
+                }
+            }
+            ConnState::Idle => {
+                self.dead = true;
+                Outcome::Pending
+            }
+        }
+    }
+
+    /// A failed connect: the job goes back to its client for later.
+    pub fn take_job(&mut self) -> Option<Job> {
+        self.dead = true;
+        self.job.take()
+    }
+
+    /// Whether the request was written out whole.
+    pub fn request_sent(&self) -> bool {
+        self.written >= self.out.len() + self.body().len()
+    }
+}
+
+/// Everything about one execution client or peer proxy.
+pub struct Upstream {
+    pub endpoint: Endpoint,
+    /// `--proxies` peers are fire-and-forget: their answers are read and dropped.
+    pub is_peer: bool,
+    pub token: Option<TokenCache>,
+    pub health: Health,
+    backlog: VecDeque<Job>,
+    backlog_bytes: usize,
+    waiting: VecDeque<Job>,
+    pub conns: Vec<Option<Conn>>,
+    /// Whether an ordered job is on a connection now.
+    ordered_busy: bool,
+    /// Which resolved address the next connection tries.
+    next_addr: usize,
+    max_backlog: usize,
+    max_backlog_bytes: usize,
+}
+
+/// What `dispatch` wants the event loop to do.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    /// New connections to register (indices into `conns`).
+    pub opened: Vec<usize>,
+    /// Jobs that cannot be served: the client is down and they do not wait.
+    pub failed: Vec<(Job, Failure)>,
+}
+
+impl Upstream {
+    pub fn new(
+        endpoint: Endpoint,
+        is_peer: bool,
+        token: Option<TokenCache>,
+        max_backlog: usize,
+        max_bytes: usize,
+    ) -> Self {
+        Upstream {
+            endpoint,
+            is_peer,
+            token,
+            health: Health::Unknown,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            waiting: VecDeque::new(),
+            conns: (0..MAX_CONNS).map(|_| None).collect(),
+            ordered_busy: false,
+            next_addr: 0,
+            max_backlog,
+            max_backlog_bytes: max_bytes,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog_bytes
+    }
+
+    pub fn is_down(&self) -> bool {
+        matches!(self.health, Health::Down { .. })
+    }
+
+    /// Whether this client has nothing queued or in flight.
+    pub fn idle(&self) -> bool {
+        self.backlog.is_empty()
+            && self.waiting.is_empty()
+            && self.conns.iter().flatten().all(|c| c.job.is_none())
+    }
+
+    /// Queues a job. Ordered jobs wait in the bounded backlog (the oldest is dropped on
+    /// overflow and returned); others wait for a connection.
+    pub fn enqueue(&mut self, job: Job) -> Vec<Job> {
+        let mut dropped = Vec::new();
+        if job.ordered {
+            self.backlog_bytes += job.inbound.body.len();
+            self.backlog.push_back(job);
+            while self.backlog.len() > self.max_backlog.max(1)
+                || (self.backlog_bytes > self.max_backlog_bytes && self.backlog.len() > 1)
+            {
+                match self.backlog.pop_front() {
+                    Some(old) => {
+                        self.backlog_bytes -= old.inbound.body.len();
+                        dropped.push(old);
+                    }
+                    None => break,
+                }
+            }
+        } else {
+            self.waiting.push_back(job);
+            while self.waiting.len() > MAX_WAITING {
+                if let Some(old) = self.waiting.pop_front() {
+                    dropped.push(old);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Puts a job back where it came from, at the front, after a failed connect or for its retry.
+    pub fn requeue_front(&mut self, job: Job) {
+        if job.ordered {
+            self.ordered_busy = false;
+            self.backlog_bytes += job.inbound.body.len();
+            self.backlog.push_front(job);
+        } else {
+            self.waiting.push_front(job);
+        }
+    }
+
+    /// Notes that the ordered job on a connection ended (answered or failed).
+    pub fn job_ended(&mut self, job: &Job) {
+        if job.ordered {
+            self.ordered_busy = false;
+        }
+    }
+
+    /// A connection to the client succeeded. True when this is news (it was not up).
+    pub fn mark_up(&mut self) -> bool {
+        let news = self.health != Health::Up;
+        self.health = Health::Up;
+        news
+    }
+
+    /// A connection attempt failed. True when this is news (it was not already down).
+    pub fn mark_down(&mut self, now: Instant) -> bool {
+        let (news, failures) = match self.health {
+            Health::Down { failures, .. } => (false, failures.saturating_add(1)),
+            _ => (true, 0),
+        };
+        let delay = BACKOFF_FIRST.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
+        self.health = Health::Down { retry_at: now + delay, failures };
+        self.next_addr = self.next_addr.wrapping_add(1);
+        news
+    }
+
+    /// The moment a down client should be tried again, if it has work.
+    pub fn retry_at(&self) -> Option<Instant> {
+        match self.health {
+            Health::Down { retry_at, .. } if !self.backlog.is_empty() || !self.waiting.is_empty() => {
+                Some(retry_at)
+            }
+            _ => None,
+        }
+    }
+
+    fn can_connect(&self, now: Instant) -> bool {
+        match self.health {
+            Health::Down { retry_at, .. } => {
+                now >= retry_at && !self.conns.iter().flatten().any(|c| c.state == ConnState::Connecting)
+            }
+            _ => true,
+        }
+    }
+
+    /// Hands queued jobs to free connections, opening new ones as needed and allowed.
+    pub fn dispatch(&mut self, now: Instant, unix_now: u64) -> Dispatch {
+        let mut result = Dispatch::default();
+        if let Health::Down { retry_at, .. } = self.health {
+            if now < retry_at {
+                // Calls that do not wait for the client fail now, so the beacon node is
+                // answered by the next client at once instead of at its timeout.
+                result.failed.extend(self.waiting.drain(..).map(|j| (j, Failure::Down)));
+                return result;
+            }
+        }
+        loop {
+            let want_ordered = !self.ordered_busy && !self.backlog.is_empty();
+            if !want_ordered && self.waiting.is_empty() {
+                break;
+            }
+            let Some(slot) = self.free_conn(now, &mut result) else { break };
+            let job = if want_ordered {
+                self.ordered_busy = true;
+                match self.backlog.pop_front() {
+                    Some(job) => {
+                        self.backlog_bytes -= job.inbound.body.len();
+                        job
+                    }
+                    None => break,
+                }
+            } else {
+                match self.waiting.pop_front() {
+                    Some(job) => job,
+                    None => break,
+                }
+            };
+            self.start(slot, job, now, unix_now);
+        }
+        result
+    }
+
+    /// An idle connection, or a new one if allowed; None when none can be had now.
+    fn free_conn(&mut self, now: Instant, result: &mut Dispatch) -> Option<usize> {
+        if let Some(i) = self.conns.iter().position(|c| {
+            c.as_ref().is_some_and(|c| c.state == ConnState::Idle && c.job.is_none() && !c.dead)
+        }) {
+            return Some(i);
+        }
+        if !self.can_connect(now) {
+            return None;
+        }
+        // While the client's state is unknown or down, one attempt at a time.
+        let connecting = self.conns.iter().flatten().any(|c| c.state == ConnState::Connecting);
+        if self.health != Health::Up && connecting {
+            return None;
+        }
+        let slot = self.conns.iter().position(Option::is_none)?;
+        let addrs = &self.endpoint.addrs;
+        let addr: SocketAddr = *addrs.get(self.next_addr % addrs.len().max(1))?;
+        match mio::net::TcpStream::connect(addr) {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.conns[slot] = Some(Conn::new(stream, now));
+                result.opened.push(slot);
+                Some(slot)
+            }
+            Err(e) => {
+                log::debug!("connect to {} failed at once: {e}", self.endpoint.name);
+                self.mark_down(now);
+                None
+            }
+        }
+    }
+
+    /// Puts a job on a connection: the head is written now, with a fresh token, so that calls
+    /// replayed from the backlog long after they arrived still carry a valid `iat`.
+    fn start(&mut self, slot: usize, job: Job, now: Instant, unix_now: u64) {
+        let authorization = self.token.as_mut().map(|t| t.header_value(unix_now).as_bytes().to_vec());
+        let Some(conn) = self.conns[slot].as_mut() else { return };
+        conn.out.clear();
+        let fwd = http::Forward {
+            path: &self.endpoint.path,
+            host: &self.endpoint.host,
+            authorization: authorization.as_deref(),
+            client: &job.inbound.client,
+            content_length: job.inbound.body.len(),
+        };
+        http::write_forward_head(&mut conn.out, &job.inbound.head, &fwd);
+        conn.written = 0;
+        conn.sent_at = now;
+        if conn.state != ConnState::Connecting {
+            conn.state = ConnState::Busy;
+            conn.deadline = now + job.timeout;
+        }
+        conn.job = Some(job);
+    }
+
+    /// A connect finished: the job's clock starts now.
+    pub fn connected(&mut self, slot: usize, now: Instant) {
+        if let Some(conn) = self.conns[slot].as_mut() {
+            match conn.job.as_ref() {
+                Some(job) => {
+                    conn.state = ConnState::Busy;
+                    conn.deadline = now + job.timeout;
+                }
+                None => {
+                    conn.state = ConnState::Idle;
+                    conn.deadline = now + IDLE_CLOSE;
+                }
+            }
+        }
+    }
+
+    /// Every queued job, for a final report when the process stops.
+    pub fn queued(&self) -> usize {
+        self.backlog.len()
+            + self.waiting.len()
+            + self.conns.iter().flatten().filter(|c| c.job.is_some()).count()
+    }
+
+    /// The earliest moment this client needs attention.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let conns = self.conns.iter().flatten().filter(|c| !c.dead).map(|c| c.deadline).min();
+        match (conns, self.retry_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

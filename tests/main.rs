@@ -1,0 +1,1 @@
+//! Integration tests (toolkit lands next).
