@@ -71,7 +71,7 @@ pub struct Config {
     /// `--beacon-expiry` / `BEACON_EXPIRY_MS`: the best BN is forgotten after this long without
     /// a request from it.
     pub beacon_expiry: Duration,
-    /// `--jwt-secret`: the secret for every EL without its own.
+    /// `--jwt-secret`: the secret beacon nodes sign with; every POST must carry a valid token.
     pub jwt_secret: Option<Secret>,
     /// `--builder-jwt-secrets`: one slot per builder, in the order of `builders`.
     pub builder_jwt_secrets: Vec<Option<Secret>>,
@@ -79,6 +79,38 @@ pub struct Config {
     pub jwt_client_id: Option<String>,
     /// `--metrics-addr`: an optional second listener for `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The settings of a listener that forwards nothing (the `jwt-tokens-service` binary runs the
+    /// same event loop with no execution clients): every limit at its default.
+    pub fn serving_only(tokens: &TokensServiceConfig) -> Config {
+        let millis =
+            |name: &str| parse_millis(name, default_of(PROXY_FLAGS, name)).unwrap_or(Duration::from_secs(1));
+        let count = |name: &str| parse_count(name, default_of(PROXY_FLAGS, name)).unwrap_or(1);
+        Config {
+            listen: tokens.listen,
+            listen_text: tokens.listen_text.clone(),
+            builders: Vec::new(),
+            proxies: Vec::new(),
+            request_timeout: None,
+            proxy_request_timeout: millis("proxy-request-timeout"),
+            log_level: tokens.log_level,
+            log_json: tokens.log_json,
+            mirror_mode: false,
+            max_body_bytes: 64 * 1024,
+            max_connections: count("max-connections"),
+            idle_timeout: millis("idle-timeout"),
+            read_timeout: millis("read-timeout"),
+            backlog_requests: count("backlog-requests"),
+            backlog_bytes: count("backlog-bytes"),
+            beacon_expiry: millis("beacon-expiry"),
+            jwt_secret: None,
+            builder_jwt_secrets: Vec::new(),
+            jwt_client_id: None,
+            metrics_addr: None,
+        }
+    }
 }
 
 /// One `--builders` or `--proxies` entry.

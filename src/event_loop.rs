@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::config::Config;
+use crate::config::{Config, TokensServiceConfig};
 use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Request, RequestEvent};
@@ -57,6 +57,10 @@ pub struct Proxy {
     again: Vec<usize>,
     accepting: bool,
     accept_paused_until: Option<Instant>,
+    /// Set once a stop was requested: accepting never resumes.
+    stopping: bool,
+    /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
+    tokens: Option<Vec<(String, TokenCache)>>,
 }
 
 fn unix_now() -> u64 {
@@ -98,7 +102,21 @@ impl Proxy {
             again: Vec::new(),
             accepting: true,
             accept_paused_until: None,
+            stopping: false,
+            tokens: None,
         })
+    }
+
+    /// The `jwt-tokens-service` role: the same loop and HTTP code, answering `GET /tokens/`
+    /// with one `Authorization-<name>: Bearer <token>` header per configured secret.
+    pub fn bind_tokens_service(t: &TokensServiceConfig) -> io::Result<Proxy> {
+        let mut proxy = Proxy::bind(Config::serving_only(t))?;
+        let caches = t
+            .entries
+            .iter()
+            .map(|(name, secret)| (name.clone(), TokenCache::new(secret.clone(), t.client_id.clone())));
+        proxy.tokens = Some(caches.collect());
+        Ok(proxy)
     }
 
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
@@ -116,6 +134,7 @@ impl Proxy {
                 log::info!("stopping: no new connections; delivering what is queued (up to {drain:?})");
                 let _ = self.poll.registry().deregister(&mut self.listener);
                 self.accepting = false;
+                self.stopping = true;
                 stop_deadline = Some(now + drain);
             }
             if let Some(deadline) = stop_deadline {
@@ -286,6 +305,10 @@ impl Proxy {
         }
         let answer =
             |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
+        if let Some(tokens) = self.tokens.as_mut() {
+            down.push(Slot::Ready(tokens_answer(tokens, &req.head, unix_now())));
+            return;
+        }
         match req.head.method.as_str() {
             "POST" => {}
             "GET" | "HEAD" => {
@@ -793,4 +816,30 @@ impl Proxy {
             self.accept(Instant::now());
         }
     }
+}
+
+/// The answer of `jwt-tokens-service`: `GET /tokens/…` gets a fresh token per entry as
+/// `Authorization-<name>: Bearer <token>` (what nginx's `auth_request` copies into
+/// `$upstream_http_authorization_<name>`); anything else is 404, as in the Go service.
+fn tokens_answer(tokens: &mut [(String, TokenCache)], head: &http::RequestHead, now: u64) -> Outgoing {
+    let (keep_alive, minor) = (head.keep_alive, head.minor);
+    if !matches!(head.method.as_str(), "GET" | "HEAD") || !head.path.starts_with("/tokens/") {
+        return Outgoing::answer(
+            404,
+            Some(b"text/plain"),
+            b"404 page not found\n".to_vec(),
+            keep_alive,
+            minor,
+        );
+    }
+    let names: Vec<Vec<u8>> =
+        tokens.iter().map(|(name, _)| format!("Authorization-{name}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> =
+        tokens.iter_mut().map(|(_, cache)| cache.header_value(now).as_bytes().to_vec()).collect();
+    let extra: Vec<(&[u8], &[u8])> =
+        names.iter().zip(&values).map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+    let mut out = Outgoing::default();
+    http::write_response_head_with(&mut out.head, 200, None, 0, keep_alive, minor, &extra);
+    out.close = !keep_alive;
+    out
 }

@@ -684,6 +684,19 @@ pub fn write_response_head(
     keep_alive: bool,
     minor: u8,
 ) {
+    write_response_head_with(out, status, content_type, content_length, keep_alive, minor, &[]);
+}
+
+/// `write_response_head` with extra header fields (names and values must be valid HTTP).
+pub fn write_response_head_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: Option<&[u8]>,
+    content_length: usize,
+    keep_alive: bool,
+    minor: u8,
+    extra: &[(&[u8], &[u8])],
+) {
     out.extend_from_slice(if minor == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     push_decimal(out, u64::from(status));
     out.push(b' ');
@@ -701,6 +714,9 @@ pub fn write_response_head(
         (false, 1) => out.extend_from_slice(b"Connection: close\r\n"),
         (true, 0) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         _ => {}
+    }
+    for (name, value) in extra {
+        push_header(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -794,6 +810,11 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
+}
+
+/// Whether `name` is a valid header field name (an RFC 9110 token).
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The first address of `X-Forwarded-For`, which names the original client.
