@@ -12,7 +12,9 @@
 //! Semantics worth knowing:
 //! - Only members of the top-level object count; a `"method"` key nested anywhere else is
 //!   ignored. Keys may come in any order, so both candidate timestamps (`params[0].timestamp`
-//!   and `params[1].timestamp`) are kept until the end and picked by method then.
+//!   and `params[1].timestamp`) are kept until the end and picked by method then. Methods
+//!   are matched by prefix (`engine_newPayload`, `engine_forkchoiceUpdated`), so new versions
+//!   need no change here.
 //! - Keys are compared after escape decoding (`"\u006dethod"` is `"method"`).
 //! - Duplicate keys: the last occurrence wins, as in `serde_json::Value`. A repeated key
 //!   replaces everything learned from the earlier value, even when the new value is of a
@@ -59,8 +61,8 @@ pub struct Request {
     pub method: Option<String>,
     /// Byte range in the body of the raw JSON text of the top-level "id" value (any JSON type), None if absent.
     pub id: Option<Range<usize>>,
-    /// engine_newPayload*  -> params[0].timestamp ; engine_forkchoiceUpdated* -> params[1].timestamp
-    /// (params[1] may be null -> None). Parsed from a hex QUANTITY string "0x..." into u64;
+    /// `engine_newPayload*` -> `params[0].timestamp`; `engine_forkchoiceUpdated*` -> `params[1].timestamp`
+    /// (`params[1]` may be null -> None). Parsed from a hex QUANTITY string "0x..." into u64;
     /// None when absent, not a string, not valid hex quantity, or overflowing u64. None for other methods.
     pub timestamp: Option<u64>,
 }
@@ -155,10 +157,13 @@ pub fn scan_response(body: &[u8]) -> Result<Response, ScanError> {
     })
 }
 
-/// Parses an Engine API QUANTITY ("0x" + 1..=16 hex digits, no leading zeros required to be rejected — be lenient on leading zeros but reject empty/overlong/non-hex) into u64.
+/// Parses an Engine API QUANTITY — `0x` followed by 1 to 16 hex digits — into a u64.
 ///
-/// The prefix must be a lowercase `0x`; digits may be of either case. Sixteen digits always
-/// fit a u64, so rejecting longer text is also what rules out overflow.
+/// The spec forbids leading zeros, but they are accepted here: a timestamp written `0x0065…`
+/// still names one instant, and refusing it would only lose the routing hint. The prefix must
+/// be a lowercase `0x`; digits may be of either case. No digits, more than 16 digits or a
+/// non-hex byte give `None`; sixteen digits always fit a u64, so the length limit is also what
+/// rules out overflow.
 pub fn parse_quantity(text: &[u8]) -> Option<u64> {
     let digits = text.strip_prefix(b"0x")?;
     if digits.is_empty() || digits.len() > 16 {
@@ -1044,9 +1049,17 @@ mod tests {
         };
     }
 
-    /// Every request sample: (name, body, method, raw id, timestamp).
-    #[allow(clippy::type_complexity)]
-    const REQUEST_SAMPLES: &[(&str, &[u8], &str, &str, Option<u64>)] = &[
+    /// A request sample: (name, body, method, raw id, timestamp).
+    type RequestSample = (&'static str, &'static [u8], &'static str, &'static str, Option<u64>);
+    /// An answer sample: (name, body, raw id, status, error code, raw result starts with).
+    type ResponseSample =
+        (&'static str, &'static [u8], &'static str, Option<&'static str>, Option<i64>, Option<&'static str>);
+    /// A request case: (body, method, raw id, timestamp).
+    type RequestCase = (&'static str, Option<&'static str>, Option<&'static str>, Option<u64>);
+    /// An answer case: (body, status, error code, raw result).
+    type ResponseCase = (&'static str, Option<&'static str>, Option<i64>, Option<&'static str>);
+
+    const REQUEST_SAMPLES: &[RequestSample] = &[
         ("fcu", FCU, "engine_forkchoiceUpdatedV3", "2", Some(0x66ed3e63)),
         ("newpayload-1k", NEW_PAYLOAD_1K, "engine_newPayloadV3", "1", Some(0x66ed3e57)),
         ("newpayload-128k", NEW_PAYLOAD_128K, "engine_newPayloadV3", "1", Some(0x66ed3e57)),
@@ -1094,9 +1107,7 @@ mod tests {
         ),
     ];
 
-    /// Every answer sample: (name, body, raw id, status, error code, result starts with).
-    #[allow(clippy::type_complexity)]
-    const RESPONSE_SAMPLES: &[(&str, &[u8], &str, Option<&str>, Option<i64>, Option<&str>)] = &[
+    const RESPONSE_SAMPLES: &[ResponseSample] = &[
         (
             "exchangeTransitionConfigurationV1",
             lodestar!("engine_exchangeTransitionConfigurationV1.response"),
@@ -1285,7 +1296,7 @@ mod tests {
 
     #[test]
     fn duplicate_keys_last_wins() {
-        let requests: &[(&str, Option<&str>, Option<&str>, Option<u64>)] = &[
+        let requests: &[RequestCase] = &[
             (
                 r#"{"method":"engine_getPayloadV3","method":"engine_newPayloadV3","params":[{"timestamp":"0x1"}]}"#,
                 Some("engine_newPayloadV3"),
@@ -1333,7 +1344,7 @@ mod tests {
             assert_eq!(scanned.timestamp, timestamp, "{body}");
             check_request(body.as_bytes()).unwrap();
         }
-        let responses: &[(&str, Option<&str>, Option<i64>, Option<&str>)] = &[
+        let responses: &[ResponseCase] = &[
             (
                 r#"{"result":{"status":"VALID"},"result":{"status":"INVALID"}}"#,
                 Some("INVALID"),

@@ -221,6 +221,11 @@ impl Conn {
     }
 
     fn complete(&mut self, resp: Response, now: Instant) -> Outcome {
+        if !self.request_sent() {
+            // An answer before the whole request went out (say, 413): the connection is no
+            // longer in step with the client and must not carry another request.
+            self.dead = true;
+        }
         self.served += 1;
         self.reader = ResponseReader::new(Limits::default());
         self.out.clear();
