@@ -293,7 +293,7 @@ const PROXY_FLAGS: &[Flag] = &[
         value: Some("FILE"),
         default: "",
         env: "",
-        help: "file with the 32-byte hex JWT secret for every execution client",
+        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token",
     },
     Flag {
         name: "builder-jwt-secrets",

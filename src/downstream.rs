@@ -72,6 +72,10 @@ pub struct Downstream {
     pub dead: bool,
     last_activity: Instant,
     request_started: Option<Instant>,
+    /// Bytes written to this connection so far.
+    pub sent: u64,
+    /// Accepted on `--metrics-addr`: only `/metrics` and `/status` are served.
+    pub metrics_only: bool,
 }
 
 /// What a flush achieved.
@@ -102,6 +106,8 @@ impl Downstream {
             dead: false,
             last_activity: now,
             request_started: None,
+            sent: 0,
+            metrics_only: false,
         }
     }
 
@@ -161,7 +167,10 @@ impl Downstream {
                 };
                 match n {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => self.written += n,
+                    Ok(n) => {
+                        self.written += n;
+                        self.sent += n as u64;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),

@@ -19,11 +19,13 @@ use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
+use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 const LISTENER: Token = Token(0);
+const METRICS_LISTENER: Token = Token(1);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
 /// Downstream connection tokens: `DOWN_BASE + slot`.
@@ -42,6 +44,9 @@ pub trait Stopper {
 pub struct Proxy {
     poll: Poll,
     listener: TcpListener,
+    /// `--metrics-addr`: a second listener that serves only `/metrics` and `/status`.
+    metrics_listener: Option<TcpListener>,
+    metrics: Metrics,
     cfg: Config,
     downs: Vec<Option<Downstream>>,
     free_downs: Vec<usize>,
@@ -73,6 +78,14 @@ impl Proxy {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match cfg.metrics_addr {
+            Some(addr) => {
+                let mut l = TcpListener::bind(addr)?;
+                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let mut ups = Vec::new();
         for (i, endpoint) in cfg.builders.iter().enumerate() {
             let token = cfg
@@ -86,9 +99,12 @@ impl Proxy {
         for endpoint in &cfg.proxies {
             ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
         }
+        let metrics = Metrics::new(ups.len(), Instant::now());
         Ok(Proxy {
             poll,
             listener,
+            metrics_listener,
+            metrics,
             builders: cfg.builders.len(),
             best: BestBeacon::new(cfg.beacon_expiry),
             cfg,
@@ -176,6 +192,7 @@ impl Proxy {
     fn on_event(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
         match token.0 {
             0 => self.accept(now),
+            1 => self.accept_metrics(now),
             t if t >= DOWN_BASE => {
                 let slot = t - DOWN_BASE;
                 if writable {
@@ -206,25 +223,8 @@ impl Proxy {
                 return;
             }
             match self.listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let slot = self.free_downs.pop().unwrap_or_else(|| {
-                        self.downs.push(None);
-                        self.downs.len() - 1
-                    });
-                    if let Err(e) = self.poll.registry().register(
-                        &mut stream,
-                        Token(DOWN_BASE + slot),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        log::warn!("cannot register a connection from {peer}: {e}");
-                        self.free_downs.push(slot);
-                        continue;
-                    }
-                    let limits = Limits { max_head: 64 * 1024, max_body: self.cfg.max_body_bytes };
-                    self.next_serial += 1;
-                    self.downs[slot] = Some(Downstream::new(stream, self.next_serial, peer, limits, now));
-                    self.live_downs += 1;
+                Ok((stream, peer)) => {
+                    self.adopt(stream, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -237,6 +237,56 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Connections on `--metrics-addr`: few, short, and counted against the same cap.
+    fn accept_metrics(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = self.metrics_listener.as_ref() else { return };
+            if self.live_downs >= self.cfg.max_connections {
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(slot) = self.adopt(stream, peer, now) {
+                        if let Some(down) = self.downs[slot].as_mut() {
+                            down.metrics_only = true;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("metrics accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Registers an accepted connection and gives it a slot.
+    fn adopt(
+        &mut self,
+        mut stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        now: Instant,
+    ) -> Option<usize> {
+        let _ = stream.set_nodelay(true);
+        let slot = self.free_downs.pop().unwrap_or_else(|| {
+            self.downs.push(None);
+            self.downs.len() - 1
+        });
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(DOWN_BASE + slot), interest) {
+            log::warn!("cannot register a connection from {peer}: {e}");
+            self.free_downs.push(slot);
+            return None;
+        }
+        let limits = Limits { max_head: 64 * 1024, max_body: self.cfg.max_body_bytes };
+        self.next_serial += 1;
+        self.downs[slot] = Some(Downstream::new(stream, self.next_serial, peer, limits, now));
+        self.live_downs += 1;
+        Some(slot)
     }
 
     fn down_readable(&mut self, slot: usize, now: Instant) {
@@ -263,6 +313,7 @@ impl Proxy {
                     return;
                 }
             };
+            self.metrics.bytes_in += n as u64;
             let mut pos = 0;
             while pos < n {
                 let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
@@ -291,6 +342,7 @@ impl Proxy {
     fn on_bad_request(&mut self, slot: usize, error: HttpError) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         log::debug!("bad request from {}: {error}", down.peer);
+        self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
         let body = policy::error_body(None, -32600, &error.to_string());
         down.push(Slot::Ready(Outgoing::json(error.status(), body, false, 1)));
         down.no_more_requests = true;
@@ -309,13 +361,21 @@ impl Proxy {
             down.push(Slot::Ready(tokens_answer(tokens, &req.head, unix_now())));
             return;
         }
+        let metrics_only = down.metrics_only;
         match req.head.method.as_str() {
-            "POST" => {}
             "GET" | "HEAD" => {
-                // A health probe, as the Go proxy answers any GET.
-                down.push(Slot::Ready(Outgoing::answer(200, None, Vec::new(), keep_alive, minor)));
+                let answer = self.get_answer(&req.head, now);
+                if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
+                    down.push(Slot::Ready(answer));
+                }
                 return;
             }
+            _ if metrics_only => {
+                let body = b"only GET /metrics and GET /status are served here\n".to_vec();
+                down.push(Slot::Ready(Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor)));
+                return;
+            }
+            "POST" => {}
             _ => {
                 let body = policy::error_body(None, -32600, "only POST carries JSON-RPC");
                 down.push(answer(405, body));
@@ -331,6 +391,7 @@ impl Proxy {
             };
             if let Err(why) = verdict {
                 log::warn!("rejected a request from {}: {why}", down.peer);
+                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
                 return;
             }
@@ -339,6 +400,7 @@ impl Proxy {
             Ok(scan) => scan,
             Err(e) => {
                 log::debug!("invalid JSON from {}: {e}", down.peer);
+                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 down.push(answer(400, policy::error_body(None, -32700, &format!("parse error: {e}"))));
                 return;
             }
@@ -356,7 +418,9 @@ impl Proxy {
             .and_then(http::first_forwarded_for)
             .map_or_else(|| client.clone(), str::to_string);
         let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
+        self.metrics.beacon_seen(&beacon, scan.timestamp, now);
         if let Some(switch) = verdict.switched {
+            self.metrics.best_switched();
             match switch.from {
                 None => log::info!("following beacon node {}", switch.to),
                 Some(from) => log::info!(
@@ -368,10 +432,12 @@ impl Proxy {
         }
         if !verdict.forward {
             log::debug!("filtered {} from {beacon}: not the best beacon node", class.label());
+            self.metrics.request(class, RequestOutcome::Filtered);
             let body = policy::result_body(id.as_deref(), policy::SYNCING_FCU_RESULT);
             down.push(answer(200, body));
             return;
         }
+        self.metrics.request(class, RequestOutcome::Forwarded);
         let timeout = policy::timeout_for(scan.method.as_deref(), class, self.cfg.request_timeout);
         let serial = down.serial;
         let mirror = self.cfg.mirror_mode;
@@ -411,6 +477,7 @@ impl Proxy {
                     ordered: class.is_ordered(),
                     timeout: peer_timeout,
                     retried: false,
+                    sent_at: None,
                 };
                 self.enqueue(up, job, now);
             }
@@ -418,6 +485,27 @@ impl Proxy {
             self.send(0, r, 0, &inbound, now);
         }
         self.decide(r, now);
+    }
+
+    /// Answers a GET: `/metrics`, `/status`, or (any other path) the health probe the Go
+    /// proxy answers with an empty 200.
+    fn get_answer(&mut self, head: &http::RequestHead, now: Instant) -> Outgoing {
+        let (keep_alive, minor) = (head.keep_alive, head.minor);
+        let path = head.path.split('?').next().unwrap_or_default();
+        if path != "/metrics" && path != "/status" {
+            return Outgoing::answer(200, None, Vec::new(), keep_alive, minor);
+        }
+        let snapshot = Snapshot {
+            open_connections: self.live_downs,
+            best: self.best.current(),
+            els: self.ups.iter().map(|u| (u.name(), u.is_peer, u.backlog_len(), u.backlog_bytes())).collect(),
+        };
+        let (text, content_type): (&str, &[u8]) = if path == "/metrics" {
+            (self.metrics.render_prometheus(&snapshot, now), b"text/plain; version=0.0.4; charset=utf-8")
+        } else {
+            (self.metrics.render_status(&snapshot, now), b"application/json")
+        };
+        Outgoing::answer(200, Some(content_type), text.as_bytes().to_vec(), keep_alive, minor)
     }
 
     /// Queues a job for builder `up` on behalf of exchange `r`.
@@ -432,6 +520,7 @@ impl Proxy {
             ordered: inbound.class.is_ordered(),
             timeout: inbound.timeout,
             retried: false,
+            sent_at: None,
         };
         // A client known to be down cannot answer this in time; its ordered calls still wait
         // in its backlog, but the beacon node is answered by the next client at once.
@@ -459,7 +548,10 @@ impl Proxy {
     fn down_flush(&mut self, slot: usize, now: Instant) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let was_backpressured = down.backpressured();
-        match down.flush(now) {
+        let before = down.sent;
+        let flushed = down.flush(now);
+        self.metrics.bytes_out += down.sent - before;
+        match flushed {
             Ok(Flushed::Drained) => {
                 if was_backpressured && !down.backpressured() {
                     // Reading stopped at the pipeline limit; bytes may be waiting already,
@@ -528,6 +620,7 @@ impl Proxy {
                 *a = None;
             }
             if answer.head.starts_with(b"HTTP/1.1 502") || answer.head.starts_with(b"HTTP/1.0 502") {
+                self.metrics.request(e.inbound.class, RequestOutcome::Failed);
                 log::warn!(
                     "{} id {}: no execution client answered",
                     e.inbound.method.as_deref().unwrap_or("call"),
@@ -624,6 +717,7 @@ impl Proxy {
             self.ups[up].connected(slot, now);
             if self.ups[up].mark_up() {
                 log::info!("{} is up", self.ups[up].name());
+                self.metrics.set_up(up, true);
             }
         }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
@@ -640,6 +734,8 @@ impl Proxy {
 
     fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
         let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
+        self.metrics.set_up(up, false);
+        self.metrics.failed(up, Failure::Refused);
         if self.ups[up].mark_down(now) {
             log::warn!(
                 "{} is down: connection refused; calls that must stay in order wait in its backlog",
@@ -685,17 +781,20 @@ impl Proxy {
     }
 
     fn job_answered(&mut self, up: usize, job: Job, resp: http::Response, now: Instant) {
-        let Some(r) = job.exchange else { return };
-        let name = self.ups[up].name().to_string();
-        let Some(e) = self.exchanges.get_mut(r) else { return };
-        e.live_jobs = e.live_jobs.saturating_sub(1);
+        let latency = job.sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         let status = if job.inbound.class.is_ordered() {
             rpc::scan_response(&resp.body).ok().and_then(|s| s.status)
         } else {
             None
         };
+        self.metrics.answered(up, latency, status.as_deref());
+        let Some(r) = job.exchange else { return };
+        let name = self.ups[up].name().to_string();
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.live_jobs = e.live_jobs.saturating_sub(1);
         let mine = status.clone();
         if let Some((other, theirs)) = e.record_status(job.target, status) {
+            self.metrics.disagreement();
             let other_name = self.ups.get(other).map_or("?", |u| u.name());
             log::warn!(
                 "execution clients disagree on {} id {}: {} says {}, {} says {}",
@@ -723,6 +822,7 @@ impl Proxy {
             job.inbound.method.as_deref().unwrap_or("call"),
             failure.label()
         );
+        self.metrics.failed(up, failure);
         let Some(r) = job.exchange else { return };
         if let Some(e) = self.exchanges.get_mut(r) {
             e.live_jobs = e.live_jobs.saturating_sub(1);

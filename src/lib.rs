@@ -18,6 +18,7 @@ pub mod exchange;
 pub mod http;
 pub mod jwt;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod rpc;
 pub mod upstream;

@@ -41,6 +41,8 @@ pub struct Job {
     pub timeout: Duration,
     /// Whether this job already got its one retry after a kept-alive connection closed under it.
     pub retried: bool,
+    /// When its request was last handed to a connection (for the answer latency).
+    pub sent_at: Option<Instant>,
 }
 
 /// Why a job ended without an answer.
@@ -521,16 +523,17 @@ impl Upstream {
             conn.state = ConnState::Busy;
             conn.deadline = now + job.timeout;
         }
-        conn.job = Some(job);
+        conn.job = Some(Job { sent_at: Some(now), ..job });
     }
 
     /// A connect finished: the job's clock starts now.
     pub fn connected(&mut self, slot: usize, now: Instant) {
         if let Some(conn) = self.conns[slot].as_mut() {
-            match conn.job.as_ref() {
+            match conn.job.as_mut() {
                 Some(job) => {
                     conn.state = ConnState::Busy;
                     conn.deadline = now + job.timeout;
+                    job.sent_at = Some(now);
                 }
                 None => {
                     conn.state = ConnState::Idle;

@@ -1,0 +1,461 @@
+//! Counters and gauges the operator scrapes, in the Prometheus text exposition format
+//! (hand-written: the format is a few lines of text), and the `/status` JSON document.
+//!
+//! Recording is a handful of integer additions into fixed arrays: nothing on the proxy path
+//! allocates. Rendering reuses one output buffer. This file knows no sockets and no HTTP.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::policy::Class;
+use crate::upstream::Failure;
+
+/// Request families, in the order of `Class`.
+const CLASSES: [Class; 9] = [
+    Class::NewPayload,
+    Class::ForkchoiceUpdated,
+    Class::GetPayload,
+    Class::GetPayloadBodies,
+    Class::GetBlobs,
+    Class::ExchangeCapabilities,
+    Class::GetClientVersion,
+    Class::OtherEngine,
+    Class::NonEngine,
+];
+
+/// What became of a request from a beacon node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Sent on to the execution clients.
+    Forwarded,
+    /// A forkchoiceUpdated from a beacon node that is not the best: answered SYNCING here.
+    Filtered,
+    /// Refused before forwarding: bad HTTP, bad JSON, failed authentication.
+    Rejected,
+    /// Forwarded, but no execution client answered (502).
+    Failed,
+}
+
+const OUTCOMES: [(RequestOutcome, &str); 4] = [
+    (RequestOutcome::Forwarded, "forwarded"),
+    (RequestOutcome::Filtered, "filtered"),
+    (RequestOutcome::Rejected, "rejected"),
+    (RequestOutcome::Failed, "failed"),
+];
+
+const FAILURES: [Failure; 6] =
+    [Failure::Refused, Failure::Reset, Failure::Timeout, Failure::BadAnswer, Failure::Down, Failure::Dropped];
+
+/// Upper bounds of the answer latency histogram, in seconds.
+const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Statuses an execution client reports, kept as an index so recording never allocates.
+const STATUSES: [&str; 5] = ["VALID", "INVALID", "SYNCING", "ACCEPTED", "INVALID_BLOCK_HASH"];
+
+/// The most beacon nodes remembered for `/status`; older ones are forgotten first.
+const MAX_BEACONS: usize = 64;
+
+#[derive(Debug, Default, Clone)]
+pub struct ElMetrics {
+    pub up: bool,
+    buckets: [u64; BUCKETS.len()],
+    latency_count: u64,
+    latency_sum: f64,
+    errors: [u64; FAILURES.len()],
+    pub last_latency: Option<Duration>,
+    last_status: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct Beacon {
+    id: String,
+    last_request: Instant,
+    last_timestamp: u64,
+}
+
+/// Everything counted since start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    requests: [[u64; OUTCOMES.len()]; CLASSES.len()],
+    pub els: Vec<ElMetrics>,
+    best_switches: u64,
+    disagreements: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    beacons: Vec<Beacon>,
+    out: String,
+}
+
+/// Live values the event loop owns, passed in at render time.
+pub struct Snapshot<'a> {
+    pub open_connections: usize,
+    pub best: Option<(&'a str, u64)>,
+    /// Per execution client: name, whether it is a `--proxies` peer, backlog count and bytes.
+    pub els: Vec<(&'a str, bool, usize, usize)>,
+}
+
+impl Metrics {
+    pub fn new(els: usize, now: Instant) -> Self {
+        Metrics {
+            started: now,
+            requests: [[0; OUTCOMES.len()]; CLASSES.len()],
+            els: vec![ElMetrics::default(); els],
+            best_switches: 0,
+            disagreements: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            beacons: Vec::new(),
+            out: String::new(),
+        }
+    }
+
+    pub fn request(&mut self, class: Class, outcome: RequestOutcome) {
+        let c = CLASSES.iter().position(|&k| k == class).unwrap_or(CLASSES.len() - 1);
+        let o = OUTCOMES.iter().position(|&(k, _)| k == outcome).unwrap_or(0);
+        self.requests[c][o] += 1;
+    }
+
+    pub fn requests(&self, class: Class, outcome: RequestOutcome) -> u64 {
+        let c = CLASSES.iter().position(|&k| k == class).unwrap_or(CLASSES.len() - 1);
+        let o = OUTCOMES.iter().position(|&(k, _)| k == outcome).unwrap_or(0);
+        self.requests[c][o]
+    }
+
+    pub fn answered(&mut self, el: usize, latency: Duration, status: Option<&str>) {
+        let Some(m) = self.els.get_mut(el) else { return };
+        let secs = latency.as_secs_f64();
+        for (bucket, bound) in m.buckets.iter_mut().zip(BUCKETS) {
+            if secs <= bound {
+                *bucket += 1;
+            }
+        }
+        m.latency_count += 1;
+        m.latency_sum += secs;
+        m.last_latency = Some(latency);
+        if let Some(status) = status {
+            m.last_status = STATUSES.iter().position(|s| *s == status).or(m.last_status);
+        }
+    }
+
+    pub fn failed(&mut self, el: usize, failure: Failure) {
+        let Some(m) = self.els.get_mut(el) else { return };
+        if let Some(i) = FAILURES.iter().position(|&f| f == failure) {
+            m.errors[i] += 1;
+        }
+    }
+
+    pub fn set_up(&mut self, el: usize, up: bool) {
+        if let Some(m) = self.els.get_mut(el) {
+            m.up = up;
+        }
+    }
+
+    pub fn best_switched(&mut self) {
+        self.best_switches += 1;
+    }
+
+    pub fn disagreement(&mut self) {
+        self.disagreements += 1;
+    }
+
+    /// Notes a request from a beacon node, for `/status`.
+    pub fn beacon_seen(&mut self, id: &str, timestamp: Option<u64>, now: Instant) {
+        if let Some(b) = self.beacons.iter_mut().find(|b| b.id == id) {
+            b.last_request = now;
+            if let Some(ts) = timestamp {
+                b.last_timestamp = b.last_timestamp.max(ts);
+            }
+            return;
+        }
+        if self.beacons.len() >= MAX_BEACONS {
+            if let Some(oldest) = (0..self.beacons.len()).min_by_key(|&i| self.beacons[i].last_request) {
+                self.beacons.swap_remove(oldest);
+            }
+        }
+        self.beacons.push(Beacon {
+            id: id.to_string(),
+            last_request: now,
+            last_timestamp: timestamp.unwrap_or(0),
+        });
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render_prometheus(&mut self, snap: &Snapshot<'_>, now: Instant) -> &str {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        family(
+            &mut out,
+            "sync_proxy_requests_total",
+            "counter",
+            "Beacon node requests by method family and outcome.",
+        );
+        for (c, class) in CLASSES.iter().enumerate() {
+            for (o, (_, outcome)) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sync_proxy_requests_total{{method=\"{}\",outcome=\"{outcome}\"}} {}",
+                    class.label(),
+                    self.requests[c][o]
+                );
+            }
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_up",
+            "gauge",
+            "Whether the execution client's last connection attempt succeeded.",
+        );
+        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+            let up = self.els.get(i).is_some_and(|m| m.up);
+            let _ = writeln!(out, "sync_proxy_el_up{{el=\"{}\"}} {}", escape(name), u8::from(up));
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_answer_seconds",
+            "histogram",
+            "Time from sending a call to an execution client to its whole answer.",
+        );
+        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+            let Some(m) = self.els.get(i) else { continue };
+            let name = escape(name);
+            for (bound, count) in BUCKETS.iter().zip(m.buckets) {
+                let _ = writeln!(
+                    out,
+                    "sync_proxy_el_answer_seconds_bucket{{el=\"{name}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sync_proxy_el_answer_seconds_bucket{{el=\"{name}\",le=\"+Inf\"}} {}",
+                m.latency_count
+            );
+            let _ = writeln!(out, "sync_proxy_el_answer_seconds_sum{{el=\"{name}\"}} {}", m.latency_sum);
+            let _ = writeln!(out, "sync_proxy_el_answer_seconds_count{{el=\"{name}\"}} {}", m.latency_count);
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_errors_total",
+            "counter",
+            "Calls to an execution client that got no answer, by kind.",
+        );
+        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+            let Some(m) = self.els.get(i) else { continue };
+            for (failure, count) in FAILURES.iter().zip(m.errors) {
+                if *failure == Failure::Dropped {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "sync_proxy_el_errors_total{{el=\"{}\",kind=\"{}\"}} {count}",
+                    escape(name),
+                    failure.label()
+                );
+            }
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_dropped_total",
+            "counter",
+            "Ordered calls dropped because the backlog was full.",
+        );
+        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+            let dropped = self.els.get(i).map_or(0, |m| m.errors[FAILURES.len() - 1]);
+            let _ = writeln!(out, "sync_proxy_el_dropped_total{{el=\"{}\"}} {dropped}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_backlog_requests",
+            "gauge",
+            "Ordered calls waiting for the execution client.",
+        );
+        for (name, _, count, _) in &snap.els {
+            let _ = writeln!(out, "sync_proxy_el_backlog_requests{{el=\"{}\"}} {count}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_backlog_bytes",
+            "gauge",
+            "Bytes of ordered calls waiting for the execution client.",
+        );
+        for (name, _, _, bytes) in &snap.els {
+            let _ = writeln!(out, "sync_proxy_el_backlog_bytes{{el=\"{}\"}} {bytes}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_last_status",
+            "gauge",
+            "1 for the payload status the execution client last reported.",
+        );
+        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+            let last = self.els.get(i).and_then(|m| m.last_status);
+            for (s, status) in STATUSES.iter().enumerate() {
+                let value = u8::from(last == Some(s));
+                let _ = writeln!(
+                    out,
+                    "sync_proxy_el_last_status{{el=\"{}\",status=\"{status}\"}} {value}",
+                    escape(name)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "sync_proxy_best_beacon_switches_total",
+            "counter",
+            "Times another beacon node became the best.",
+        );
+        let _ = writeln!(out, "sync_proxy_best_beacon_switches_total {}", self.best_switches);
+        family(
+            &mut out,
+            "sync_proxy_best_beacon_timestamp_seconds",
+            "gauge",
+            "Payload timestamp last seen from the best beacon node.",
+        );
+        let _ =
+            writeln!(out, "sync_proxy_best_beacon_timestamp_seconds {}", snap.best.map_or(0, |(_, ts)| ts));
+        family(
+            &mut out,
+            "sync_proxy_status_disagreements_total",
+            "counter",
+            "Calls on which execution clients reported different statuses.",
+        );
+        let _ = writeln!(out, "sync_proxy_status_disagreements_total {}", self.disagreements);
+        family(&mut out, "sync_proxy_received_bytes_total", "counter", "Bytes read from beacon nodes.");
+        let _ = writeln!(out, "sync_proxy_received_bytes_total {}", self.bytes_in);
+        family(&mut out, "sync_proxy_sent_bytes_total", "counter", "Bytes written to beacon nodes.");
+        let _ = writeln!(out, "sync_proxy_sent_bytes_total {}", self.bytes_out);
+        family(&mut out, "sync_proxy_open_connections", "gauge", "Beacon node connections open now.");
+        let _ = writeln!(out, "sync_proxy_open_connections {}", snap.open_connections);
+        family(&mut out, "sync_proxy_uptime_seconds", "gauge", "Seconds since start-up.");
+        let _ = writeln!(
+            out,
+            "sync_proxy_uptime_seconds {}",
+            now.saturating_duration_since(self.started).as_secs()
+        );
+        self.out = out;
+        &self.out
+    }
+
+    /// The `/status` document: version, uptime, the best beacon node, every beacon node seen,
+    /// every execution client.
+    pub fn render_status(&mut self, snap: &Snapshot<'_>, now: Instant) -> &str {
+        let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+        let beacons: Vec<serde_json::Value> = self
+            .beacons
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.id,
+                    "last_request_seconds_ago": ago(b.last_request),
+                    "last_timestamp": b.last_timestamp,
+                })
+            })
+            .collect();
+        let els: Vec<serde_json::Value> = snap
+            .els
+            .iter()
+            .enumerate()
+            .map(|(i, (name, peer, count, bytes))| {
+                let m = self.els.get(i);
+                serde_json::json!({
+                    "name": name,
+                    "role": if *peer { "proxy" } else if i == 0 { "primary" } else { "secondary" },
+                    "state": if m.is_some_and(|m| m.up) { "up" } else { "down" },
+                    "last_status": m.and_then(|m| m.last_status).map(|s| STATUSES[s]),
+                    "last_latency_seconds": m.and_then(|m| m.last_latency).map(|d| d.as_secs_f64()),
+                    "backlog_requests": count,
+                    "backlog_bytes": bytes,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": ago(self.started),
+            "best_beacon": snap.best.map(|(id, ts)| serde_json::json!({"id": id, "last_timestamp": ts})),
+            "beacons": beacons,
+            "execution_clients": els,
+            "open_connections": snap.open_connections,
+        });
+        self.out.clear();
+        let _ = write!(self.out, "{doc}");
+        &self.out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot<'static> {
+        Snapshot {
+            open_connections: 3,
+            best: Some(("10.0.0.1", 77)),
+            els: vec![("a:1", false, 2, 100), ("b\"2", true, 0, 0)],
+        }
+    }
+
+    #[test]
+    fn every_sample_belongs_to_a_declared_family() {
+        let now = Instant::now();
+        let mut m = Metrics::new(2, now);
+        m.request(Class::NewPayload, RequestOutcome::Forwarded);
+        m.answered(0, Duration::from_millis(3), Some("VALID"));
+        m.failed(1, Failure::Timeout);
+        let text = m.render_prometheus(&snapshot(), now).to_string();
+        let mut declared = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.push(rest.split(' ').next().unwrap_or_default().to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let family =
+                ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(declared.iter().any(|d| d == name || d == family), "undeclared sample {line}");
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            assert!(value.parse::<f64>().is_ok(), "bad value in {line}");
+        }
+        assert!(text.contains("sync_proxy_requests_total{method=\"newPayload\",outcome=\"forwarded\"} 1"));
+        assert!(text.contains("sync_proxy_el_answer_seconds_bucket{el=\"a:1\",le=\"0.005\"} 1"));
+        assert!(text.contains("sync_proxy_el_answer_seconds_bucket{el=\"a:1\",le=\"0.001\"} 0"));
+        assert!(text.contains("sync_proxy_el_errors_total{el=\"b\\\"2\",kind=\"timeout\"} 1"));
+        assert!(text.contains("sync_proxy_el_last_status{el=\"a:1\",status=\"VALID\"} 1"));
+        assert!(text.contains("sync_proxy_el_backlog_bytes{el=\"a:1\"} 100"));
+    }
+
+    #[test]
+    fn status_is_one_json_document() {
+        let now = Instant::now();
+        let mut m = Metrics::new(2, now);
+        m.beacon_seen("10.0.0.1", Some(77), now);
+        m.set_up(0, true);
+        let doc: serde_json::Value = serde_json::from_str(m.render_status(&snapshot(), now)).expect("JSON");
+        assert_eq!(doc["best_beacon"]["id"], "10.0.0.1");
+        assert_eq!(doc["beacons"][0]["last_timestamp"], 77);
+        assert_eq!(doc["execution_clients"][0]["state"], "up");
+        assert_eq!(doc["execution_clients"][1]["role"], "proxy");
+    }
+
+    #[test]
+    fn remembered_beacons_are_bounded() {
+        let now = Instant::now();
+        let mut m = Metrics::new(0, now);
+        for i in 0..(MAX_BEACONS + 10) {
+            m.beacon_seen(&format!("10.0.0.{i}"), None, now + Duration::from_millis(i as u64));
+        }
+        assert_eq!(m.beacons.len(), MAX_BEACONS);
+    }
+}
