@@ -1,1 +1,10 @@
-//! Integration tests (toolkit lands next).
+//! The single integration-test binary: every test drives the real `sync-proxy` binary over
+//! 127.0.0.1 against mock execution clients that record exactly what they receive.
+
+mod util;
+mod util_selftest;
+
+mod auth_metrics;
+mod hostile;
+mod http_cli;
+mod routing;
