@@ -94,7 +94,13 @@ impl Proxy {
                 .cloned()
                 .flatten()
                 .map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
-            ups.push(Upstream::new(endpoint.clone(), false, token, cfg.backlog_requests, cfg.backlog_bytes));
+            let mut upstream =
+                Upstream::new(endpoint.clone(), false, token, cfg.backlog_requests, cfg.backlog_bytes);
+            if upstream.token.is_none() {
+                upstream.replay_token =
+                    cfg.jwt_secret.clone().map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
+            }
+            ups.push(upstream);
         }
         for endpoint in &cfg.proxies {
             ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));

@@ -26,6 +26,9 @@ const MAX_WAITING: usize = 256;
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call that waited longer than this in a backlog gets a freshly minted token (see
+/// `Upstream::replay_token`); the beacon node's own is then at least this old.
+const REPLAY_REMINT_AFTER: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -279,6 +282,10 @@ pub struct Upstream {
     /// `--proxies` peers are fire-and-forget: their answers are read and dropped.
     pub is_peer: bool,
     pub token: Option<TokenCache>,
+    /// For a client without its own secret when `--jwt-secret` is known: a call replayed from
+    /// the backlog long after it arrived would carry the beacon node's stale token (clients
+    /// reject an `iat` over 60 s old), so it gets one minted with that shared secret instead.
+    pub replay_token: Option<TokenCache>,
     pub health: Health,
     backlog: VecDeque<Job>,
     backlog_bytes: usize,
@@ -313,6 +320,7 @@ impl Upstream {
             endpoint,
             is_peer,
             token,
+            replay_token: None,
             health: Health::Unknown,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
@@ -506,7 +514,14 @@ impl Upstream {
     /// Puts a job on a connection: the head is written now, with a fresh token, so that calls
     /// replayed from the backlog long after they arrived still carry a valid `iat`.
     fn start(&mut self, slot: usize, job: Job, now: Instant, unix_now: u64) {
-        let authorization = self.token.as_mut().map(|t| t.header_value(unix_now).as_bytes().to_vec());
+        let waited = now.saturating_duration_since(job.inbound.received);
+        let authorization = match (self.token.as_mut(), self.replay_token.as_mut()) {
+            (Some(own), _) => Some(own.header_value(unix_now).as_bytes().to_vec()),
+            (None, Some(shared)) if waited > REPLAY_REMINT_AFTER => {
+                Some(shared.header_value(unix_now).as_bytes().to_vec())
+            }
+            _ => None,
+        };
         let Some(conn) = self.conns[slot].as_mut() else { return };
         conn.out.clear();
         let fwd = http::Forward {
@@ -557,5 +572,130 @@ impl Upstream {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::RequestHead;
+    use crate::policy::Class;
+
+    fn upstream(max: usize, max_bytes: usize) -> Upstream {
+        let endpoint = Endpoint {
+            name: "el".into(),
+            url: "http://127.0.0.1:1/".into(),
+            host: "127.0.0.1:1".into(),
+            path: "/".into(),
+            addrs: vec!["127.0.0.1:1".parse().expect("address")],
+        };
+        Upstream::new(endpoint, false, None, max, max_bytes)
+    }
+
+    fn job(id: u8, len: usize, ordered: bool) -> Job {
+        let head = RequestHead {
+            method: "POST".into(),
+            path: "/".into(),
+            minor: 1,
+            headers: Vec::new(),
+            keep_alive: true,
+            expect_continue: false,
+        };
+        let inbound = Inbound {
+            head,
+            body: vec![id; len],
+            client: "127.0.0.1".into(),
+            method: None,
+            class: if ordered { Class::NewPayload } else { Class::GetPayload },
+            id: Some(vec![b'0' + id]),
+            timeout: Duration::from_secs(1),
+            received: Instant::now(),
+        };
+        Job {
+            inbound: Rc::new(inbound),
+            exchange: None,
+            target: 0,
+            ordered,
+            timeout: Duration::from_secs(1),
+            retried: false,
+            sent_at: None,
+        }
+    }
+
+    fn ids(jobs: &[Job]) -> Vec<u8> {
+        jobs.iter().map(|j| j.inbound.body[0]).collect()
+    }
+
+    #[test]
+    fn backlog_drops_the_oldest_beyond_its_count() {
+        let mut up = upstream(3, 1 << 20);
+        let mut dropped = Vec::new();
+        for id in 1..=5 {
+            dropped.extend(up.enqueue(job(id, 10, true)));
+        }
+        assert_eq!(ids(&dropped), vec![1, 2]);
+        assert_eq!((up.backlog_len(), up.backlog_bytes()), (3, 30));
+        let kept: Vec<u8> = up.backlog.iter().map(|j| j.inbound.body[0]).collect();
+        assert_eq!(kept, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn backlog_drops_the_oldest_beyond_its_bytes_but_keeps_the_newest() {
+        let mut up = upstream(100, 25);
+        let mut dropped = Vec::new();
+        for id in 1..=3 {
+            dropped.extend(up.enqueue(job(id, 10, true)));
+        }
+        assert_eq!(ids(&dropped), vec![1]);
+        // One body larger than the whole bound still waits alone rather than vanish.
+        let dropped = up.enqueue(job(9, 100, true));
+        assert_eq!(ids(&dropped), vec![2, 3]);
+        assert_eq!(up.backlog_len(), 1);
+    }
+
+    #[test]
+    fn a_requeued_job_goes_back_to_the_front() {
+        let mut up = upstream(10, 1 << 20);
+        up.enqueue(job(1, 1, true));
+        up.enqueue(job(2, 1, true));
+        let first = up.backlog.pop_front().expect("queued");
+        up.backlog_bytes -= 1;
+        up.requeue_front(first);
+        let order: Vec<u8> = up.backlog.iter().map(|j| j.inbound.body[0]).collect();
+        assert_eq!(order, vec![1, 2]);
+        assert_eq!(up.backlog_bytes(), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_down_is_news_once() {
+        let mut up = upstream(10, 1 << 20);
+        let now = Instant::now();
+        assert!(up.mark_down(now), "the first failure is news");
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            assert!(!up.mark_down(now), "later failures are not");
+            if let Health::Down { retry_at, .. } = up.health {
+                delays.push(retry_at - now);
+            }
+        }
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(delays[1], Duration::from_millis(400));
+        assert_eq!(*delays.last().expect("delays"), BACKOFF_MAX);
+        assert!(up.mark_up());
+        assert!(!up.mark_up());
+    }
+
+    #[test]
+    fn calls_that_do_not_wait_fail_at_once_while_down() {
+        let mut up = upstream(10, 1 << 20);
+        let now = Instant::now();
+        up.mark_down(now);
+        up.enqueue(job(1, 1, true));
+        up.enqueue(job(2, 1, false));
+        let dispatch = up.dispatch(now, 0);
+        assert!(dispatch.opened.is_empty());
+        assert_eq!(dispatch.failed.len(), 1);
+        assert_eq!(dispatch.failed[0].1, Failure::Down);
+        assert_eq!(up.backlog_len(), 1, "the ordered call keeps waiting");
     }
 }
