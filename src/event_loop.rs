@@ -222,7 +222,7 @@ impl Proxy {
     // ---------------------------------------------------------------- beacon node side
 
     fn accept(&mut self, now: Instant) {
-        while self.accepting && self.accept_paused_until.is_none() {
+        while self.accepting && !self.stopping && self.accept_paused_until.is_none() {
             if self.live_downs >= self.cfg.max_connections {
                 log::warn!("{} connections open: not accepting until some close", self.live_downs);
                 self.accepting = false;
@@ -370,7 +370,7 @@ impl Proxy {
         let metrics_only = down.metrics_only;
         match req.head.method.as_str() {
             "GET" | "HEAD" => {
-                let answer = self.get_answer(&req.head, now);
+                let answer = self.get_answer(&req.head, metrics_only, now);
                 if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
                     down.push(Slot::Ready(answer));
                 }
@@ -495,16 +495,24 @@ impl Proxy {
 
     /// Answers a GET: `/metrics`, `/status`, or (any other path) the health probe the Go
     /// proxy answers with an empty 200.
-    fn get_answer(&mut self, head: &http::RequestHead, now: Instant) -> Outgoing {
+    fn get_answer(&mut self, head: &http::RequestHead, metrics_only: bool, now: Instant) -> Outgoing {
         let (keep_alive, minor) = (head.keep_alive, head.minor);
         let path = head.path.split('?').next().unwrap_or_default();
         if path != "/metrics" && path != "/status" {
+            if metrics_only {
+                let body = b"only GET /metrics and GET /status are served here\n".to_vec();
+                return Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor);
+            }
             return Outgoing::answer(200, None, Vec::new(), keep_alive, minor);
         }
         let snapshot = Snapshot {
             open_connections: self.live_downs,
             best: self.best.current(),
-            els: self.ups.iter().map(|u| (u.name(), u.is_peer, u.backlog_len(), u.backlog_bytes())).collect(),
+            els: self
+                .ups
+                .iter()
+                .map(|u| (u.name(), u.is_peer, u.state(), u.backlog_len(), u.backlog_bytes()))
+                .collect(),
         };
         let (text, content_type): (&str, &[u8]) = if path == "/metrics" {
             (self.metrics.render_prometheus(&snapshot, now), b"text/plain; version=0.0.4; charset=utf-8")
@@ -668,6 +676,15 @@ impl Proxy {
     fn pump(&mut self, up: usize, now: Instant) {
         let dispatch = self.ups[up].dispatch(now, unix_now());
         let name = self.ups[up].endpoint.name.clone();
+        if let Some(news) = dispatch.went_down {
+            self.metrics.set_up(up, false);
+            self.metrics.failed(up, Failure::Refused);
+            if news {
+                log::warn!(
+                    "{name} is down: cannot connect; calls that must stay in order wait in its backlog"
+                );
+            }
+        }
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
             if let Some(conn) = self.ups[up].conns[slot].as_mut() {
@@ -915,6 +932,7 @@ impl Proxy {
             }
         }
         if !self.accepting
+            && !self.stopping
             && self.accept_paused_until.is_none()
             && self.live_downs * 10 < self.cfg.max_connections * 9
         {

@@ -92,8 +92,9 @@ pub struct Metrics {
 pub struct Snapshot<'a> {
     pub open_connections: usize,
     pub best: Option<(&'a str, u64)>,
-    /// Per execution client: name, whether it is a `--proxies` peer, backlog count and bytes.
-    pub els: Vec<(&'a str, bool, usize, usize)>,
+    /// Per execution client: name, whether it is a `--proxies` peer, its state (unknown, up,
+    /// down), backlog count and bytes.
+    pub els: Vec<(&'a str, bool, &'static str, usize, usize)>,
 }
 
 impl Metrics {
@@ -207,7 +208,7 @@ impl Metrics {
             "gauge",
             "Whether the execution client's last connection attempt succeeded.",
         );
-        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let up = self.els.get(i).is_some_and(|m| m.up);
             let _ = writeln!(out, "sync_proxy_el_up{{el=\"{}\"}} {}", escape(name), u8::from(up));
         }
@@ -217,7 +218,7 @@ impl Metrics {
             "histogram",
             "Time from sending a call to an execution client to its whole answer.",
         );
-        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let Some(m) = self.els.get(i) else { continue };
             let name = escape(name);
             for (bound, count) in BUCKETS.iter().zip(m.buckets) {
@@ -240,7 +241,7 @@ impl Metrics {
             "counter",
             "Calls to an execution client that got no answer, by kind.",
         );
-        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let Some(m) = self.els.get(i) else { continue };
             for (failure, count) in FAILURES.iter().zip(m.errors) {
                 if *failure == Failure::Dropped {
@@ -260,7 +261,7 @@ impl Metrics {
             "counter",
             "Ordered calls dropped because the backlog was full.",
         );
-        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let dropped = self.els.get(i).map_or(0, |m| m.errors[FAILURES.len() - 1]);
             let _ = writeln!(out, "sync_proxy_el_dropped_total{{el=\"{}\"}} {dropped}", escape(name));
         }
@@ -270,7 +271,7 @@ impl Metrics {
             "gauge",
             "Ordered calls waiting for the execution client.",
         );
-        for (name, _, count, _) in &snap.els {
+        for (name, _, _, count, _) in &snap.els {
             let _ = writeln!(out, "sync_proxy_el_backlog_requests{{el=\"{}\"}} {count}", escape(name));
         }
         family(
@@ -279,7 +280,7 @@ impl Metrics {
             "gauge",
             "Bytes of ordered calls waiting for the execution client.",
         );
-        for (name, _, _, bytes) in &snap.els {
+        for (name, _, _, _, bytes) in &snap.els {
             let _ = writeln!(out, "sync_proxy_el_backlog_bytes{{el=\"{}\"}} {bytes}", escape(name));
         }
         family(
@@ -288,7 +289,7 @@ impl Metrics {
             "gauge",
             "1 for the payload status the execution client last reported.",
         );
-        for (i, (name, _, _, _)) in snap.els.iter().enumerate() {
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let last = self.els.get(i).and_then(|m| m.last_status);
             for (s, status) in STATUSES.iter().enumerate() {
                 let value = u8::from(last == Some(s));
@@ -356,12 +357,12 @@ impl Metrics {
             .els
             .iter()
             .enumerate()
-            .map(|(i, (name, peer, count, bytes))| {
+            .map(|(i, (name, peer, state, count, bytes))| {
                 let m = self.els.get(i);
                 serde_json::json!({
                     "name": name,
                     "role": if *peer { "proxy" } else if i == 0 { "primary" } else { "secondary" },
-                    "state": if m.is_some_and(|m| m.up) { "up" } else { "down" },
+                    "state": state,
                     "last_status": m.and_then(|m| m.last_status).map(|s| STATUSES[s]),
                     "last_latency_seconds": m.and_then(|m| m.last_latency).map(|d| d.as_secs_f64()),
                     "backlog_requests": count,
@@ -400,7 +401,7 @@ mod tests {
         Snapshot {
             open_connections: 3,
             best: Some(("10.0.0.1", 77)),
-            els: vec![("a:1", false, 2, 100), ("b\"2", true, 0, 0)],
+            els: vec![("a:1", false, "up", 2, 100), ("b\"2", true, "unknown", 0, 0)],
         }
     }
 

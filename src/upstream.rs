@@ -306,6 +306,8 @@ pub struct Dispatch {
     pub opened: Vec<usize>,
     /// Jobs that cannot be served: the client is down and they do not wait.
     pub failed: Vec<(Job, Failure)>,
+    /// A connection attempt failed at once; true when the client was not already down.
+    pub went_down: Option<bool>,
 }
 
 impl Upstream {
@@ -343,6 +345,15 @@ impl Upstream {
 
     pub fn backlog_bytes(&self) -> usize {
         self.backlog_bytes
+    }
+
+    /// The client's state in words, for `/status`.
+    pub fn state(&self) -> &'static str {
+        match self.health {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down { .. } => "down",
+        }
     }
 
     pub fn is_down(&self) -> bool {
@@ -505,7 +516,7 @@ impl Upstream {
             }
             Err(e) => {
                 log::debug!("connect to {} failed at once: {e}", self.endpoint.name);
-                self.mark_down(now);
+                result.went_down = Some(self.mark_down(now));
                 None
             }
         }
