@@ -929,9 +929,21 @@ fn show_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
+/// Secret and config files are small; reading at most this much means a wrong path such as
+/// `/dev/zero` fails with a clear error instead of filling memory.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 fn read_file(path: &Path, flag: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {flag} file {}: {e}", show_path(path))))
+    use std::io::Read;
+    let cannot =
+        |e: &dyn std::fmt::Display| ConfigError(format!("cannot read {flag} file {}: {e}", show_path(path)));
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| cannot(&e))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(cannot(&format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    Ok(text)
 }
 
 fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, ConfigError> {

@@ -259,7 +259,7 @@ impl ResponseReader {
         }
         let head_bytes = std::mem::take(&mut self.head.buf);
         self.head = HeadBuffer::default();
-        match parse_response_head(&head_bytes) {
+        match parse_response_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
             // An interim answer (100 Continue) is followed by the real one.
             Ok((head, _)) if (100..200).contains(&head.status) => Step::more(consumed),
@@ -444,7 +444,7 @@ fn parse_request_head(bytes: &[u8], limits: &Limits) -> Result<(RequestHead, Fra
     Ok((head, framing))
 }
 
-fn parse_response_head(bytes: &[u8]) -> Result<(ResponseHead, Framing), HttpError> {
+fn parse_response_head(bytes: &[u8], limits: &Limits) -> Result<(ResponseHead, Framing), HttpError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut raw);
     match resp.parse(bytes) {
@@ -469,6 +469,11 @@ fn parse_response_head(bytes: &[u8]) -> Result<(ResponseHead, Framing), HttpErro
     };
     if framing == Framing::UntilClose {
         keep_alive = false;
+    }
+    if let Framing::Length(n) = framing {
+        if n > limits.max_body as u64 {
+            return Err(HttpError::BodyTooLarge);
+        }
     }
     Ok((ResponseHead { status, minor, headers, keep_alive }, framing))
 }
@@ -998,6 +1003,14 @@ mod tests {
                 assert_eq!(resp.head.keep_alive, *keep);
             }
         }
+    }
+
+    #[test]
+    fn regression_answer_content_length_over_max_body_is_refused() {
+        // Found by the http_response fuzz target: a Content-Length answer ignored max_body.
+        let mut reader = ResponseReader::new(Limits { max_head: 4096, max_body: 0 });
+        let step = reader.advance(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx");
+        assert_eq!(step.event, Some(Err(HttpError::BodyTooLarge)));
     }
 
     #[test]
