@@ -546,6 +546,18 @@ impl Proxy {
 
     fn enqueue(&mut self, up: usize, job: Job, now: Instant) {
         let dropped = self.ups[up].enqueue(job);
+        self.dropped(up, dropped, now);
+        self.pump(up, now);
+    }
+
+    /// Puts a job back at the front of its client's queue (after a failed connect, or for its
+    /// one retry); what no longer fits the backlog is dropped as usual.
+    fn requeue(&mut self, up: usize, job: Job, now: Instant) {
+        let dropped = self.ups[up].requeue_front(job);
+        self.dropped(up, dropped, now);
+    }
+
+    fn dropped(&mut self, up: usize, dropped: Vec<Job>, now: Instant) {
         for old in dropped {
             log::warn!(
                 "{}: backlog full ({} calls, {} bytes): dropped the oldest {}",
@@ -556,7 +568,6 @@ impl Proxy {
             );
             self.job_failed(up, old, Failure::Dropped, now);
         }
-        self.pump(up, now);
     }
 
     fn down_flush(&mut self, slot: usize, now: Instant) {
@@ -582,12 +593,16 @@ impl Proxy {
 
     fn standing(&mut self, r: ExchangeRef, target: usize, standing: Standing, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
+        let mut changed = false;
         if let Some(s) = e.standings.get_mut(target) {
             if *s == Standing::Pending {
                 *s = standing;
+                changed = true;
             }
         }
-        if standing == Standing::Failed && e.sequential && !e.decided {
+        // Only the first failure of a client moves a non-engine call on, so a call that is
+        // reported failed twice (found down, then its job failed) is not sent twice.
+        if changed && standing == Standing::Failed && e.sequential && !e.decided {
             // Non-engine calls fall back to the next client in list order.
             let next = target + 1;
             if next < self.builders {
@@ -684,6 +699,7 @@ impl Proxy {
                     "{name} is down: cannot connect; calls that must stay in order wait in its backlog"
                 );
             }
+            self.fail_queued(up, now);
         }
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
@@ -761,7 +777,7 @@ impl Proxy {
         self.metrics.failed(up, Failure::Refused);
         if self.ups[up].mark_down(now) {
             log::warn!(
-                "{} is down: connection refused; calls that must stay in order wait in its backlog",
+                "{} is down: cannot connect; calls that must stay in order wait in its backlog",
                 self.ups[up].name()
             );
         }
@@ -771,12 +787,24 @@ impl Proxy {
                 if let Some(r) = job.exchange {
                     self.standing(r, job.target, Standing::Failed, now);
                 }
-                self.ups[up].requeue_front(job);
+                self.requeue(up, job, now);
             } else {
                 self.job_failed(up, job, Failure::Refused, now);
             }
         }
+        self.fail_queued(up, now);
         self.pump(up, now);
+    }
+
+    /// A client was found down: every call queued for it counts as failed for its beacon node,
+    /// which is answered by the next client at once. The calls stay queued for delivery.
+    fn fail_queued(&mut self, up: usize, now: Instant) {
+        if self.ups[up].is_peer {
+            return;
+        }
+        for (r, target) in self.ups[up].queued_exchanges() {
+            self.standing(r, target, Standing::Failed, now);
+        }
     }
 
     fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
@@ -797,7 +825,7 @@ impl Proxy {
                     "{}: kept-alive connection closed under a call; retrying it once",
                     self.ups[up].name()
                 );
-                self.ups[up].requeue_front(job);
+                self.requeue(up, job, now);
                 self.pump(up, now);
             }
         }

@@ -766,14 +766,13 @@ pub fn write_forward_head(out: &mut Vec<u8>, head: &RequestHead, fwd: &Forward<'
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(fwd.host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let connection = head.header("connection").unwrap_or_default();
-    let mut forwarded_for: Option<&[u8]> = None;
+    // Every `Connection` line counts, and every `X-Forwarded-For` line is kept, in order.
+    let named_by_connection = |name: &str| {
+        head.headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(&h.value, name))
+    };
     for h in &head.headers {
         let name = h.name.as_str();
-        if name.eq_ignore_ascii_case("x-forwarded-for") && forwarded_for.is_none() {
-            forwarded_for = Some(&h.value);
-        }
-        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) || has_token(connection, name) {
+        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) || named_by_connection(name) {
             continue;
         }
         if fwd.authorization.is_some() && name.eq_ignore_ascii_case("authorization") {
@@ -785,9 +784,12 @@ pub fn write_forward_head(out: &mut Vec<u8>, head: &RequestHead, fwd: &Forward<'
         push_header(out, b"Authorization", auth);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prior) = forwarded_for {
-        out.extend_from_slice(prior.trim_ascii());
-        out.extend_from_slice(b", ");
+    for h in head.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+        let prior = h.value.trim_ascii();
+        if !prior.is_empty() {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
     }
     out.extend_from_slice(fwd.client.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");

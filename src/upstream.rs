@@ -370,34 +370,19 @@ impl Upstream {
     /// Queues a job. Ordered jobs wait in the bounded backlog (the oldest is dropped on
     /// overflow and returned); others wait for a connection.
     pub fn enqueue(&mut self, job: Job) -> Vec<Job> {
-        let mut dropped = Vec::new();
         if job.ordered {
             self.backlog_bytes += job.inbound.body.len();
             self.backlog.push_back(job);
-            while self.backlog.len() > self.max_backlog.max(1)
-                || (self.backlog_bytes > self.max_backlog_bytes && self.backlog.len() > 1)
-            {
-                match self.backlog.pop_front() {
-                    Some(old) => {
-                        self.backlog_bytes -= old.inbound.body.len();
-                        dropped.push(old);
-                    }
-                    None => break,
-                }
-            }
         } else {
             self.waiting.push_back(job);
-            while self.waiting.len() > MAX_WAITING {
-                if let Some(old) = self.waiting.pop_front() {
-                    dropped.push(old);
-                }
-            }
         }
-        dropped
+        self.enforce_bounds()
     }
 
-    /// Puts a job back where it came from, at the front, after a failed connect or for its retry.
-    pub fn requeue_front(&mut self, job: Job) {
+    /// Puts a job back where it came from, at the front, after a failed connect or for its
+    /// retry. The backlog's bounds still hold: what no longer fits is returned, oldest first
+    /// (which may be this very job).
+    pub fn requeue_front(&mut self, job: Job) -> Vec<Job> {
         if job.ordered {
             self.ordered_busy = false;
             self.backlog_bytes += job.inbound.body.len();
@@ -405,6 +390,38 @@ impl Upstream {
         } else {
             self.waiting.push_front(job);
         }
+        self.enforce_bounds()
+    }
+
+    /// Drops the oldest queued jobs beyond the bounds (the newest ordered job always stays).
+    fn enforce_bounds(&mut self) -> Vec<Job> {
+        let mut dropped = Vec::new();
+        while self.backlog.len() > self.max_backlog.max(1)
+            || (self.backlog_bytes > self.max_backlog_bytes && self.backlog.len() > 1)
+        {
+            match self.backlog.pop_front() {
+                Some(old) => {
+                    self.backlog_bytes -= old.inbound.body.len();
+                    dropped.push(old);
+                }
+                None => break,
+            }
+        }
+        while self.waiting.len() > MAX_WAITING {
+            if let Some(old) = self.waiting.pop_front() {
+                dropped.push(old);
+            }
+        }
+        dropped
+    }
+
+    /// The exchanges waiting on this client's queued jobs, with this client's place in each.
+    pub fn queued_exchanges(&self) -> Vec<(ExchangeRef, usize)> {
+        self.backlog
+            .iter()
+            .chain(self.waiting.iter())
+            .filter_map(|j| j.exchange.map(|r| (r, j.target)))
+            .collect()
     }
 
     /// Notes that the ordered job on a connection ended (answered or failed).
@@ -671,7 +688,7 @@ mod tests {
         up.enqueue(job(2, 1, true));
         let first = up.backlog.pop_front().expect("queued");
         up.backlog_bytes -= 1;
-        up.requeue_front(first);
+        assert!(up.requeue_front(first).is_empty());
         let order: Vec<u8> = up.backlog.iter().map(|j| j.inbound.body[0]).collect();
         assert_eq!(order, vec![1, 2]);
         assert_eq!(up.backlog_bytes(), 2);
