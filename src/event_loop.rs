@@ -4,6 +4,12 @@
 //! closed connections are reaped after each event batch so a reused slot never receives its
 //! predecessor's events.
 //!
+//! Every connection is registered once for READABLE | WRITABLE, edge-triggered, and never
+//! re-registered: an edge fires only when the socket's state changes (new bytes, or room after
+//! a write hit `WouldBlock`), so write interest costs nothing while there is nothing to write,
+//! and the event loop saves a `epoll_ctl` call per answer. Reads drain to `WouldBlock`, capped
+//! per wakeup (`READS_PER_WAKEUP`), with the connection revisited before the next poll.
+//!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
