@@ -41,6 +41,8 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
+/// A full backlog is reported at most this often.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Something the event loop can stop: set from a signal handler's token in `main`.
 pub trait Stopper {
@@ -563,15 +565,24 @@ impl Proxy {
         self.dropped(up, dropped, now);
     }
 
+    /// Calls dropped from a full backlog fail for their beacon nodes; the operator hears of it
+    /// at once and then at most once a minute, with the count, however long the outage.
     fn dropped(&mut self, up: usize, dropped: Vec<Job>, now: Instant) {
         for old in dropped {
-            log::warn!(
-                "{}: backlog full ({} calls, {} bytes): dropped the oldest {}",
-                self.ups[up].name(),
-                self.ups[up].backlog_len(),
-                self.ups[up].backlog_bytes(),
-                old.inbound.method.as_deref().unwrap_or("call")
-            );
+            let u = &mut self.ups[up];
+            u.unreported_drops += 1;
+            if u.last_drop_report.is_none_or(|t| now.saturating_duration_since(t) >= DROP_REPORT_EVERY) {
+                log::warn!(
+                    "{}: backlog full ({} calls, {} bytes): dropped the oldest {} ({} dropped since the last report)",
+                    u.name(),
+                    u.backlog_len(),
+                    u.backlog_bytes(),
+                    old.inbound.method.as_deref().unwrap_or("call"),
+                    u.unreported_drops
+                );
+                u.unreported_drops = 0;
+                u.last_drop_report = Some(now);
+            }
             self.job_failed(up, old, Failure::Dropped, now);
         }
     }
@@ -845,6 +856,7 @@ impl Proxy {
             None
         };
         self.metrics.answered(up, latency, status.as_deref());
+        self.note_http_status(up, &resp);
         let Some(r) = job.exchange else { return };
         let name = self.ups[up].name().to_string();
         let Some(e) = self.exchanges.get_mut(r) else { return };
@@ -870,6 +882,23 @@ impl Proxy {
             }
         }
         self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// An execution client that starts answering with an HTTP error (a wrong JWT secret gives
+    /// 401) is reported once, and again when it recovers, whether or not it is the primary.
+    fn note_http_status(&mut self, up: usize, resp: &http::Response) {
+        let u = &mut self.ups[up];
+        let status = resp.head.status;
+        let was_ok = u.last_http_status == 0 || (200..300).contains(&u.last_http_status);
+        let is_ok = (200..300).contains(&status);
+        if was_ok && !is_ok {
+            let excerpt = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
+            let hint = if status == 401 { " (is its JWT secret right, and its clock in sync?)" } else { "" };
+            log::warn!("{} answers HTTP {status}{hint}: {}", u.name(), excerpt.trim());
+        } else if !was_ok && is_ok {
+            log::info!("{} answers HTTP {status} again", u.name());
+        }
+        u.last_http_status = status;
     }
 
     fn job_failed(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {

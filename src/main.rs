@@ -74,7 +74,7 @@ fn run(cfg: Config) -> Result<(), String> {
 /// One start-up line an operator can check at a glance.
 fn summary(cfg: &Config) -> String {
     let names =
-        |list: &[config::Endpoint]| list.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(", ");
+        |list: &[config::Endpoint]| list.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ");
     let own_secrets = cfg.builder_jwt_secrets.iter().filter(|s| s.is_some()).count();
     let auth = match (&cfg.jwt_secret, own_secrets) {
         (None, 0) => "no inbound JWT check; beacon node tokens passed through".to_string(),

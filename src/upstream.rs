@@ -29,6 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call that waited longer than this in a backlog gets a freshly minted token (see
 /// `Upstream::replay_token`); the beacon node's own is then at least this old.
 const REPLAY_REMINT_AFTER: Duration = Duration::from_secs(30);
+/// Beyond this, a beacon node's token replayed from a backlog is about to be refused.
+const STALE_TOKEN_AFTER: Duration = Duration::from_secs(55);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -297,6 +299,15 @@ pub struct Upstream {
     next_addr: usize,
     max_backlog: usize,
     max_backlog_bytes: usize,
+    /// The HTTP status of the last answer, so a change to or from an error is logged once.
+    pub last_http_status: u16,
+    /// Backlog drops not yet reported, and when they were last reported (warnings about a full
+    /// backlog are at most one a minute, with the count).
+    pub unreported_drops: u64,
+    pub last_drop_report: Option<Instant>,
+    /// Whether a call older than the clients' 60 s `iat` window was replayed with the beacon
+    /// node's token during the current outage (warned once per outage).
+    pub warned_stale_token: bool,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -332,6 +343,10 @@ impl Upstream {
             next_addr: 0,
             max_backlog,
             max_backlog_bytes: max_bytes,
+            last_http_status: 0,
+            unreported_drops: 0,
+            last_drop_report: None,
+            warned_stale_token: false,
         }
     }
 
@@ -440,6 +455,7 @@ impl Upstream {
 
     /// A connection attempt failed. True when this is news (it was not already down).
     pub fn mark_down(&mut self, now: Instant) -> bool {
+        self.warned_stale_token = false;
         let (news, failures) = match self.health {
             Health::Down { failures, .. } => (false, failures.saturating_add(1)),
             _ => (true, 0),
@@ -547,6 +563,17 @@ impl Upstream {
             (Some(own), _) => Some(own.header_value(unix_now).as_bytes().to_vec()),
             (None, Some(shared)) if waited > REPLAY_REMINT_AFTER => {
                 Some(shared.header_value(unix_now).as_bytes().to_vec())
+            }
+            (None, None) if waited > STALE_TOKEN_AFTER && !self.warned_stale_token => {
+                self.warned_stale_token = true;
+                log::warn!(
+                    "{}: replaying calls that waited {} s with the beacon node's own token; execution clients \
+                     reject an iat over 60 s old: give the proxy --jwt-secret (or --builder-jwt-secrets) so it \
+                     can mint fresh tokens",
+                    self.endpoint.name,
+                    waited.as_secs()
+                );
+                None
             }
             _ => None,
         };

@@ -717,7 +717,8 @@ fn the_start_up_summary_names_the_els_and_the_auth_mode() {
     let (a, b) = (MockEl::start(), MockEl::start());
     let proxy = start(&[&a, &b], &[]);
     let line = proxy.wait_log("execution clients", TIMEOUT);
-    let (url_a, url_b) = (format!("{}/", a.http_url()), format!("{}/", b.http_url()));
+    // The ELs are named as written in --builders, as every other log line names them.
+    let (url_a, url_b) = (format!("{}, ", a.url()), format!("{};", b.url()));
     let (at_a, at_b) = (line.find(&url_a), line.find(&url_b));
     assert!(at_a.is_some() && at_b.is_some() && at_a < at_b, "{line}");
     assert!(line.contains("primary"), "{line}");

@@ -538,8 +538,8 @@ fn other_calls_do_not_queue_behind_ordered_ones() {
 // ----------------------------------------------------------------------------- backlog
 
 /// With a secondary that is down and a backlog bound (`flags`) that holds three of the calls
-/// sent here, five calls drop the oldest two with a warning each, and the EL gets the newest
-/// three, in order, when it is back.
+/// sent here, five calls drop the oldest two (one warning, both counted), and the EL gets the
+/// newest three, in order, when it is back.
 #[track_caller]
 fn assert_backlog_keeps_the_newest_three(flags: &[&str]) {
     let primary = MockEl::start();
@@ -553,9 +553,10 @@ fn assert_backlog_keeps_the_newest_three(flags: &[&str]) {
         assert_eq!(bn.post(&new_payload(id, 100 + id)).status, 200);
     }
     let full = format!("{}: backlog full", secondary.url());
-    wait_until("two drop warnings", TIMEOUT, || count_logs(&proxy, &full) >= 2);
     let warning = proxy.wait_log(&full, TIMEOUT);
     assert!(warning.contains("dropped the oldest engine_newPayloadV3"), "{warning:?}");
+    let dropped = format!("sync_proxy_el_dropped_total{{el=\"{}\"}}", secondary.url());
+    wait_until("two drops counted", TIMEOUT, || metric(&proxy, &dropped) == 2);
 
     secondary.restart();
     let received = secondary.wait_requests(3, TIMEOUT);
@@ -563,7 +564,7 @@ fn assert_backlog_keeps_the_newest_three(flags: &[&str]) {
     // A later call arrives after the backlog: nothing else was kept.
     bn.post(&new_payload(6, 106));
     assert_eq!(ids(&secondary.wait_requests(4, TIMEOUT)), [3, 4, 5, 6]);
-    assert_eq!(count_logs(&proxy, &full), 2, "one warning per dropped call");
+    assert_eq!(count_logs(&proxy, &full), 1, "a full backlog is reported once a minute, not per call");
 }
 
 #[test]
@@ -597,7 +598,8 @@ fn regression_backlog_bound_holds_while_a_connection_attempt_hangs() {
     let received =
         secondary.wait_for("call 5", TIMEOUT, |all| all.iter().any(|r| r.rpc_id == Some(json!(5))));
     assert_eq!(ids(&received), [3, 4, 5], "the newest three calls, in order");
-    assert_eq!(count_logs(&proxy, &format!("{addr}: backlog full")), 2, "calls 1 and 2 dropped");
+    let dropped = format!("sync_proxy_el_dropped_total{{el=\"{addr}\"}}");
+    assert_eq!(metric(&proxy, &dropped), 2, "calls 1 and 2 dropped");
 }
 
 #[test]
