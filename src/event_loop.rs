@@ -571,7 +571,7 @@ impl Proxy {
         for old in dropped {
             let u = &mut self.ups[up];
             u.unreported_drops += 1;
-            if u.last_drop_report.is_none_or(|t| now.saturating_duration_since(t) >= DROP_REPORT_EVERY) {
+            if !u.last_drop_report.is_some_and(|t| now.saturating_duration_since(t) < DROP_REPORT_EVERY) {
                 log::warn!(
                     "{}: backlog full ({} calls, {} bytes): dropped the oldest {} ({} dropped since the last report)",
                     u.name(),
