@@ -72,6 +72,8 @@ pub struct Proxy {
     accept_paused_until: Option<Instant>,
     /// Set once a stop was requested: accepting never resumes.
     stopping: bool,
+    /// Accepting fails (out of file descriptors): said once, not at every retry.
+    accept_failing: bool,
     /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
     tokens: Option<Vec<(String, TokenCache)>>,
 }
@@ -133,6 +135,7 @@ impl Proxy {
             accepting: true,
             accept_paused_until: None,
             stopping: false,
+            accept_failing: false,
             tokens: None,
         })
     }
@@ -238,6 +241,10 @@ impl Proxy {
             }
             match self.listener.accept() {
                 Ok((stream, peer)) => {
+                    if self.accept_failing {
+                        log::info!("accepting connections again");
+                        self.accept_failing = false;
+                    }
                     self.adopt(stream, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -245,7 +252,13 @@ impl Proxy {
                 Err(e) => {
                     // Out of file descriptors (EMFILE/ENFILE) or similar: the pending connection
                     // stays queued, and retrying at once would spin, so wait a moment.
-                    log::warn!("accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+                    // The first failure of a run is a warning; the retries every 100 ms are not.
+                    if self.accept_failing {
+                        log::debug!("accept failed again: {e}");
+                    } else {
+                        log::warn!("accept failed: {e}; retrying every {ACCEPT_PAUSE:?} until it works");
+                        self.accept_failing = true;
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }
