@@ -7,4 +7,5 @@ mod util_selftest;
 mod auth_metrics;
 mod hostile;
 mod http_cli;
+mod realnet;
 mod routing;
