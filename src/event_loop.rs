@@ -311,7 +311,11 @@ impl Proxy {
         }
         let limits = Limits { max_head: 64 * 1024, max_body: self.cfg.max_body_bytes };
         self.next_serial += 1;
-        self.downs[slot] = Some(Downstream::new(stream, self.next_serial, peer, limits, now));
+        let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
+        if self.tokens.is_some() {
+            down.reader.answer_get_at_head();
+        }
+        self.downs[slot] = Some(down);
         self.live_downs += 1;
         Some(slot)
     }

@@ -142,11 +142,22 @@ pub struct RequestReader {
     limits: Limits,
     head: HeadBuffer,
     body: Option<(RequestHead, BodyReader)>,
+    /// See `answer_get_at_head`.
+    early_get: bool,
+    /// A GET was reported before its body; what follows on the connection is ignored.
+    spent: bool,
 }
 
 impl RequestReader {
     pub fn new(limits: Limits) -> Self {
-        RequestReader { limits, head: HeadBuffer::default(), body: None }
+        RequestReader { limits, head: HeadBuffer::default(), body: None, early_get: false, spent: false }
+    }
+
+    /// Reports a GET or HEAD as soon as its head is read, ignoring any body it announces, and
+    /// marks it as the connection's last request. nginx's `auth_request` subrequest carries the
+    /// original request's `Content-Length` but no body, and a tokens service must answer it.
+    pub fn answer_get_at_head(&mut self) {
+        self.early_get = true;
     }
 
     /// Whether some bytes of a request have arrived but not the whole request.
@@ -156,6 +167,9 @@ impl RequestReader {
 
     /// Consumes bytes from `input`; call again with the rest while `consumed > 0` and no event.
     pub fn advance(&mut self, input: &[u8]) -> Step<RequestEvent> {
+        if self.spent {
+            return Step::more(input.len());
+        }
         if let Some((_, body)) = self.body.as_mut() {
             return match body.advance(input) {
                 (n, BodyProgress::More) => Step::more(n),
@@ -179,9 +193,14 @@ impl RequestReader {
         self.head = HeadBuffer::default();
         match parse_request_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
-            Ok((head, framing)) => {
+            Ok((mut head, framing)) => {
                 let body = BodyReader::new(framing, self.limits.max_body);
                 if body.is_done() {
+                    return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
+                }
+                if self.early_get && matches!(head.method.as_str(), "GET" | "HEAD") {
+                    self.spent = true;
+                    head.keep_alive = false;
                     return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
                 }
                 let expect = head.expect_continue;
@@ -893,6 +912,19 @@ mod tests {
             let events = read_all(input, split);
             assert_eq!(bodies(&events), vec![b"hello world".to_vec(), Vec::new()], "split {split}");
         }
+    }
+
+    #[test]
+    fn a_get_can_be_answered_before_the_body_it_announces() {
+        // nginx's auth_request subrequest: the original Content-Length, and no body.
+        let mut reader = RequestReader::new(limits());
+        reader.answer_get_at_head();
+        let step = reader.advance(b"GET /tokens/ HTTP/1.0\r\nContent-Length: 7\r\n\r\n");
+        match step.event {
+            Some(Ok(RequestEvent::Request(r))) => assert!(r.body.is_empty() && !r.head.keep_alive),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reader.advance(b"leftover"), Step { consumed: 8, event: None });
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! The mock execution clients (fast, late or down) and the minimal forwarder that serves as
+//! the reference for what any fan-out proxy costs.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::wire::{Framer, MessageKind};
+use crate::ANSWER_BODY;
+
+/// How the secondary ELs of a scenario behave.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Secondary {
+    Fast,
+    Late(Duration),
+    Down,
+}
+
+/// Starts a mock EL on an ephemeral port: it reads each request whole, waits `delay`, and
+/// answers a small JSON body with a Content-Length. One thread per connection.
+pub fn spawn_mock_el(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a mock EL");
+    let addr = listener.local_addr().expect("mock EL address");
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        ANSWER_BODY.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(ANSWER_BODY);
+    let answer: Arc<[u8]> = answer.into();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let answer = answer.clone();
+            thread::spawn(move || {
+                let _ = serve_el(stream, delay, &answer);
+            });
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens: an EL that is down.
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    listener.local_addr().expect("port address")
+}
+
+pub fn serve_el(mut stream: TcpStream, delay: Duration, answer: &[u8]) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut conn = Framer::new();
+    loop {
+        if !conn.read_message(&mut stream, MessageKind::Request)? {
+            return Ok(());
+        }
+        if !delay.is_zero() {
+            thread::sleep(delay);
+        }
+        stream.write_all(answer)?;
+    }
+}
+
+// ------------------------------------------------------------------------------- minimal forwarder
+
+/// The least any fan-out proxy must do, as a reference: a thread per BN connection that reads
+/// each request whole, writes it to every EL over kept-alive connections, relays the first EL's
+/// answer, then reads the others' answers. No parsing beyond Content-Length, no ordering, no
+/// event loop. Only for scenarios whose ELs are all up and fast.
+pub fn spawn_forwarder(els: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+    let addr = listener.local_addr().expect("forwarder address");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let els = els.clone();
+            thread::spawn(move || {
+                let _ = forward(stream, &els);
+            });
+        }
+    });
+    addr
+}
+
+pub fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
+    bn.set_nodelay(true)?;
+    let mut upstreams = Vec::new();
+    for el in els {
+        let stream = TcpStream::connect(el)?;
+        stream.set_nodelay(true)?;
+        upstreams.push((stream, Framer::new()));
+    }
+    let mut from_bn = Framer::new();
+    let (mut request, mut answer) = (Vec::new(), Vec::new());
+    loop {
+        request.clear();
+        if from_bn.read_message_status(&mut bn, MessageKind::Request, Some(&mut request))?.is_none() {
+            return Ok(());
+        }
+        for (stream, _) in upstreams.iter_mut() {
+            stream.write_all(&request)?;
+        }
+        for (i, (stream, framer)) in upstreams.iter_mut().enumerate() {
+            answer.clear();
+            framer.read_message_status(stream, MessageKind::Response, Some(&mut answer))?;
+            if i == 0 {
+                bn.write_all(&answer)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds sync-proxy as a static executable and checks that it starts and links nothing at run
+# time: glibc with `-C target-feature=+crt-static` (always), and musl when that Rust target is
+# installed (`rustup target add x86_64-unknown-linux-musl`). Builds go to target/static so the
+# ordinary release build is left alone. CI runs this from .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+host=$(rustc -vV | sed -n 's/^host: //p')
+arch=${host%%-*}
+
+check() { # check TARGET: build, start, and prove it static
+  local target=$1 bin
+  echo "--- static build for $target"
+  # --target keeps RUSTFLAGS away from build scripts, which must stay host (dynamic) programs.
+  RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --release --bin sync-proxy --target "$target" --target-dir target/static
+  bin=target/static/$target/release/sync-proxy
+  "$bin" --version
+  file "$bin"
+  file "$bin" | grep -Eq 'statically linked|static-pie linked' || { echo "FAIL: $bin is not static"; exit 1; }
+  if ldd "$bin" >/dev/null 2>&1 && ! ldd "$bin" 2>&1 | grep -q 'statically linked'; then
+    echo "FAIL: ldd lists shared libraries for $bin"; ldd "$bin"; exit 1
+  fi
+  # It must also serve, not just print its version: start it on an ephemeral port and stop it.
+  local log
+  log=$(mktemp)
+  "$bin" --addr 127.0.0.1:0 --builders 127.0.0.1:9 2>"$log" &
+  local pid=$!
+  for _ in $(seq 50); do grep -q 'listening on' "$log" && break; sleep 0.1; done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  grep 'listening on' "$log" || { echo "FAIL: $bin did not start listening"; cat "$log"; rm -f "$log"; exit 1; }
+  rm -f "$log"
+  echo "ok: $bin ($(stat -c %s "$bin") bytes) is static and starts"
+}
+
+check "$host"
+musl="$arch-unknown-linux-musl"
+if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+  check "$musl"
+else
+  echo "skip: the $musl target is not installed (rustup target add $musl)"
+fi
