@@ -17,9 +17,8 @@ pub const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Most bytes of trailer fields accepted after the last chunk.
 const MAX_TRAILERS: usize = 8 * 1024;
-/// A body is first given at most this much capacity, whatever its Content-Length claims, so a
-/// lying client cannot make the proxy reserve memory it never fills.
-const INITIAL_BODY_CAPACITY: usize = 1 << 20;
+/// When the whole declared body cannot be reserved at once, it starts with this much room.
+const FALLBACK_BODY_CAPACITY: usize = 1 << 20;
 
 /// The caps that bound one message.
 #[derive(Debug, Clone, Copy)]
@@ -330,23 +329,40 @@ impl HeadBuffer {
         }
         let input = &input[skipped..];
         let old = self.buf.len();
-        // Search from three bytes back so a terminator split across reads is found.
-        let search_from = old.saturating_sub(3);
         let room = max_head.saturating_sub(old);
         let take = input.len().min(room.saturating_add(1));
-        self.buf.extend_from_slice(&input[..take]);
-        if let Some(end) = find_head_end(&self.buf[search_from..]) {
-            let end = search_from + end;
-            self.buf.truncate(end);
-            if end > max_head {
+        // The blank line is looked for in the new bytes (and across the seam with the old
+        // ones) before anything is copied, so only the head's own bytes are ever copied here,
+        // never the body that follows it in the same read.
+        if let Some(end) = self.find_end(&input[..take]) {
+            self.buf.extend_from_slice(&input[..end]);
+            if self.buf.len() > max_head {
                 return Err(HttpError::HeadTooLarge);
             }
-            return Ok((skipped + (end - old), true));
+            return Ok((skipped + end, true));
         }
+        self.buf.extend_from_slice(&input[..take]);
         if self.buf.len() > max_head {
             return Err(HttpError::HeadTooLarge);
         }
         Ok((skipped + take, false))
+    }
+
+    /// Where in `input` the head ends, counting a blank line that began in earlier bytes.
+    fn find_end(&self, input: &[u8]) -> Option<usize> {
+        let tail = &self.buf[self.buf.len().saturating_sub(3)..];
+        if !tail.is_empty() {
+            let mut seam = [0u8; 6];
+            let head = input.len().min(3);
+            seam[..tail.len()].copy_from_slice(tail);
+            seam[tail.len()..tail.len() + head].copy_from_slice(&input[..head]);
+            if let Some(end) = find_head_end(&seam[..tail.len() + head]) {
+                if end > tail.len() {
+                    return Some(end - tail.len());
+                }
+            }
+        }
+        find_head_end(input)
     }
 }
 
@@ -527,10 +543,7 @@ enum BodyProgress {
 impl BodyReader {
     fn new(framing: Framing, max: usize) -> Self {
         match framing {
-            Framing::Length(n) => BodyReader::Length {
-                remaining: n,
-                body: Vec::with_capacity(usize::try_from(n).unwrap_or(usize::MAX).min(INITIAL_BODY_CAPACITY)),
-            },
+            Framing::Length(n) => BodyReader::Length { remaining: n, body: body_buffer(n) },
             Framing::Chunked => {
                 BodyReader::Chunked { state: ChunkState::Size, line: Vec::new(), body: Vec::new(), max }
             }
@@ -637,6 +650,19 @@ impl BodyReader {
             }
         }
     }
+}
+
+/// Room for a body of `n` declared bytes (already checked against `max_body`), reserved at
+/// once so it is never copied by growing: untouched pages cost no memory, so a client that
+/// declares more than it sends costs address space only. If even that cannot be had, the
+/// buffer starts small and grows instead of aborting the process.
+fn body_buffer(n: u64) -> Vec<u8> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let mut body = Vec::new();
+    if body.try_reserve_exact(n).is_err() {
+        body = Vec::with_capacity(n.min(FALLBACK_BODY_CAPACITY));
+    }
+    body
 }
 
 /// Appends to `line` up to and including the next LF. Returns bytes used and whether the line
