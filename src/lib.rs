@@ -21,4 +21,5 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod rpc;
+pub mod signals;
 pub mod upstream;

@@ -2,24 +2,15 @@
 //! It knows no sockets, HTTP, JSON or JWT itself.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sync_proxy::config::{self, Command, Config};
-use sync_proxy::event_loop::{Proxy, Stopper};
+use sync_proxy::event_loop::Proxy;
 use sync_proxy::logging;
+use sync_proxy::signals::SignalFlag;
 
 /// How long queued calls may take to go out after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(5);
-
-struct SignalFlag(Arc<AtomicBool>);
-
-impl Stopper for SignalFlag {
-    fn stop_requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -49,11 +40,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config) -> Result<(), String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
+    let stop = SignalFlag::install().map_err(|e| format!("cannot handle signals: {e}"))?;
     let summary = summary(&cfg);
     let insecure = cfg.jwt_secret.is_none() && !cfg.listen.ip().is_loopback();
     let listen_text = cfg.listen_text.clone();
@@ -66,7 +53,7 @@ fn run(cfg: Config) -> Result<(), String> {
             "no --jwt-secret and {addr} is not a loopback address: anyone who can reach it can drive the execution clients"
         );
     }
-    proxy.run(&SignalFlag(stop), DRAIN).map_err(|e| format!("event loop failed: {e}"))?;
+    proxy.run(&stop, DRAIN).map_err(|e| format!("event loop failed: {e}"))?;
     log::info!("stopped");
     Ok(())
 }

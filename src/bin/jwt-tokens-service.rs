@@ -2,21 +2,12 @@
 //! client, as flashbots' Go tool does, on the same event loop and HTTP code as `sync-proxy`.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sync_proxy::config::{self, TokensCommand};
-use sync_proxy::event_loop::{Proxy, Stopper};
+use sync_proxy::event_loop::Proxy;
+use sync_proxy::signals::SignalFlag;
 use sync_proxy::{http, logging};
-
-struct SignalFlag(Arc<AtomicBool>);
-
-impl Stopper for SignalFlag {
-    fn stop_requested(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -40,13 +31,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     logging::init(cfg.log_level, cfg.log_json);
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+    let stop = match SignalFlag::install() {
+        Ok(stop) => stop,
+        Err(e) => {
             log::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     let mut service = match Proxy::bind_tokens_service(&cfg) {
         Ok(service) => service,
         Err(e) => {
@@ -58,7 +49,7 @@ fn main() -> ExitCode {
         Ok(addr) => log::info!("jwt-tokens-service listening on {addr} with {} entries", cfg.entries.len()),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    match service.run(&SignalFlag(stop), Duration::ZERO) {
+    match service.run(&stop, Duration::ZERO) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("event loop failed: {e}");
