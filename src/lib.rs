@@ -8,7 +8,8 @@
 //! gets a call, which answer wins and which beacon node is followed; `exchange` is one request's
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
-//! a `Config`; `logging` writes text or JSON log lines.
+//! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request.
 #![forbid(unsafe_code)]
 
 pub mod config;
