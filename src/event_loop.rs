@@ -41,6 +41,13 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
+/// Requests at least this large go to the primary first (see `Proxy::held_for_primary`).
+const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
+/// The other clients stop waiting for the primary once it has taken no byte for this long…
+const PRIMARY_STALL: Duration = Duration::from_millis(200);
+/// …and at the latest this long after the request arrived (a zero-window primary still takes
+/// a few bytes now and then).
+const PRIMARY_FIRST_MAX: Duration = Duration::from_millis(500);
 /// A full backlog is reported at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -746,21 +753,81 @@ impl Proxy {
             }
         }
         // Jobs handed to idle kept-alive connections are written at once.
-        let mut outcomes = Vec::new();
-        for conn in self.ups[up].conns.iter_mut().flatten() {
-            if conn.state == ConnState::Busy
-                && conn.job.is_some()
-                && !conn.request_sent()
-                && conn.write().is_err()
-            {
-                outcomes.push(conn.fail(Failure::Reset));
-            }
-        }
         for (job, failure) in dispatch.failed {
             self.job_failed(up, job, failure, now);
         }
-        for outcome in outcomes {
+        for slot in 0..MAX_CONNS {
+            let ready = self.ups[up].conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.state == ConnState::Busy && c.job.is_some() && !c.request_sent());
+            if ready {
+                self.up_write(up, slot, now);
+            }
+        }
+    }
+
+    /// Until when connection `slot` of client `up` should wait so that the primary gets a large
+    /// request first. Writing N copies at once shares the CPU (and, on loopback, the
+    /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
+    /// answer, about N times; the other clients' answers matter to nobody's latency. The wait
+    /// ends when the primary has its copy, once the primary has taken no byte for
+    /// `PRIMARY_STALL`, or `PRIMARY_FIRST_MAX` after the request arrived, so a primary that
+    /// stops reading cannot hold the others back for long.
+    fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
+        if up == 0 {
+            return None;
+        }
+        let job = self.ups[up].conns[slot].as_ref().and_then(|c| c.job.as_ref())?;
+        if job.inbound.body.len() < PRIMARY_FIRST_MIN_BODY {
+            return None;
+        }
+        self.ups[0]
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| {
+                !c.dead
+                    && !c.request_sent()
+                    && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound))
+            })
+            .map(|c| {
+                let stalled = c.last_progress.max(job.inbound.received) + PRIMARY_STALL;
+                stalled.min(job.inbound.received + PRIMARY_FIRST_MAX)
+            })
+            .find(|&until| until > now)
+    }
+
+    /// Writes what connection `slot` of client `up` has to send, unless it waits for the primary.
+    fn up_write(&mut self, up: usize, slot: usize, now: Instant) {
+        if let Some(until) = self.held_for_primary(up, slot, now) {
+            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
+                conn.hold_until = Some(until);
+            }
+            return;
+        }
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        conn.hold_until = None;
+        if conn.job.is_none() || conn.request_sent() {
+            return;
+        }
+        if conn.write().is_err() {
+            let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
+            return;
+        }
+        if up == 0 && conn.request_sent() {
+            self.release_held(now);
+        }
+    }
+
+    /// The primary has its copy: the requests held back for it go out now.
+    fn release_held(&mut self, now: Instant) {
+        for up in 1..self.ups.len() {
+            for slot in 0..MAX_CONNS {
+                if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.hold_until.is_some() && !c.dead) {
+                    self.up_write(up, slot, now);
+                }
+            }
         }
     }
 
@@ -793,12 +860,12 @@ impl Proxy {
                 self.metrics.set_up(up, true);
             }
         }
-        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
-        if conn.job.is_some() && !conn.request_sent() && conn.write().is_err() {
-            let outcome = conn.fail(Failure::Reset);
-            self.on_outcome(up, outcome, now);
-            return;
+        let needs_write =
+            self.ups[up].conns[slot].as_ref().is_some_and(|c| c.job.is_some() && !c.request_sent());
+        if needs_write {
+            self.up_write(up, slot, now);
         }
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
         if readable || conn.dead {
             let outcome = conn.read(&mut self.scratch, now);
             self.on_outcome(up, outcome, now);
@@ -972,6 +1039,10 @@ impl Proxy {
         for up in 0..self.ups.len() {
             for slot in 0..MAX_CONNS {
                 let Some(conn) = self.ups[up].conns[slot].as_mut() else { continue };
+                if conn.hold_until.is_some_and(|h| h <= now) && !conn.dead {
+                    self.up_write(up, slot, now);
+                    continue;
+                }
                 if conn.dead || conn.deadline > now {
                     continue;
                 }

@@ -111,6 +111,10 @@ pub struct Conn {
     pub deadline: Instant,
     pub sent_at: Instant,
     pub dead: bool,
+    /// Writing waits until then (or until the primary has its copy): see `event_loop`.
+    pub hold_until: Option<Instant>,
+    /// When a write last moved bytes (a primary that stops taking them no longer holds others).
+    pub last_progress: Instant,
 }
 
 /// What became of the job on a connection after I/O.
@@ -136,6 +140,8 @@ impl Conn {
             deadline: now + CONNECT_TIMEOUT,
             sent_at: now,
             dead: false,
+            hold_until: None,
+            last_progress: now,
         }
     }
 
@@ -159,7 +165,10 @@ impl Conn {
             };
             match n {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    self.written += n;
+                    self.last_progress = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -622,7 +631,13 @@ impl Upstream {
 
     /// The earliest moment this client needs attention.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let conns = self.conns.iter().flatten().filter(|c| !c.dead).map(|c| c.deadline).min();
+        let conns = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead)
+            .map(|c| c.hold_until.map_or(c.deadline, |h| h.min(c.deadline)))
+            .min();
         match (conns, self.retry_at()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1191,3 +1191,122 @@ fn disagreeing_statuses_warn_once_per_request() {
         }
     }
 }
+
+// ------------------------------------------------------------- large requests: primary first
+
+/// An EL that accepts connections and never reads from them: the proxy's writes to it stall
+/// once the socket buffers are full.
+struct NonReadingEl {
+    addr: SocketAddr,
+    _held: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl NonReadingEl {
+    fn new() -> NonReadingEl {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+        let addr = listener.local_addr().expect("listener address");
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                keep.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stream);
+            }
+        });
+        NonReadingEl { addr, _held: held }
+    }
+}
+
+impl El for NonReadingEl {
+    fn url(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// A newPayload body of about `size` bytes (a padded but valid request).
+fn large_payload(id: u64, size: usize) -> Vec<u8> {
+    let pad = "ab".repeat(size / 2);
+    rpc_body(id, "engine_newPayloadV3", json!([{"timestamp": "0x10", "extraData": pad}, [], "0x00"]))
+}
+
+/// A primary that takes its request slowly but steadily (128 KiB every 10 ms), then answers
+/// `{"result":"primary"}` with id 1.
+fn slow_reading_primary() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a listener");
+    let addr = listener.local_addr().expect("listener address");
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else { return };
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 128 * 1024];
+        loop {
+            let Ok(n) = std::io::Read::read(&mut stream, &mut buf) else { return };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let Some(head_end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if seen.len() >= head_end + 4 + length {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let body = tagged_body("1", "primary");
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = std::io::Write::write_all(&mut stream, &[head.as_bytes(), &body].concat());
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    addr
+}
+
+struct At(SocketAddr);
+
+impl El for At {
+    fn url(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+#[test]
+fn others_wait_while_the_primary_takes_a_large_request() {
+    let primary = At(slow_reading_primary());
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &[]);
+    let mut bn = proxy.bn();
+    let body = large_payload(1, 16 << 20);
+    bn.send_post(&[], &body);
+    // The proxy has (nearly) all of the request once the beacon node's write returns.
+    let sent = Instant::now();
+    let response = bn.read_response();
+    assert_eq!(response.body, tagged_body("1", "primary"));
+    let answered = sent.elapsed();
+    let got = secondary.wait_requests(1, TIMEOUT)[0].at - sent;
+    // The primary needs about 640 ms to take 16 MiB; the secondary's copy only goes out once
+    // the primary's is written (its socket buffer then holds the rest), not alongside it.
+    assert!(
+        got >= Duration::from_millis(200),
+        "the secondary had the call after {got:?} (answer after {answered:?})"
+    );
+}
+
+#[test]
+fn a_primary_that_stops_reading_holds_the_others_back_only_briefly() {
+    let primary = NonReadingEl::new();
+    let secondary = MockEl::with(tagged("secondary"));
+    let proxy = start_proxy(&[&primary, &secondary], &["--request-timeout", "20000"]);
+    let mut bn = proxy.bn();
+    let sent = Instant::now();
+    bn.send_post(&[], &large_payload(1, 16 << 20));
+    secondary.wait_requests(1, Duration::from_secs(15));
+    // Held until the primary's call failed, the secondary would wait its 20 s timeout; the
+    // hold ends after 0.5 s at most (the rest is reading and parsing 16 MiB in debug builds).
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(5), "the secondary got the call only after {took:?}");
+}
