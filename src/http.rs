@@ -181,15 +181,11 @@ impl RequestReader {
                 (n, BodyProgress::Error(e)) => Step::fail(n, e),
             };
         }
-        let (consumed, complete) = match self.head.push(input, self.limits.max_head) {
-            Ok(found) => found,
+        let (consumed, head_bytes) = match self.head.complete(input, self.limits.max_head) {
+            Ok((consumed, Some(head_bytes))) => (consumed, head_bytes),
+            Ok((consumed, None)) => return Step::more(consumed),
             Err(e) => return Step::fail(input.len(), e),
         };
-        if !complete {
-            return Step::more(consumed);
-        }
-        let head_bytes = std::mem::take(&mut self.head.buf);
-        self.head = HeadBuffer::default();
         match parse_request_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
             Ok((mut head, framing)) => {
@@ -268,15 +264,11 @@ impl ResponseReader {
                 (n, BodyProgress::Error(e)) => Step::fail(n, e),
             };
         }
-        let (consumed, complete) = match self.head.push(input, self.limits.max_head) {
-            Ok(found) => found,
+        let (consumed, head_bytes) = match self.head.complete(input, self.limits.max_head) {
+            Ok((consumed, Some(head_bytes))) => (consumed, head_bytes),
+            Ok((consumed, None)) => return Step::more(consumed),
             Err(e) => return Step::fail(input.len(), e),
         };
-        if !complete {
-            return Step::more(consumed);
-        }
-        let head_bytes = std::mem::take(&mut self.head.buf);
-        self.head = HeadBuffer::default();
         match parse_response_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
             // An interim answer (100 Continue) is followed by the real one.
@@ -346,6 +338,12 @@ impl HeadBuffer {
             return Err(HttpError::HeadTooLarge);
         }
         Ok((skipped + take, false))
+    }
+
+    /// `push`, handing over the head's bytes once it is complete (and starting afresh).
+    fn complete(&mut self, input: &[u8], max_head: usize) -> Result<(usize, Option<Vec<u8>>), HttpError> {
+        let (consumed, done) = self.push(input, max_head)?;
+        Ok((consumed, done.then(|| std::mem::take(&mut self.buf))))
     }
 
     /// Where in `input` the head ends, counting a blank line that began in earlier bytes.
