@@ -21,8 +21,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,7 +30,7 @@ use sync_proxy::jwt::{self, Secret};
 
 use crate::util::{
     default_reply, fcu, new_payload, reply_status, rpc_body, run_bin_expect_exit, run_proxy_expect_exit, Bn,
-    Launch, MockEl, Proxy, Received, Reply, TIMEOUT,
+    Launch, MockEl, Proxy, Received, Reply, TempFile, TIMEOUT,
 };
 
 const TOKENS_SERVICE: &str = env!("CARGO_BIN_EXE_jwt-tokens-service");
@@ -85,29 +83,6 @@ fn received_token(request: &Received) -> String {
 /// Whether `token` verifies with `secret` and an `iat` within `FRESH_SECS` of now.
 fn fresh_with(secret: &Secret, token: &str) -> Result<(), jwt::JwtError> {
     jwt::verify(secret, token.as_bytes(), unix_now(), FRESH_SECS)
-}
-
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(content: &str) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("sync-proxy-auth-metrics-{}-{n}", std::process::id()));
-        std::fs::write(&path, content).expect("write temp file");
-        TempFile(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[track_caller]

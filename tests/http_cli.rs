@@ -21,15 +21,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::util::{
     default_reply, new_payload, post_request, rpc_body, run_proxy_expect_exit, Bn, HttpResponse, Launch,
-    MockEl, Proxy, ReadError, Reply, SYNC_PROXY, TIMEOUT,
+    MockEl, Proxy, ReadError, Reply, TempFile, SYNC_PROXY, TIMEOUT,
 };
 
 /// Long enough that something that should happen at once would have happened.
@@ -114,29 +112,6 @@ fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
             }
             Err(_) => return true,
         }
-    }
-}
-
-/// A file in the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(content: &str) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("sync-proxy-http-cli-{}-{n}", std::process::id()));
-        std::fs::write(&path, content).expect("write temp file");
-        TempFile(path)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

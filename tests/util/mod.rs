@@ -18,6 +18,7 @@ pub mod mock_el;
 pub mod proxy;
 pub mod received;
 pub mod reply;
+pub mod temp_file;
 mod wire;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -37,6 +38,7 @@ pub use self::{
         default_reply, default_result, reply_status, rpc_error, rpc_result, sequence, Framing, Reply,
         ZERO_HASH,
     },
+    temp_file::TempFile,
     wire::encode_chunked,
 };
 
