@@ -179,6 +179,22 @@ impl Flag {
     }
 }
 
+/// The logging flags both binaries take.
+const LOGLEVEL_FLAG: Flag = Flag {
+    name: "loglevel",
+    value: Some("LEVEL"),
+    default: "info",
+    env: "LOG_LEVEL",
+    help: "trace, debug, info, warn (or warning), error (fatal and panic mean error), off",
+};
+const JSON_FLAG: Flag = Flag {
+    name: "json",
+    value: None,
+    default: "false",
+    env: "LOG_JSON",
+    help: "log JSON lines instead of text (any non-empty LOG_JSON turns it on)",
+};
+
 const PROXY_FLAGS: &[Flag] = &[
     Flag {
         name: "addr",
@@ -217,20 +233,8 @@ const PROXY_FLAGS: &[Flag] = &[
         env: "BUILDER_TIMEOUT_MS",
         help: "timeout for requests to --proxies",
     },
-    Flag {
-        name: "loglevel",
-        value: Some("LEVEL"),
-        default: "info",
-        env: "LOG_LEVEL",
-        help: "trace, debug, info, warn (or warning), error (fatal and panic mean error), off",
-    },
-    Flag {
-        name: "json",
-        value: None,
-        default: "false",
-        env: "LOG_JSON",
-        help: "log JSON lines instead of text (any non-empty LOG_JSON turns it on)",
-    },
+    LOGLEVEL_FLAG,
+    JSON_FLAG,
     Flag {
         name: "mirror-mode",
         value: None,
@@ -335,20 +339,8 @@ const TOKENS_FLAGS: &[Flag] = &[
         help: "JSON file mapping a name to its hex JWT secret",
     },
     Flag { name: "client-id", value: Some("ID"), default: "", env: "", help: "the JWT \"id\" claim" },
-    Flag {
-        name: "loglevel",
-        value: Some("LEVEL"),
-        default: "info",
-        env: "LOG_LEVEL",
-        help: "trace, debug, info, warn (or warning), error (fatal and panic mean error), off",
-    },
-    Flag {
-        name: "json",
-        value: None,
-        default: "false",
-        env: "LOG_JSON",
-        help: "log JSON lines instead of text (any non-empty LOG_JSON turns it on)",
-    },
+    LOGLEVEL_FLAG,
+    JSON_FLAG,
 ];
 
 /// Timeouts above a year are surely typos, and capping them keeps `Instant + timeout` far from
