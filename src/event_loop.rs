@@ -682,20 +682,23 @@ impl Proxy {
                 }
                 Choice::NoAnswer => None,
             };
-            let answer = answer.unwrap_or_else(|| {
-                let body = policy::error_body(id.as_deref(), -32603, "no execution client answered");
-                Outgoing::json(502, body, keep_alive, minor)
-            });
+            let answer = match answer {
+                Some(answer) => answer,
+                None => {
+                    // Decided here, not by looking at the bytes written: an execution client's
+                    // own 502 is an answer, relayed as such.
+                    self.metrics.request(e.inbound.class, RequestOutcome::Failed);
+                    log::warn!(
+                        "{} id {}: no execution client answered",
+                        e.inbound.method.as_deref().unwrap_or("call"),
+                        String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
+                    );
+                    let body = policy::error_body(id.as_deref(), -32603, "no execution client answered");
+                    Outgoing::json(502, body, keep_alive, minor)
+                }
+            };
             for a in e.answers.iter_mut() {
                 *a = None;
-            }
-            if answer.head.starts_with(b"HTTP/1.1 502") || answer.head.starts_with(b"HTTP/1.0 502") {
-                self.metrics.request(e.inbound.class, RequestOutcome::Failed);
-                log::warn!(
-                    "{} id {}: no execution client answered",
-                    e.inbound.method.as_deref().unwrap_or("call"),
-                    String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
-                );
             }
             if let Some(reply) = reply {
                 self.deliver(reply, r, answer, now);

@@ -1310,3 +1310,17 @@ fn a_primary_that_stops_reading_holds_the_others_back_only_briefly() {
     let took = sent.elapsed();
     assert!(took < Duration::from_secs(5), "the secondary got the call only after {took:?}");
 }
+
+#[test]
+fn regression_an_el_answering_502_was_counted_as_no_answer() {
+    let body = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"upstream busy"}}"#.to_vec();
+    let reply = body.clone();
+    let primary = MockEl::with(move |_| Reply::http(502, reply.clone()));
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &["--loglevel", "debug"]);
+    let response = proxy.bn().post(&new_payload(1, 101));
+    assert_eq!((response.status, response.body), (502, body), "the primary's own 502 is relayed");
+    log_barrier(&proxy, 2);
+    assert_eq!(count_logs(&proxy, "no execution client answered"), 0);
+    assert_eq!(metric(&proxy, r#"sync_proxy_requests_total{method="newPayload",outcome="failed"}"#), 0);
+}
