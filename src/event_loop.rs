@@ -512,7 +512,6 @@ impl Proxy {
                     inbound: inbound.clone(),
                     exchange: None,
                     target: 0,
-                    ordered: class.is_ordered(),
                     timeout: peer_timeout,
                     retried: false,
                     sent_at: None,
@@ -563,14 +562,13 @@ impl Proxy {
             inbound: inbound.clone(),
             exchange: Some(r),
             target,
-            ordered: inbound.class.is_ordered(),
             timeout: inbound.timeout,
             retried: false,
             sent_at: None,
         };
         // A client known to be down cannot answer this in time; its ordered calls still wait
         // in its backlog, but the beacon node is answered by the next client at once.
-        if self.ups[up].is_down() && job.ordered {
+        if self.ups[up].is_down() && job.ordered() {
             self.standing(r, target, Standing::Failed, now);
         }
         self.enqueue(up, job, now);
@@ -643,7 +641,7 @@ impl Proxy {
         }
         // Only the first failure of a client moves a non-engine call on, so a call that is
         // reported failed twice (found down, then its job failed) is not sent twice.
-        if changed && standing == Standing::Failed && e.sequential && !e.decided {
+        if changed && standing == Standing::Failed && !e.inbound.class.is_fanned_out() && !e.decided {
             // Non-engine calls fall back to the next client in list order.
             let next = target + 1;
             if next < self.builders {
@@ -886,7 +884,7 @@ impl Proxy {
             );
         }
         if let Some(job) = job {
-            if job.ordered {
+            if job.ordered() {
                 // Not delivered: it goes back to the front of the backlog for the retry.
                 if let Some(r) = job.exchange {
                     self.standing(r, job.target, Standing::Failed, now);

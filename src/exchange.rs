@@ -45,8 +45,6 @@ pub struct Exchange {
     /// None once answered, in mirror mode, or when the beacon node left.
     pub reply: Option<Reply>,
     pub combine: Combine,
-    /// Non-engine calls try one execution client at a time, in list order.
-    pub sequential: bool,
     /// Per execution client (builders only), in `--builders` order.
     pub standings: Vec<Standing>,
     pub answers: Vec<Option<Response>>,
@@ -67,7 +65,6 @@ impl Exchange {
             inbound,
             reply,
             combine: Combine::for_class(class),
-            sequential: !class.is_fanned_out(),
             standings: vec![Standing::Pending; clients],
             answers: (0..clients).map(|_| None).collect(),
             statuses: vec![None; clients],

@@ -42,12 +42,18 @@ pub struct Job {
     pub exchange: Option<ExchangeRef>,
     /// This client's index among the exchange's targets.
     pub target: usize,
-    pub ordered: bool,
     pub timeout: Duration,
     /// Whether this job already got its one retry after a kept-alive connection closed under it.
     pub retried: bool,
     /// When its request was last handed to a connection (for the answer latency).
     pub sent_at: Option<Instant>,
+}
+
+impl Job {
+    /// State-changing calls wait in the backlog and go out one at a time, in order.
+    pub fn ordered(&self) -> bool {
+        self.inbound.class.is_ordered()
+    }
 }
 
 /// Why a job ended without an answer.
@@ -384,17 +390,10 @@ impl Upstream {
         matches!(self.health, Health::Down { .. })
     }
 
-    /// Whether this client has nothing queued or in flight.
-    pub fn idle(&self) -> bool {
-        self.backlog.is_empty()
-            && self.waiting.is_empty()
-            && self.conns.iter().flatten().all(|c| c.job.is_none())
-    }
-
     /// Queues a job. Ordered jobs wait in the bounded backlog (the oldest is dropped on
     /// overflow and returned); others wait for a connection.
     pub fn enqueue(&mut self, job: Job) -> Vec<Job> {
-        if job.ordered {
+        if job.ordered() {
             self.backlog_bytes += job.inbound.body.len();
             self.backlog.push_back(job);
         } else {
@@ -407,7 +406,7 @@ impl Upstream {
     /// retry. The backlog's bounds still hold: what no longer fits is returned, oldest first
     /// (which may be this very job).
     pub fn requeue_front(&mut self, job: Job) -> Vec<Job> {
-        if job.ordered {
+        if job.ordered() {
             self.ordered_busy = false;
             self.backlog_bytes += job.inbound.body.len();
             self.backlog.push_front(job);
@@ -450,7 +449,7 @@ impl Upstream {
 
     /// Notes that the ordered job on a connection ended (answered or failed).
     pub fn job_ended(&mut self, job: &Job) {
-        if job.ordered {
+        if job.ordered() {
             self.ordered_busy = false;
         }
     }
@@ -685,7 +684,6 @@ mod tests {
             inbound: Rc::new(inbound),
             exchange: None,
             target: 0,
-            ordered,
             timeout: Duration::from_secs(1),
             retried: false,
             sent_at: None,
