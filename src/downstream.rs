@@ -3,7 +3,7 @@
 //! those bytes mean for the connection. It knows no JSON, no execution clients.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -157,24 +157,11 @@ impl Downstream {
     /// Writes ready answers, in order, until one is still waiting or the socket is full.
     pub fn flush(&mut self, now: Instant) -> io::Result<Flushed> {
         while let Some(Slot::Ready(out)) = self.out.front() {
-            let total = out.head.len() + out.body.len();
-            while self.written < total {
-                let n = if self.written < out.head.len() {
-                    let bufs = [IoSlice::new(&out.head[self.written..]), IoSlice::new(&out.body)];
-                    self.stream.write_vectored(&bufs)
-                } else {
-                    self.stream.write(&out.body[self.written - out.head.len()..])
-                };
-                match n {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => {
-                        self.written += n;
-                        self.sent += n as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            let (moved, done) =
+                http::write_head_body(&mut self.stream, &out.head, &out.body, &mut self.written)?;
+            self.sent += moved as u64;
+            if !done {
+                return Ok(Flushed::Blocked);
             }
             let close = out.close;
             self.out.pop_front();

@@ -862,6 +862,38 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Writes a message held as a head and a separate (shared) body from offset `*written`, with
+/// vectored writes while head bytes remain, until it is all written or `out` would block.
+/// Returns how many bytes moved and whether the message is complete. Both directions use it,
+/// so a body is never copied to be joined to its head.
+pub fn write_head_body(
+    out: &mut impl std::io::Write,
+    head: &[u8],
+    body: &[u8],
+    written: &mut usize,
+) -> std::io::Result<(usize, bool)> {
+    use std::io::{ErrorKind, IoSlice};
+    let mut moved = 0;
+    while *written < head.len() + body.len() {
+        let n = if *written < head.len() {
+            out.write_vectored(&[IoSlice::new(&head[*written..]), IoSlice::new(body)])
+        } else {
+            out.write(&body[*written - head.len()..])
+        };
+        match n {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                *written += n;
+                moved += n;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok((moved, false)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((moved, true))
+}
+
 /// Whether `name` is a valid header field name (an RFC 9110 token).
 pub fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -1112,6 +1144,38 @@ mod tests {
         out.clear();
         write_response_head(&mut out, 502, None, 0, false, 0);
         assert_eq!(out, b"HTTP/1.0 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    /// A writer that takes at most `room` bytes per call and `budget` in all, then blocks.
+    struct Trickle {
+        got: Vec<u8>,
+        room: usize,
+        budget: usize,
+    }
+
+    impl std::io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.room).min(self.budget);
+            if n == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            self.got.extend_from_slice(&buf[..n]);
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn head_and_body_are_written_in_order_across_blocking() {
+        let mut out = Trickle { got: Vec::new(), room: 3, budget: 5 };
+        let mut written = 0;
+        assert_eq!(write_head_body(&mut out, b"HEAD", b"body", &mut written).ok(), Some((5, false)));
+        out.budget = usize::MAX;
+        assert_eq!(write_head_body(&mut out, b"HEAD", b"body", &mut written).ok(), Some((3, true)));
+        assert_eq!((out.got.as_slice(), written), (&b"HEADbody"[..], 8));
     }
 
     #[test]

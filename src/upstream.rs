@@ -8,7 +8,7 @@
 //! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -157,29 +157,12 @@ impl Conn {
 
     /// Writes the request head and the shared body with vectored writes, never copying the body.
     pub fn write(&mut self) -> io::Result<()> {
-        let head_len = self.out.len();
-        loop {
-            let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
-            let total = head_len + body.len();
-            if self.written >= total {
-                return Ok(());
-            }
-            let n = if self.written < head_len {
-                self.stream.write_vectored(&[IoSlice::new(&self.out[self.written..]), IoSlice::new(body)])
-            } else {
-                self.stream.write(&body[self.written - head_len..])
-            };
-            match n {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.written += n;
-                    self.last_progress = Instant::now();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
+        let (moved, _) = http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?;
+        if moved > 0 {
+            self.last_progress = Instant::now();
         }
+        Ok(())
     }
 
     /// Ends the connection; its job is retried once when that is safe, else it failed.
