@@ -1025,7 +1025,9 @@ impl Proxy {
                 down.dead = true;
             }
         }
-        for r in self.exchanges.refs() {
+        // The list of exchanges is only gathered (an allocation) when one is actually due.
+        let due = self.exchanges.next_deadline().is_some_and(|d| d <= now);
+        for r in if due { self.exchanges.refs() } else { Vec::new() } {
             let Some(e) = self.exchanges.get_mut(r) else { continue };
             if e.decided || e.deadline > now {
                 continue;
