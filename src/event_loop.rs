@@ -43,7 +43,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
 /// Requests at least this large go to the primary first (see `Proxy::held_for_primary`).
 const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
-/// The other clients stop waiting for the primary once it has taken no byte for this long…
+/// The other clients stop waiting for the primary once it has made no progress for this long
+/// (taken no byte, or, with the whole request, not answered)…
 const PRIMARY_STALL: Duration = Duration::from_millis(200);
 /// …and at the latest this long after the request arrived (a zero-window primary still takes
 /// a few bytes now and then).
@@ -770,10 +771,12 @@ impl Proxy {
     /// Until when connection `slot` of client `up` should wait so that the primary gets a large
     /// request first. Writing N copies at once shares the CPU (and, on loopback, the
     /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
-    /// answer, about N times; the other clients' answers matter to nobody's latency. The wait
-    /// ends when the primary has its copy, once the primary has taken no byte for
-    /// `PRIMARY_STALL`, or `PRIMARY_FIRST_MAX` after the request arrived, so a primary that
-    /// stops reading cannot hold the others back for long.
+    /// answer, about N times; and a copy written while the primary's answer arrives delays
+    /// that answer by the copy's time. The other clients' answers matter to nobody's latency.
+    /// So the others wait until the primary has answered, or failed; or until the primary has
+    /// made no progress (taken no byte, or had its whole request and not answered) for
+    /// `PRIMARY_STALL`; and never longer than `PRIMARY_FIRST_MAX` after the request arrived,
+    /// so a slow or stuck primary holds the others back only briefly.
     fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
         if up == 0 {
             return None;
@@ -786,11 +789,7 @@ impl Proxy {
             .conns
             .iter()
             .flatten()
-            .filter(|c| {
-                !c.dead
-                    && !c.request_sent()
-                    && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound))
-            })
+            .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
             .map(|c| {
                 let stalled = c.last_progress.max(job.inbound.received) + PRIMARY_STALL;
                 stalled.min(job.inbound.received + PRIMARY_FIRST_MAX)
@@ -814,14 +813,10 @@ impl Proxy {
         if conn.write().is_err() {
             let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
-            return;
-        }
-        if up == 0 && conn.request_sent() {
-            self.release_held(now);
         }
     }
 
-    /// The primary has its copy: the requests held back for it go out now.
+    /// The primary has answered (or failed): the requests held back for it go out now.
     fn release_held(&mut self, now: Instant) {
         for up in 1..self.ups.len() {
             for slot in 0..MAX_CONNS {
@@ -910,6 +905,7 @@ impl Proxy {
     }
 
     fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
+        let ended = !matches!(outcome, Outcome::Pending);
         match outcome {
             Outcome::Pending => {}
             Outcome::Answered(job, resp) => {
@@ -930,6 +926,9 @@ impl Proxy {
                 self.requeue(up, job, now);
                 self.pump(up, now);
             }
+        }
+        if up == 0 && ended {
+            self.release_held(now);
         }
     }
 

@@ -1297,6 +1297,44 @@ fn others_wait_while_the_primary_takes_a_large_request() {
 }
 
 #[test]
+fn others_get_a_large_request_once_the_primary_has_answered_it() {
+    // The primary takes its copy at once and answers 120 ms later (as a real EL executing
+    // the block would): a copy written meanwhile would delay the relay of that answer.
+    let primary =
+        MockEl::with(|r| rpc_result(r, json!({"status": "VALID"})).delayed(Duration::from_millis(120)));
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &[]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &large_payload(1, 1 << 20));
+    let response = bn.read_response();
+    assert_eq!(response.status, 200);
+    let answered = Instant::now();
+    let got = secondary.wait_requests(1, TIMEOUT)[0].at;
+    let primary_got = primary.wait_requests(1, TIMEOUT)[0].at;
+    assert!(got + Duration::from_millis(20) >= answered, "the secondary had it before the answer went out");
+    assert!(
+        got - primary_got >= Duration::from_millis(100),
+        "only {:?} after the primary",
+        got - primary_got
+    );
+}
+
+#[test]
+fn a_primary_that_does_not_answer_a_large_request_holds_the_others_back_only_briefly() {
+    // The primary takes the whole request and never answers: the others get it after
+    // about 200 ms without progress, long before the call's timeout.
+    let primary = MockEl::with(|r| rpc_result(r, json!({"status": "VALID"})).delayed(Duration::from_secs(8)));
+    let secondary = MockEl::with(tagged("secondary"));
+    let proxy = start_proxy(&[&primary, &secondary], &["--request-timeout", "20000"]);
+    let mut bn = proxy.bn();
+    let sent = Instant::now();
+    bn.send_post(&[], &large_payload(1, 1 << 20));
+    let got = secondary.wait_requests(1, Duration::from_secs(15))[0].at - sent;
+    assert!(got >= Duration::from_millis(150), "the secondary got the call after only {got:?}");
+    assert!(got < Duration::from_secs(3), "the secondary got the call only after {got:?}");
+}
+
+#[test]
 fn a_primary_that_stops_reading_holds_the_others_back_only_briefly() {
     let primary = NonReadingEl::new();
     let secondary = MockEl::with(tagged("secondary"));

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::wire::{Framer, MessageKind};
 use crate::RUN_CAP;
@@ -33,8 +33,16 @@ impl Run {
 }
 
 /// Sends `requests` calls (split over `conns` keep-alive connections) to `addr`, after
-/// `warmup` calls per connection that are not counted, and stops early at `RUN_CAP`.
-pub fn run_load(addr: SocketAddr, conns: usize, requests: usize, warmup: usize, wire: &Arc<Vec<u8>>) -> Run {
+/// `warmup` calls per connection that are not counted, pausing `gap` after each answer, and
+/// stops early at `RUN_CAP` (pauses excluded from the run's time).
+pub fn run_load(
+    addr: SocketAddr,
+    conns: usize,
+    requests: usize,
+    warmup: usize,
+    gap: Duration,
+    wire: &Arc<Vec<u8>>,
+) -> Run {
     let barrier = Arc::new(Barrier::new(conns + 1));
     let handles: Vec<_> = (0..conns)
         .map(|i| {
@@ -47,9 +55,10 @@ pub fn run_load(addr: SocketAddr, conns: usize, requests: usize, warmup: usize, 
                 for _ in 0..warmup {
                     stream.write_all(&wire)?;
                     framer.read_message_status(&mut stream, MessageKind::Response, None)?;
+                    thread::sleep(gap);
                 }
                 barrier.wait();
-                let deadline = Instant::now() + RUN_CAP;
+                let mut deadline = Instant::now() + RUN_CAP;
                 let mut latencies = Vec::with_capacity(share);
                 let mut errors = 0;
                 for _ in 0..share {
@@ -63,8 +72,13 @@ pub fn run_load(addr: SocketAddr, conns: usize, requests: usize, warmup: usize, 
                     if status != Some(200) {
                         errors += 1;
                     }
+                    if !gap.is_zero() {
+                        thread::sleep(gap);
+                        deadline += gap;
+                    }
                 }
-                Ok((latencies, errors, Instant::now()))
+                let paused = gap * latencies.len() as u32;
+                Ok((latencies, errors, Instant::now() - paused))
             })
         })
         .collect();

@@ -38,7 +38,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use client::{run_load, Run};
-use mock::{closed_port, spawn_forwarder, spawn_mock_el, Secondary};
+use mock::{closed_port, spawn_cut_through, spawn_forwarder, spawn_mock_el, Secondary};
 use procs::{
     count_lines, cpu_ns, dropped_calls, find_nginx, probe_backlog, start_nginx, start_proxy, Backlog, Started,
 };
@@ -49,6 +49,9 @@ use wire::request_wire;
 const RUN_CAP: Duration = Duration::from_secs(5);
 /// How long a child process may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after each answer in the paced scenarios: long enough for every EL to have its
+/// copy before the next call, as between blocks (one every 12 s) in real life.
+const PACED_GAP: Duration = Duration::from_millis(30);
 /// What a mock EL answers to every call.
 const ANSWER_BODY: &[u8] = common::VALID_ANSWER;
 
@@ -63,6 +66,8 @@ struct Scenario {
     requests: usize,
     warmup: usize,
     secondary: Secondary,
+    /// How long the BN waits after each answer before its next call (zero: back to back).
+    gap: Duration,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -75,6 +80,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 2000,
         warmup: 50,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "seq-1k-4",
@@ -85,6 +91,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 2000,
         warmup: 50,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "seq-1m-2",
@@ -95,6 +102,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 200,
         warmup: 5,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "seq-1m-4",
@@ -105,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 200,
         warmup: 5,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "seq-8m-2",
@@ -115,6 +124,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 50,
         warmup: 2,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "seq-8m-4",
@@ -125,6 +135,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 50,
         warmup: 2,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "conc16-1k-2",
@@ -135,6 +146,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 8000,
         warmup: 20,
         secondary: Secondary::Fast,
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "late-1k-2",
@@ -145,6 +157,7 @@ const SCENARIOS: &[Scenario] = &[
         requests: 2000,
         warmup: 50,
         secondary: Secondary::Late(Duration::from_millis(50)),
+        gap: Duration::ZERO,
     },
     Scenario {
         key: "down-1k-2",
@@ -155,6 +168,29 @@ const SCENARIOS: &[Scenario] = &[
         requests: 2000,
         warmup: 50,
         secondary: Secondary::Down,
+        gap: Duration::ZERO,
+    },
+    Scenario {
+        key: "paced-8m-2",
+        title: "1 BN, 8 MiB, 2 ELs, 30 ms between calls",
+        size: "8m",
+        els: 2,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
+    },
+    Scenario {
+        key: "paced-8m-4",
+        title: "1 BN, 8 MiB, 4 ELs, 30 ms between calls",
+        size: "8m",
+        els: 4,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
     },
 ];
 
@@ -205,13 +241,16 @@ const DIRECT: usize = 2;
 const BASELINE: usize = 3;
 /// The minimal forwarder of this file: what any fan-out proxy costs at least.
 const FORWARDER: usize = 4;
-const TARGETS: usize = 5;
+/// The same, streaming each request to the first EL as it arrives (cut-through).
+const CUT_THROUGH: usize = 5;
+const TARGETS: usize = 6;
 const TARGET_NAMES: [&str; TARGETS] = [
     "sync-proxy",
     "nginx mirror",
     "direct to one EL (floor)",
     "sync-proxy, all ELs fast",
     "minimal forwarder (reference)",
+    "cut-through forwarder (reference)",
 ];
 
 fn spawn_els(count: usize, secondary: Secondary) -> Vec<SocketAddr> {
@@ -253,6 +292,7 @@ fn run_scenario(
     }
     if s.secondary == Secondary::Fast {
         targets.push((FORWARDER, spawn_forwarder(els.clone()), None));
+        targets.push((CUT_THROUGH, spawn_cut_through(els.clone()), None));
     }
     let mut runs: [Vec<Run>; TARGETS] = Default::default();
     let mut cpu: [(u64, usize); TARGETS] = Default::default();
@@ -265,7 +305,7 @@ fn run_scenario(
             let before = pid.and_then(cpu_ns);
             let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
             let probe = (probing && which == PROXY).then(|| probe_backlog(addr, busy.clone()));
-            let run = run_load(addr, s.conns, s.requests, s.warmup, &wire);
+            let run = run_load(addr, s.conns, s.requests, s.warmup, s.gap, &wire);
             busy.store(false, Ordering::Relaxed);
             if let Some(seen) = probe.and_then(|p| p.join().ok()) {
                 let most = backlog.get_or_insert_with(Backlog::default);
@@ -306,6 +346,7 @@ fn run_scenario(
     finish(DIRECT, None, 0);
     finish(BASELINE, baseline, 0);
     finish(FORWARDER, None, 0);
+    finish(CUT_THROUGH, None, 0);
     if let Some(row) = rows[PROXY].as_mut() {
         row.backlog = backlog;
     }

@@ -108,3 +108,71 @@ pub fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
         }
     }
 }
+
+// ------------------------------------------------------------------------- cut-through forwarder
+
+/// Like the minimal forwarder, but each piece of a request goes to the first EL as soon as it
+/// is read from the BN (cut-through), the BN gets the first EL's answer before the other ELs
+/// get their copies (primary first), and nothing is validated: the least a fan-out proxy that
+/// streams to its primary costs here.
+pub fn spawn_cut_through(els: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the cut-through forwarder");
+    let addr = listener.local_addr().expect("cut-through forwarder address");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let els = els.clone();
+            thread::spawn(move || {
+                let _ = cut_through(stream, &els);
+            });
+        }
+    });
+    addr
+}
+
+fn cut_through(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
+    use std::io::Read;
+    bn.set_nodelay(true)?;
+    let mut upstreams = Vec::new();
+    for el in els {
+        let stream = TcpStream::connect(el)?;
+        stream.set_nodelay(true)?;
+        upstreams.push((stream, Framer::new()));
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut request, mut answer) = (Vec::new(), Vec::new());
+    loop {
+        // The head (the benchmark's BN never pipelines, so nothing follows the body).
+        request.clear();
+        let head_end = loop {
+            if let Some(i) = crate::wire::find(&request, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = bn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            request.extend_from_slice(&buf[..n]);
+        };
+        let total = head_end + crate::wire::content_length(&request[..head_end]).unwrap_or(0);
+        let Some((first, _)) = upstreams.first_mut() else { return Ok(()) };
+        first.write_all(&request)?;
+        while request.len() < total {
+            let n = bn.read(&mut buf)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            first.write_all(&buf[..n])?;
+            request.extend_from_slice(&buf[..n]);
+        }
+        let Some((first, framer)) = upstreams.first_mut() else { return Ok(()) };
+        answer.clear();
+        framer.read_message_status(first, MessageKind::Response, Some(&mut answer))?;
+        bn.write_all(&answer)?;
+        for (stream, _) in upstreams.iter_mut().skip(1) {
+            stream.write_all(&request)?;
+        }
+        for (stream, framer) in upstreams.iter_mut().skip(1) {
+            framer.read_message_status(stream, MessageKind::Response, None)?;
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Row, Scenario, BASELINE, DIRECT, FORWARDER, NGINX, PROXY, TARGETS, TARGET_NAMES};
+use crate::{Row, Scenario, BASELINE, CUT_THROUGH, DIRECT, FORWARDER, NGINX, PROXY, TARGETS, TARGET_NAMES};
 
 pub fn us(v: f64) -> String {
     if v >= 10_000.0 {
@@ -33,7 +33,7 @@ pub fn table(s: &Scenario, body_len: usize, reps: usize, rows: &[Option<Row>; TA
         "| target | req/s | p50 | p99 | peak RSS | idle RSS | RSS after | CPU per request | requests | errors | warnings logged | calls dropped |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for which in [PROXY, NGINX, FORWARDER, DIRECT, BASELINE] {
+    for which in [PROXY, NGINX, FORWARDER, CUT_THROUGH, DIRECT, BASELINE] {
         let Some(r) = &rows[which] else { continue };
         let _ = writeln!(
             out,
@@ -96,6 +96,14 @@ pub fn table(s: &Scenario, body_len: usize, reps: usize, rows: &[Option<Row>; TA
             "- minimal forwarder vs direct: p50 {:.2}× (+{})",
             f.p50 / d.p50,
             us(f.p50 - d.p50)
+        );
+    }
+    if let (Some(c), Some(d)) = (&rows[CUT_THROUGH], &rows[DIRECT]) {
+        let _ = writeln!(
+            out,
+            "- cut-through forwarder vs direct: p50 {:.2}× (+{})",
+            c.p50 / d.p50,
+            us(c.p50 - d.p50)
         );
     }
     if let (Some(n), Some(d)) = (&rows[NGINX], &rows[DIRECT]) {
