@@ -41,14 +41,19 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
-/// Requests at least this large go to the primary first (see `Proxy::held_for_primary`).
+/// Requests at least this large are large for `Proxy::held_for_primary`.
 const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
-/// The other clients stop waiting for the primary once it has made no progress for this long
-/// (taken no byte, or, with the whole request, not answered)…
+/// The other clients stop waiting for the primary's answer to a large request once the
+/// primary has made no progress for this long (taken no byte, or, with the whole request, not
+/// answered)…
 const PRIMARY_STALL: Duration = Duration::from_millis(200);
 /// …and at the latest this long after the request arrived (a zero-window primary still takes
 /// a few bytes now and then).
 const PRIMARY_FIRST_MAX: Duration = Duration::from_millis(500);
+/// How long the other clients wait for the primary's answer to a smaller request: long enough
+/// for a primary that answers at once (the copies then stay off the answer's path; 1 ms was
+/// measurably worse on loopback), too short to matter to the others when it takes longer.
+const PRIMARY_FIRST_SMALL: Duration = Duration::from_millis(20);
 /// A full backlog is reported at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -773,26 +778,29 @@ impl Proxy {
     /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
     /// answer, about N times; and a copy written while the primary's answer arrives delays
     /// that answer by the copy's time. The other clients' answers matter to nobody's latency.
-    /// So the others wait until the primary has answered, or failed; or until the primary has
-    /// made no progress (taken no byte, or had its whole request and not answered) for
-    /// `PRIMARY_STALL`; and never longer than `PRIMARY_FIRST_MAX` after the request arrived,
-    /// so a slow or stuck primary holds the others back only briefly.
+    /// So the others wait until the primary has answered, or failed; for a large request at
+    /// most until the primary has made no progress (taken no byte, or had its whole request
+    /// and not answered) for `PRIMARY_STALL`, and never longer than `PRIMARY_FIRST_MAX` after
+    /// the request arrived; for a smaller one at most `PRIMARY_FIRST_SMALL`. A slow or stuck
+    /// primary holds the others back only briefly.
     fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
         if up == 0 {
             return None;
         }
         let job = self.ups[up].conns[slot].as_ref().and_then(|c| c.job.as_ref())?;
-        if job.inbound.body.len() < PRIMARY_FIRST_MIN_BODY {
-            return None;
-        }
+        let received = job.inbound.received;
+        let large = job.inbound.body.len() >= PRIMARY_FIRST_MIN_BODY;
         self.ups[0]
             .conns
             .iter()
             .flatten()
             .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
             .map(|c| {
-                let stalled = c.last_progress.max(job.inbound.received) + PRIMARY_STALL;
-                stalled.min(job.inbound.received + PRIMARY_FIRST_MAX)
+                if large {
+                    (c.last_progress.max(received) + PRIMARY_STALL).min(received + PRIMARY_FIRST_MAX)
+                } else {
+                    received + PRIMARY_FIRST_SMALL
+                }
             })
             .find(|&until| until > now)
     }

@@ -1320,6 +1320,25 @@ fn others_get_a_large_request_once_the_primary_has_answered_it() {
 }
 
 #[test]
+fn a_slow_primary_holds_the_others_back_at_most_20_ms_for_a_small_request() {
+    let primary =
+        MockEl::with(|r| rpc_result(r, json!({"status": "VALID"})).delayed(Duration::from_millis(400)));
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &[]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &new_payload(1, 100));
+    let got = secondary.wait_requests(1, TIMEOUT)[0].at;
+    let primary_got = primary.wait_requests(1, TIMEOUT)[0].at;
+    let lag = got.saturating_duration_since(primary_got);
+    assert!(lag >= Duration::from_millis(15), "the secondary had it only {lag:?} after the primary");
+    assert!(
+        lag < Duration::from_millis(300),
+        "the secondary waited {lag:?} for a primary answering in 400 ms"
+    );
+    assert_eq!(bn.read_response().status, 200);
+}
+
+#[test]
 fn a_primary_that_does_not_answer_a_large_request_holds_the_others_back_only_briefly() {
     // The primary takes the whole request and never answers: the others get it after
     // about 200 ms without progress, long before the call's timeout.
