@@ -2,10 +2,13 @@
 //! connections on 127.0.0.1 to (a) the release `sync-proxy` binary in front of fast mock ELs,
 //! (b) nginx with `mirror` in front of the same kind of mock ELs (answer from the first,
 //! mirror to the others, as in the Go project's README), (c) one mock EL directly — the
-//! floor — and (d) a minimal blocking forwarder, the least any fan-out proxy costs here; in the
-//! late and down scenarios also (e) a second proxy whose ELs are all fast. All are measured in
-//! the same run, interleaved per repetition, and each figure is the median over the
-//! repetitions. Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time `/proc/PID/schedstat`.
+//! floor — and (d) a minimal blocking forwarder, the least any fan-out proxy costs here, and
+//! (e) a cut-through forwarder that streams each request to the first EL as it arrives and
+//! validates nothing; in the late and down scenarios also (f) a second proxy whose ELs are all
+//! fast. All are measured in the same run, interleaved per repetition, and each figure is the
+//! median over the repetitions. The `seq-*` scenarios send back to back (throughput-bound:
+//! every copy of the previous call competes with the next); the `paced-*` ones leave 30 ms
+//! after each answer, so each call meets an idle proxy, as a block does every 12 s. Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time `/proc/PID/schedstat`.
 //!
 //! `cargo bench --bench loopback` (or `benches/load.sh`, which installs nginx when it is
 //! missing). Environment: `LOOPBACK_REPS` (default 3), `LOOPBACK_ONLY` (run the scenarios
