@@ -27,6 +27,7 @@ use crate::http::{self, HttpError, Limits, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
+use crate::pool::{BodyPool, SharedPool};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
@@ -41,6 +42,10 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
+/// The spare large-body buffer is freed after this long without large bodies: longer than a
+/// slot (12 s), so the next block's newPayload still finds it, short enough that an idle proxy
+/// gives the memory back.
+const SPARE_KEEP: Duration = Duration::from_secs(30);
 /// Requests at least this large are large for `Proxy::held_for_primary`.
 const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
 /// The other clients stop waiting for the primary's answer to a large request once the
@@ -89,6 +94,10 @@ pub struct Proxy {
     accept_failing: bool,
     /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
     tokens: Option<Vec<(String, TokenCache)>>,
+    /// One spare large-body buffer (see `pool`), and when its use count last changed: it is
+    /// freed after `SPARE_KEEP` without large bodies.
+    pool: SharedPool,
+    pool_seen: (u64, Instant),
 }
 
 fn unix_now() -> u64 {
@@ -144,6 +153,8 @@ impl Proxy {
             ups,
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
+            pool: BodyPool::shared(),
+            pool_seen: (0, Instant::now()),
             again: Vec::new(),
             accepting: true,
             accept_paused_until: None,
@@ -328,6 +339,7 @@ impl Proxy {
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
         }
+        down.reader.use_pool(self.pool.clone());
         self.downs[slot] = Some(down);
         self.live_downs += 1;
         Some(slot)
@@ -502,6 +514,7 @@ impl Proxy {
             id,
             timeout,
             received: now,
+            pool: Some(self.pool.clone()),
         });
         let reply = (!mirror).then_some(Reply { slot, serial });
         let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
@@ -1017,13 +1030,32 @@ impl Proxy {
             .flatten()
             .filter_map(|d| d.deadline(self.cfg.read_timeout, self.cfg.idle_timeout));
         let ups = self.ups.iter().filter_map(Upstream::next_deadline);
-        downs.chain(ups).chain(self.exchanges.next_deadline()).chain(self.accept_paused_until).min()
+        downs
+            .chain(ups)
+            .chain(self.exchanges.next_deadline())
+            .chain(self.accept_paused_until)
+            .chain(self.spare_release_at())
+            .min()
+    }
+
+    /// When the spare body buffer is freed, if there is one.
+    fn spare_release_at(&self) -> Option<Instant> {
+        (self.pool.borrow().spare_bytes() > 0).then(|| self.pool_seen.1 + SPARE_KEEP)
     }
 
     fn on_timeouts(&mut self, now: Instant) {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             self.accept(now);
+        }
+        let uses = self.pool.borrow().uses();
+        if uses != self.pool_seen.0 {
+            self.pool_seen = (uses, now);
+        } else if self.spare_release_at().is_some_and(|t| t <= now) {
+            let freed = self.pool.borrow_mut().release();
+            log::debug!(
+                "freed the spare body buffer ({freed} bytes) after {SPARE_KEEP:?} without large bodies"
+            );
         }
         let (read_timeout, idle_timeout) = (self.cfg.read_timeout, self.cfg.idle_timeout);
         for down in self.downs.iter_mut().flatten() {

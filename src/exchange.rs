@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::http::{RequestHead, Response};
 use crate::policy::{Class, Combine, Standing};
+use crate::pool::{self, SharedPool};
 
 /// A request read whole from a beacon node, shared (never copied) by every upstream write.
 #[derive(Debug)]
@@ -24,6 +25,16 @@ pub struct Inbound {
     pub id: Option<Vec<u8>>,
     pub timeout: Duration,
     pub received: Instant,
+    /// Where the body's buffer goes when the last reference to the request is gone.
+    pub pool: Option<SharedPool>,
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool::recycle(&pool, std::mem::take(&mut self.body));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +186,24 @@ mod tests {
     use super::*;
     use crate::http::RequestHead;
 
+    #[test]
+    fn a_large_body_goes_back_to_the_pool_when_the_last_reference_is_gone() {
+        let pool = crate::pool::BodyPool::shared();
+        let mut inbound = exchange(2).inbound;
+        let body = vec![1u8; crate::pool::MIN_POOLED];
+        let address = body.as_ptr();
+        if let Some(i) = Rc::get_mut(&mut inbound) {
+            i.body = body;
+            i.pool = Some(pool.clone());
+        }
+        let job_copy = inbound.clone();
+        drop(inbound);
+        assert_eq!(pool.borrow().spare_bytes(), 0, "a job still holds the request");
+        drop(job_copy);
+        let spare = pool.borrow_mut().take(crate::pool::MIN_POOLED).expect("the body's buffer");
+        assert_eq!(spare.as_ptr(), address);
+    }
+
     fn exchange(clients: usize) -> Exchange {
         let head = RequestHead {
             method: "POST".into(),
@@ -194,6 +223,7 @@ mod tests {
             id: None,
             timeout: Duration::from_secs(8),
             received: now,
+            pool: None,
         };
         Exchange::new(Rc::new(inbound), None, clients, now)
     }

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::pool::SharedPool;
+
 /// How many header lines a head may carry; more is answered with 431.
 pub const MAX_HEADERS: usize = 64;
 /// Longest chunk-size line (size, extensions) accepted in a chunked body.
@@ -145,11 +147,39 @@ pub struct RequestReader {
     early_get: bool,
     /// A GET was reported before its body; what follows on the connection is ignored.
     spent: bool,
+    /// Where a large body's buffer comes from, when a spare one is kept (see `pool`).
+    pool: Option<SharedPool>,
 }
 
 impl RequestReader {
     pub fn new(limits: Limits) -> Self {
-        RequestReader { limits, head: HeadBuffer::default(), body: None, early_get: false, spent: false }
+        RequestReader {
+            limits,
+            head: HeadBuffer::default(),
+            body: None,
+            early_get: false,
+            spent: false,
+            pool: None,
+        }
+    }
+
+    /// Takes large bodies' buffers from `pool` when it has one that fits.
+    pub fn use_pool(&mut self, pool: SharedPool) {
+        self.pool = Some(pool);
+    }
+
+    /// The reader for a body framed by `framing`: a large declared length gets the pool's
+    /// spare buffer when it fits, else a buffer of its own.
+    fn body_reader(&self, framing: Framing) -> BodyReader {
+        if let (Framing::Length(n), Some(pool)) = (framing, self.pool.as_ref()) {
+            let spare = usize::try_from(n)
+                .ok()
+                .and_then(|len| pool.try_borrow_mut().ok().and_then(|mut pool| pool.take(len)));
+            if let Some(body) = spare {
+                return BodyReader::Length { remaining: n, body };
+            }
+        }
+        BodyReader::new(framing, self.limits.max_body)
     }
 
     /// Reports a GET or HEAD as soon as its head is read, ignoring any body it announces, and
@@ -189,7 +219,7 @@ impl RequestReader {
         match parse_request_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
             Ok((mut head, framing)) => {
-                let body = BodyReader::new(framing, self.limits.max_body);
+                let body = self.body_reader(framing);
                 if body.is_done() {
                     return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
                 }
@@ -968,6 +998,50 @@ mod tests {
             let events = read_all(input, split);
             assert_eq!(bodies(&events), vec![b"hello world".to_vec(), Vec::new()], "split {split}");
         }
+    }
+
+    #[test]
+    fn a_large_declared_body_is_read_into_the_pools_spare_buffer() {
+        use crate::pool::{BodyPool, MIN_POOLED};
+        let pool = BodyPool::shared();
+        let spare = Vec::with_capacity(2 * MIN_POOLED);
+        let address = spare.as_ptr();
+        pool.borrow_mut().give(spare);
+        let mut reader = RequestReader::new(Limits { max_head: 64 * 1024, max_body: 4 * MIN_POOLED });
+        reader.use_pool(pool.clone());
+        // A small body allocates its own buffer and leaves the spare alone.
+        let small = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok";
+        let events = feed_all(&mut reader, small);
+        assert!(matches!(events.as_slice(), [RequestEvent::Request(r)] if r.body == b"ok"));
+        assert_eq!(pool.borrow().spare_bytes(), 2 * MIN_POOLED);
+        // A large one is read into the spare, byte for byte.
+        let body: Vec<u8> = (0..MIN_POOLED + 5).map(|i| (i % 251) as u8).collect();
+        let mut wire = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(&body);
+        let events = feed_all(&mut reader, &wire);
+        let [RequestEvent::Request(request)] = events.as_slice() else { panic!("{events:?}") };
+        assert_eq!(request.body, body);
+        assert_eq!(request.body.as_ptr(), address, "the spare's memory");
+        assert_eq!(pool.borrow().spare_bytes(), 0);
+    }
+
+    /// Feeds `input` in 64 KiB reads, as the event loop does, and returns the events.
+    fn feed_all(reader: &mut RequestReader, input: &[u8]) -> Vec<RequestEvent> {
+        let mut events = Vec::new();
+        for chunk in input.chunks(64 * 1024) {
+            let mut used = 0;
+            while used < chunk.len() {
+                let step = reader.advance(&chunk[used..]);
+                used += step.consumed;
+                match step.event {
+                    Some(Ok(event)) => events.push(event),
+                    Some(Err(e)) => panic!("{e}"),
+                    None if step.consumed == 0 => break,
+                    None => {}
+                }
+            }
+        }
+        events
     }
 
     #[test]

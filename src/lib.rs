@@ -9,7 +9,7 @@
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
-//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request.
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
 pub mod rpc;
 pub mod signals;
 pub mod upstream;

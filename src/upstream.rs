@@ -662,6 +662,7 @@ mod tests {
             id: Some(vec![b'0' + id]),
             timeout: Duration::from_secs(1),
             received: Instant::now(),
+            pool: None,
         };
         Job {
             inbound: Rc::new(inbound),
