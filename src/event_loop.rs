@@ -27,7 +27,7 @@ use crate::http::{self, HttpError, Limits, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
-use crate::pool::{BodyPool, SharedPool};
+use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
@@ -42,10 +42,6 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
-/// The spare large-body buffer is freed after this long without large bodies: longer than a
-/// slot (12 s), so the next block's newPayload still finds it, short enough that an idle proxy
-/// gives the memory back.
-const SPARE_KEEP: Duration = Duration::from_secs(30);
 /// Requests at least this large are large for `Proxy::held_for_primary`.
 const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
 /// The other clients stop waiting for the primary's answer to a large request once the
@@ -94,10 +90,8 @@ pub struct Proxy {
     accept_failing: bool,
     /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
     tokens: Option<Vec<(String, TokenCache)>>,
-    /// One spare large-body buffer (see `pool`), and when its use count last changed: it is
-    /// freed after `SPARE_KEEP` without large bodies.
+    /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
-    pool_seen: (u64, Instant),
 }
 
 fn unix_now() -> u64 {
@@ -154,7 +148,6 @@ impl Proxy {
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
-            pool_seen: (0, Instant::now()),
             again: Vec::new(),
             accepting: true,
             accept_paused_until: None,
@@ -1034,13 +1027,8 @@ impl Proxy {
             .chain(ups)
             .chain(self.exchanges.next_deadline())
             .chain(self.accept_paused_until)
-            .chain(self.spare_release_at())
+            .chain(self.pool.borrow().deadline())
             .min()
-    }
-
-    /// When the spare body buffer is freed, if there is one.
-    fn spare_release_at(&self) -> Option<Instant> {
-        (self.pool.borrow().spare_bytes() > 0).then(|| self.pool_seen.1 + SPARE_KEEP)
     }
 
     fn on_timeouts(&mut self, now: Instant) {
@@ -1048,11 +1036,8 @@ impl Proxy {
             self.accept_paused_until = None;
             self.accept(now);
         }
-        let uses = self.pool.borrow().uses();
-        if uses != self.pool_seen.0 {
-            self.pool_seen = (uses, now);
-        } else if self.spare_release_at().is_some_and(|t| t <= now) {
-            let freed = self.pool.borrow_mut().release();
+        let freed = self.pool.borrow_mut().tick(now);
+        if let Some(freed) = freed {
             log::debug!(
                 "freed the spare body buffer ({freed} bytes) after {SPARE_KEEP:?} without large bodies"
             );

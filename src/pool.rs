@@ -7,16 +7,22 @@
 //! torn down when the body is freed: about a sixth of the proxy's CPU on 8 MiB bodies. glibc
 //! keeps freed memory and reuses it, but not always the right block. So the last large body
 //! freed is kept here and handed to the next large body that fits. At most one buffer is kept,
-//! never larger than a body the proxy accepted (`--max-body-bytes`); the event loop drops it
-//! after a while without large bodies, so an idle proxy gives the memory back.
+//! never larger than a body the proxy accepted (`--max-body-bytes`); it is freed after
+//! [`SPARE_KEEP`] without large bodies (`tick`, called by the event loop), so an idle proxy
+//! gives the memory back.
 //!
-//! This file knows no sockets and no clock: the event loop decides when to let go.
+//! This file knows no sockets and reads no clock: the event loop passes the time to `tick`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 /// Bodies (and buffers) smaller than this are left to the allocator.
 pub const MIN_POOLED: usize = 256 * 1024;
+/// The spare is freed after this long without a large body taken or given back: longer than a
+/// slot (12 s), so the next block's newPayload still finds it; short enough that an idle proxy
+/// gives the memory back.
+pub const SPARE_KEEP: Duration = Duration::from_secs(30);
 
 /// The pool as the request readers and the requests share it, within the one event-loop thread.
 pub type SharedPool = Rc<RefCell<BodyPool>>;
@@ -24,8 +30,10 @@ pub type SharedPool = Rc<RefCell<BodyPool>>;
 #[derive(Debug, Default)]
 pub struct BodyPool {
     spare: Option<Vec<u8>>,
-    /// Buffers taken or given so far: the event loop notices activity by its change.
+    /// Buffers taken or given so far, and the count and time `tick` last saw: activity shows
+    /// as a change of the count.
     uses: u64,
+    seen: Option<(u64, Instant)>,
 }
 
 impl BodyPool {
@@ -67,6 +75,26 @@ impl BodyPool {
     pub fn uses(&self) -> u64 {
         self.uses
     }
+
+    /// Notes the time; frees the spare once it has gone `SPARE_KEEP` without use, and returns
+    /// how many bytes of room were freed then.
+    pub fn tick(&mut self, now: Instant) -> Option<usize> {
+        match self.seen {
+            Some((uses, _)) if uses != self.uses => self.seen = Some((self.uses, now)),
+            None => self.seen = Some((self.uses, now)),
+            Some(_) => {}
+        }
+        if self.deadline().is_some_and(|due| due <= now) {
+            return Some(self.release());
+        }
+        None
+    }
+
+    /// When `tick` will free the spare, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        let (_, since) = self.seen?;
+        (self.spare_bytes() > 0).then(|| since + SPARE_KEEP)
+    }
 }
 
 /// Gives `buffer` to `pool` if the pool is free to take it (a buffer freed while the pool is in
@@ -101,6 +129,25 @@ mod tests {
         assert_eq!(reused.as_ptr(), address, "the same memory");
         assert_eq!(pool.spare_bytes(), 0);
         assert_eq!(pool.uses(), 2, "one buffer kept, one handed out");
+    }
+
+    #[test]
+    fn the_spare_is_freed_after_a_while_without_large_bodies() {
+        let t0 = Instant::now();
+        let mut pool = BodyPool::default();
+        assert_eq!((pool.tick(t0), pool.deadline()), (None, None), "nothing to free");
+        pool.give(Vec::with_capacity(MIN_POOLED));
+        assert_eq!(pool.tick(t0), None);
+        assert_eq!(pool.deadline(), Some(t0 + SPARE_KEEP));
+        // Used again 20 s later: the wait starts over.
+        let again = pool.take(MIN_POOLED).expect("the spare");
+        pool.give(again);
+        let t20 = t0 + Duration::from_secs(20);
+        assert_eq!(pool.tick(t20), None);
+        assert_eq!(pool.tick(t0 + SPARE_KEEP), None, "not due: it was used at 20 s");
+        assert_eq!(pool.deadline(), Some(t20 + SPARE_KEEP));
+        assert_eq!(pool.tick(t20 + SPARE_KEEP), Some(MIN_POOLED));
+        assert_eq!((pool.spare_bytes(), pool.deadline()), (0, None));
     }
 
     #[test]
