@@ -68,27 +68,41 @@ pub fn serve_el(mut stream: TcpStream, delay: Duration, answer: &[u8]) -> io::Re
 /// answer, then reads the others' answers. No parsing beyond Content-Length, no ordering, no
 /// event loop. Only for scenarios whose ELs are all up and fast.
 pub fn spawn_forwarder(els: Vec<SocketAddr>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+    spawn_forwarding(els, forward)
+}
+
+/// Listens on an ephemeral port and serves each BN connection with `serve` on its own thread.
+fn spawn_forwarding(
+    els: Vec<SocketAddr>,
+    serve: fn(TcpStream, &[SocketAddr]) -> io::Result<()>,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a forwarder");
     let addr = listener.local_addr().expect("forwarder address");
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let els = els.clone();
             thread::spawn(move || {
-                let _ = forward(stream, &els);
+                let _ = serve(stream, &els);
             });
         }
     });
     addr
 }
 
-pub fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
+/// A kept-alive connection to each EL, with its answer framer.
+fn connect_all(els: &[SocketAddr]) -> io::Result<Vec<(TcpStream, Framer)>> {
+    els.iter()
+        .map(|el| {
+            let stream = TcpStream::connect(el)?;
+            stream.set_nodelay(true)?;
+            Ok((stream, Framer::new()))
+        })
+        .collect()
+}
+
+fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
     bn.set_nodelay(true)?;
-    let mut upstreams = Vec::new();
-    for el in els {
-        let stream = TcpStream::connect(el)?;
-        stream.set_nodelay(true)?;
-        upstreams.push((stream, Framer::new()));
-    }
+    let mut upstreams = connect_all(els)?;
     let mut from_bn = Framer::new();
     let (mut request, mut answer) = (Vec::new(), Vec::new());
     loop {
@@ -116,28 +130,13 @@ pub fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
 /// get their copies (primary first), and nothing is validated: the least a fan-out proxy that
 /// streams to its primary costs here.
 pub fn spawn_cut_through(els: Vec<SocketAddr>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the cut-through forwarder");
-    let addr = listener.local_addr().expect("cut-through forwarder address");
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let els = els.clone();
-            thread::spawn(move || {
-                let _ = cut_through(stream, &els);
-            });
-        }
-    });
-    addr
+    spawn_forwarding(els, cut_through)
 }
 
 fn cut_through(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
     use std::io::Read;
     bn.set_nodelay(true)?;
-    let mut upstreams = Vec::new();
-    for el in els {
-        let stream = TcpStream::connect(el)?;
-        stream.set_nodelay(true)?;
-        upstreams.push((stream, Framer::new()));
-    }
+    let mut upstreams = connect_all(els)?;
     let mut buf = vec![0u8; 256 * 1024];
     let (mut request, mut answer) = (Vec::new(), Vec::new());
     loop {
