@@ -779,8 +779,8 @@ impl Proxy {
         }
     }
 
-    /// Until when connection `slot` of client `up` should wait so that the primary gets a large
-    /// request first. Writing N copies at once shares the CPU (and, on loopback, the
+    /// Until when connection `slot` of client `up` should wait so that the primary gets its
+    /// request first (primary first). Writing N copies at once shares the CPU (and, on loopback, the
     /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
     /// answer, about N times; and a copy written while the primary's answer arrives delays
     /// that answer by the copy's time. The other clients' answers matter to nobody's latency.
