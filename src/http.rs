@@ -948,7 +948,16 @@ mod tests {
 
     /// Feeds `input` in pieces of `split` bytes and collects every event.
     fn read_all(input: &[u8], split: usize) -> Vec<Result<RequestEvent, HttpError>> {
-        let mut reader = RequestReader::new(limits());
+        read_with(&mut RequestReader::new(limits()), input, split)
+    }
+
+    /// Feeds `input` to `reader` in pieces of `split` bytes, as the event loop feeds its reads,
+    /// and returns the events, up to and including the first error.
+    fn read_with(
+        reader: &mut RequestReader,
+        input: &[u8],
+        split: usize,
+    ) -> Vec<Result<RequestEvent, HttpError>> {
         let mut events = Vec::new();
         for piece in input.chunks(split.max(1)) {
             let mut rest = piece;
@@ -1011,37 +1020,20 @@ mod tests {
         reader.use_pool(pool.clone());
         // A small body allocates its own buffer and leaves the spare alone.
         let small = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok";
-        let events = feed_all(&mut reader, small);
+        let events: Vec<_> =
+            read_with(&mut reader, small, 64 * 1024).into_iter().map(|e| e.expect("no HTTP error")).collect();
         assert!(matches!(events.as_slice(), [RequestEvent::Request(r)] if r.body == b"ok"));
         assert_eq!(pool.borrow().spare_bytes(), 2 * MIN_POOLED);
         // A large one is read into the spare, byte for byte.
         let body: Vec<u8> = (0..MIN_POOLED + 5).map(|i| (i % 251) as u8).collect();
         let mut wire = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         wire.extend_from_slice(&body);
-        let events = feed_all(&mut reader, &wire);
+        let events: Vec<_> =
+            read_with(&mut reader, &wire, 64 * 1024).into_iter().map(|e| e.expect("no HTTP error")).collect();
         let [RequestEvent::Request(request)] = events.as_slice() else { panic!("{events:?}") };
         assert_eq!(request.body, body);
         assert_eq!(request.body.as_ptr(), address, "the spare's memory");
         assert_eq!(pool.borrow().spare_bytes(), 0);
-    }
-
-    /// Feeds `input` in 64 KiB reads, as the event loop does, and returns the events.
-    fn feed_all(reader: &mut RequestReader, input: &[u8]) -> Vec<RequestEvent> {
-        let mut events = Vec::new();
-        for chunk in input.chunks(64 * 1024) {
-            let mut used = 0;
-            while used < chunk.len() {
-                let step = reader.advance(&chunk[used..]);
-                used += step.consumed;
-                match step.event {
-                    Some(Ok(event)) => events.push(event),
-                    Some(Err(e)) => panic!("{e}"),
-                    None if step.consumed == 0 => break,
-                    None => {}
-                }
-            }
-        }
-        events
     }
 
     #[test]
