@@ -1056,13 +1056,13 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const FCU: &[u8] = include_bytes!("../../shared/samples/fcu.json");
-    const NEW_PAYLOAD_1K: &[u8] = include_bytes!("../../shared/samples/newpayload-1k.json");
-    const NEW_PAYLOAD_128K: &[u8] = include_bytes!("../../shared/samples/newpayload-128k.json");
+    const FCU: &[u8] = include_bytes!("../tests/fixtures/fcu.json");
+    const NEW_PAYLOAD_1K: &[u8] = include_bytes!("../tests/fixtures/newpayload-1k.json");
+    const NEW_PAYLOAD_128K: &[u8] = include_bytes!("../tests/fixtures/newpayload-128k.json");
 
     macro_rules! lodestar {
         ($name:literal) => {
-            include_bytes!(concat!("../../shared/samples/lodestar-1.5.1/", $name, ".json"))
+            include_bytes!(concat!("../tests/fixtures/lodestar-1.5.1/", $name, ".json"))
         };
     }
 

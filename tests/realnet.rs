@@ -1,8 +1,8 @@
 //! Regressions from the realnet capture (issue 7: "whatever the real traffic shows that the mocks
 //! got wrong … becomes a regression test"). On 2026-11-21 a real Lodestar 1.5.1 beacon node
 //! (`lodestar dev`, 2 s slots, Engine API V2) drove two EthereumJS 0.10.5 execution clients
-//! through the proxy (`../shared/tools/realnet/`), and a TCP relay on each hop recorded every
-//! byte; the bodies are kept in `../shared/samples/lodestar-1.5.1/`. The toolkit's mocks had
+//! through the proxy (a devnet on loopback, as `tests/interop.sh` runs it), and a TCP relay on each hop recorded every
+//! byte; the bodies are kept in `tests/fixtures/lodestar-1.5.1/`. The toolkit's mocks had
 //! assumed otherwise on each point below, so these tests replay the real shapes against the real
 //! proxy binary, with mock ELs that write EthereumJS's answers byte for byte (`RawEl`):
 //!
@@ -157,7 +157,7 @@ fn unix_now() -> u64 {
 
 // ------------------------------------------------------------------------- the captured bodies
 
-/// A body from `../shared/samples/lodestar-1.5.1/`, without the file's final newline (the bodies
+/// A body from `tests/fixtures/lodestar-1.5.1/`, without the file's final newline (the bodies
 /// on the wire had none).
 fn lodestar_sample(name: &str) -> Vec<u8> {
     let mut bytes = sample(&format!("lodestar-1.5.1/{name}.json"));

@@ -469,7 +469,7 @@ fn received_helpers_read_auth_and_timestamps() {
 }
 
 #[test]
-fn samples_load_from_the_shared_folder() {
+fn samples_load_from_the_fixtures_folder() {
     let fcu: Value = serde_json::from_slice(&sample("fcu.json")).expect("fcu.json is JSON");
     assert_eq!(fcu["method"], "engine_forkchoiceUpdatedV3");
     let payload: Value = serde_json::from_slice(&sample("newpayload-1k.json")).expect("newpayload is JSON");

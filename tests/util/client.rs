@@ -403,10 +403,10 @@ pub fn fcu(id: u64, timestamp: Option<u64>) -> Vec<u8> {
     rpc_body(id, "engine_forkchoiceUpdatedV3", json!([state, attributes]))
 }
 
-/// A request body from `/work/shared/samples` (`../shared/samples` from the crate root).
+/// A request body from `tests/fixtures/` (Engine API traffic copied into the repository).
 #[track_caller]
 pub fn sample(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/samples").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) => panic!("cannot read sample {}: {e}", path.display()),
