@@ -54,7 +54,7 @@ fn read_request(wire: &[u8], read_size: usize) -> http::Request {
             input = &input[step.consumed..];
             match step.event {
                 Some(Ok(RequestEvent::Request(req))) => return req,
-                Some(Ok(RequestEvent::Continue)) => {}
+                Some(Ok(RequestEvent::Continue | RequestEvent::Head)) => {}
                 Some(Err(e)) => panic!("benchmark request rejected: {e}"),
                 None if step.consumed == 0 => break,
                 None => {}

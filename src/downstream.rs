@@ -1,6 +1,15 @@
 //! One beacon node connection: the request reader, the answers owed in request order, and
 //! the connection's deadlines. The event loop moves bytes in and out; this file decides what
 //! those bytes mean for the connection. It knows no JSON, no execution clients.
+//!
+//! An answer written before its request was read whole (413 decided from `Content-Length`, 431,
+//! 400 on bad framing, 401 at the head) ends with a lingering close, as nginx's
+//! `lingering_close`: closing a socket with unread bytes makes the kernel send a reset, which
+//! destroys the answer before the client reads it. So once such an answer is written the event
+//! loop shuts down the write side (the client sees the answer, then the end), and the
+//! connection reads and drops what the client still sends, for at most `LINGER_TIME` and
+//! `LINGER_BYTES`, before it is closed. It stays a connection meanwhile, counted against
+//! `--max-connections`, so lingering cannot be used to hold more connections open.
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,6 +22,13 @@ use crate::http::{self, Limits, RequestReader};
 /// Most requests one connection may have in flight; beyond that the proxy stops reading from
 /// it until answers have gone out (pipelining backpressure).
 pub const MAX_PIPELINE: usize = 32;
+/// Longest a lingering close reads and drops what the client still sends (nginx:
+/// `lingering_time`, whose 30 s suits browsers uploading files; a beacon node's request is sent
+/// at loopback or LAN speed, and a connection held longer only holds the budget).
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes a lingering close reads and drops: four of the 1 MiB bodies a typical 413 cuts
+/// off. A client still sending after that is closed (with a reset) regardless.
+pub const LINGER_BYTES: u64 = 4 << 20;
 
 /// An answer owed to the beacon node, in the order its requests arrived.
 #[derive(Debug)]
@@ -56,8 +72,55 @@ impl Outgoing {
     }
 }
 
-pub struct Downstream {
-    pub stream: mio::net::TcpStream,
+/// The lingering close of a connection whose answer has been written and whose write side is
+/// shut: what the client still sends is read and dropped until it closes, `LINGER_BYTES` have
+/// been dropped, or `LINGER_TIME` has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    until: Instant,
+    left: u64,
+}
+
+impl Linger {
+    pub fn start(now: Instant) -> Linger {
+        Linger { until: now + LINGER_TIME, left: LINGER_BYTES }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.until
+    }
+
+    /// Counts `n` bytes read and dropped; false once the byte budget is spent.
+    pub fn discarded(&mut self, n: usize) -> bool {
+        self.left = self.left.saturating_sub(n as u64);
+        self.left > 0
+    }
+}
+
+/// Which deadline closed a connection (`Downstream::on_timeout`), for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A request did not arrive whole within `--read-timeout` of its first byte.
+    Read,
+    /// Nothing happened for `--idle-timeout`.
+    Idle,
+    /// A lingering close reached `LINGER_TIME`.
+    Linger,
+}
+
+impl Expired {
+    pub fn label(self) -> &'static str {
+        match self {
+            Expired::Read => "request not read whole within --read-timeout",
+            Expired::Idle => "idle for --idle-timeout",
+            Expired::Linger => "still sending when the lingering close ended",
+        }
+    }
+}
+
+/// One beacon node connection; `S` is its socket (a plain writer in unit tests).
+pub struct Downstream<S = mio::net::TcpStream> {
+    pub stream: S,
     /// Unique for the life of the process, so an answer never reaches a later connection that
     /// reused this one's slot.
     pub serial: u64,
@@ -70,6 +133,12 @@ pub struct Downstream {
     pub no_more_requests: bool,
     /// Set once the connection must be dropped; the event loop reaps it after the event batch.
     pub dead: bool,
+    /// The peer has closed its side (a read gave end of stream).
+    peer_closed: bool,
+    /// The closing answer was written before its request was read whole: linger after it.
+    linger_after_close: bool,
+    /// Reading and dropping until the connection is closed (see the module's doc).
+    linger: Option<Linger>,
     last_activity: Instant,
     request_started: Option<Instant>,
     /// Bytes written to this connection so far.
@@ -85,16 +154,13 @@ pub enum Flushed {
     Drained,
     /// The socket is full; wait for WRITABLE.
     Blocked,
+    /// An early answer has been written whole and the connection now lingers: the event loop
+    /// shuts down the write side and reads (and drops) what is already waiting.
+    Linger,
 }
 
-impl Downstream {
-    pub fn new(
-        stream: mio::net::TcpStream,
-        serial: u64,
-        peer: SocketAddr,
-        limits: Limits,
-        now: Instant,
-    ) -> Self {
+impl<S: io::Write> Downstream<S> {
+    pub fn new(stream: S, serial: u64, peer: SocketAddr, limits: Limits, now: Instant) -> Self {
         Downstream {
             stream,
             serial,
@@ -104,6 +170,9 @@ impl Downstream {
             written: 0,
             no_more_requests: false,
             dead: false,
+            peer_closed: false,
+            linger_after_close: false,
+            linger: None,
             last_activity: now,
             request_started: None,
             sent: 0,
@@ -135,6 +204,40 @@ impl Downstream {
         self.out.push_back(slot);
     }
 
+    /// Queues an answer given before its request was read whole: it is the connection's last,
+    /// and the connection lingers after it (see the module's doc).
+    pub fn answer_early(&mut self, mut answer: Outgoing) {
+        answer.close = true;
+        self.out.push_back(Slot::Ready(answer));
+        self.no_more_requests = true;
+        self.linger_after_close = true;
+    }
+
+    /// Whether the connection is in its lingering close: reads are dropped, not parsed.
+    pub fn lingering(&self) -> bool {
+        self.linger.is_some()
+    }
+
+    /// Notes `n` bytes read and dropped while lingering; the connection is done once the byte
+    /// budget is spent.
+    pub fn discarded(&mut self, n: usize) {
+        if let Some(linger) = self.linger.as_mut() {
+            if !linger.discarded(n) {
+                self.dead = true;
+            }
+        }
+    }
+
+    /// The peer closed its side: answers it is owed are still written (a half-closed client
+    /// may still read); a half-read request is dropped, and a lingering close is complete.
+    pub fn on_eof(&mut self) {
+        self.peer_closed = true;
+        self.no_more_requests = true;
+        if !self.owes_answers() || self.lingering() {
+            self.dead = true;
+        }
+    }
+
     /// Fills the slot waiting for `exchange` with its answer. False when no slot waits for it.
     pub fn fill(&mut self, exchange: ExchangeRef, answer: Outgoing) -> bool {
         for slot in self.out.iter_mut() {
@@ -156,6 +259,10 @@ impl Downstream {
 
     /// Writes ready answers, in order, until one is still waiting or the socket is full.
     pub fn flush(&mut self, now: Instant) -> io::Result<Flushed> {
+        if self.lingering() {
+            // Everything was written and the write side is shut.
+            return Ok(Flushed::Drained);
+        }
         while let Some(Slot::Ready(out)) = self.out.front() {
             let (moved, done) =
                 http::write_head_body(&mut self.stream, &out.head, &out.body, &mut self.written)?;
@@ -169,8 +276,12 @@ impl Downstream {
             self.last_activity = now;
             if close {
                 self.no_more_requests = true;
-                self.dead = true;
                 self.out.clear();
+                if self.linger_after_close && !self.peer_closed {
+                    self.linger = Some(Linger::start(now));
+                    return Ok(Flushed::Linger);
+                }
+                self.dead = true;
                 return Ok(Flushed::Drained);
             }
         }
@@ -181,8 +292,12 @@ impl Downstream {
     }
 
     /// When this connection must next be looked at: a request must arrive whole within
-    /// `read_timeout` of its first byte, and an idle connection lasts `idle_timeout`.
+    /// `read_timeout` of its first byte, an idle connection lasts `idle_timeout`, and a
+    /// lingering close `LINGER_TIME`.
     pub fn deadline(&self, read_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+        if let Some(linger) = self.linger.as_ref() {
+            return Some(linger.deadline());
+        }
         if let Some(started) = self.request_started {
             return Some(started + read_timeout);
         }
@@ -191,5 +306,26 @@ impl Downstream {
         }
         // Answers are owed: the exchanges' own deadlines bound the wait.
         None
+    }
+
+    /// Closes the connection if its deadline has passed, and says which one did.
+    pub fn on_timeout(
+        &mut self,
+        now: Instant,
+        read_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<Expired> {
+        let due = self.deadline(read_timeout, idle_timeout).is_some_and(|d| d <= now);
+        if !due || self.dead {
+            return None;
+        }
+        self.dead = true;
+        Some(if self.lingering() {
+            Expired::Linger
+        } else if self.request_started.is_some() {
+            Expired::Read
+        } else {
+            Expired::Idle
+        })
     }
 }

@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::{Config, TokensServiceConfig};
 use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
-use crate::http::{self, HttpError, Limits, Request, RequestEvent};
+use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
@@ -331,6 +331,9 @@ impl Proxy {
         let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
+        } else if self.cfg.jwt_secret.is_some() {
+            // Tokens are checked at the head, before any body is buffered (`on_head`).
+            down.reader.hold_heads();
         }
         down.reader.use_pool(self.pool.clone());
         self.downs[slot] = Some(down);
@@ -339,6 +342,10 @@ impl Proxy {
     }
 
     fn down_readable(&mut self, slot: usize, now: Instant) {
+        if self.downs.get(slot).and_then(Option::as_ref).is_some_and(Downstream::lingering) {
+            self.down_discard(slot);
+            return;
+        }
         for _ in 0..READS_PER_WAKEUP {
             let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
             if down.dead || down.no_more_requests || down.backpressured() {
@@ -346,12 +353,7 @@ impl Proxy {
             }
             let n = match down.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    // The peer is done sending. Answers it is owed are still written (a
-                    // half-closed client may still read); a half-read request is dropped.
-                    down.no_more_requests = true;
-                    if !down.owes_answers() {
-                        down.dead = true;
-                    }
+                    down.on_eof();
                     return;
                 }
                 Ok(n) => n,
@@ -372,6 +374,7 @@ impl Proxy {
                 let step = down.reader.advance(&self.scratch[pos..n]);
                 pos += step.consumed;
                 match step.event {
+                    Some(Ok(RequestEvent::Head)) => self.on_head(slot),
                     Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
                     Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
                     Some(Err(e)) => self.on_bad_request(slot, e),
@@ -388,13 +391,76 @@ impl Proxy {
         self.again.push(slot);
     }
 
+    /// A connection in its lingering close: what the client still sends is read and dropped
+    /// (within the per-wakeup cap) until it closes or a bound is reached.
+    fn down_discard(&mut self, slot: usize) {
+        for _ in 0..READS_PER_WAKEUP {
+            let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+            if down.dead {
+                return;
+            }
+            match down.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    down.on_eof();
+                    return;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_in += n as u64;
+                    down.discarded(n);
+                    if down.dead {
+                        log::debug!(
+                            "closing connection from {}: still sending after its lingering close",
+                            down.peer
+                        );
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    down.dead = true;
+                    return;
+                }
+            }
+        }
+        self.again.push(slot);
+    }
+
+    /// The request could not be read: it is answered at once, and the connection lingers and
+    /// closes (the client may still be sending the rest).
     fn on_bad_request(&mut self, slot: usize, error: HttpError) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         log::debug!("bad request from {}: {error}", down.peer);
         self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
         let body = policy::error_body(None, -32600, &error.to_string());
-        down.push(Slot::Ready(Outgoing::json(error.status(), body, false, 1)));
-        down.no_more_requests = true;
+        down.answer_early(Outgoing::json(error.status(), body, false, 1));
+    }
+
+    /// A request's head has been read and its body not yet (only with `--jwt-secret`): a POST
+    /// without a valid token is answered 401 now, with no `100 Continue` and nothing of its body
+    /// kept; a short body is then dropped as it arrives and the connection kept, anything else
+    /// ends the connection with a lingering close. Other requests go on to their body.
+    fn on_head(&mut self, slot: usize) {
+        let secret = self.cfg.jwt_secret.as_ref();
+        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(head) = down.reader.held_head() else { return };
+        let verdict = match secret {
+            Some(secret) if head.method == "POST" && !down.metrics_only => check_token(secret, head),
+            _ => Ok(()),
+        };
+        let Err(why) = verdict else {
+            if down.reader.accept_body() {
+                down.push(Slot::Ready(Outgoing::continue_100()));
+            }
+            return;
+        };
+        let (keep_alive, minor) = (head.keep_alive, head.minor);
+        log::warn!("rejected a request from {}: {why}", down.peer);
+        self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
+        let body = policy::error_body(None, -32000, &format!("unauthorized: {why}"));
+        match down.reader.refuse_body() {
+            Refusal::Discard => down.push(Slot::Ready(Outgoing::json(401, body, keep_alive, minor))),
+            Refusal::Close => down.answer_early(Outgoing::json(401, body, false, minor)),
+        }
     }
 
     fn on_request(&mut self, slot: usize, req: Request, now: Instant) {
@@ -431,14 +497,10 @@ impl Proxy {
                 return;
             }
         }
+        // A request with a body had its token checked at the head (`on_head`); this check is
+        // the one for bodiless requests, and stays as the last word for all of them.
         if let Some(secret) = self.cfg.jwt_secret.as_ref() {
-            let verdict = match req.head.header("authorization").and_then(jwt::bearer_token) {
-                None => Err("missing bearer token".to_string()),
-                Some(token) => {
-                    jwt::verify(secret, token, unix_now(), jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string())
-                }
-            };
-            if let Err(why) = verdict {
+            if let Err(why) = check_token(secret, &req.head) {
                 log::warn!("rejected a request from {}: {why}", down.peer);
                 self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
@@ -636,6 +698,16 @@ impl Proxy {
                 }
             }
             Ok(Flushed::Blocked) => {}
+            Ok(Flushed::Linger) => {
+                // The client reads the answer and then the end of the stream; what it still
+                // sends is read (now: it may be waiting already, and no new edge would say so)
+                // and dropped.
+                if down.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                    down.dead = true;
+                } else {
+                    self.again.push(slot);
+                }
+            }
             Err(_) => down.dead = true,
         }
     }
@@ -1044,9 +1116,8 @@ impl Proxy {
         }
         let (read_timeout, idle_timeout) = (self.cfg.read_timeout, self.cfg.idle_timeout);
         for down in self.downs.iter_mut().flatten() {
-            if down.deadline(read_timeout, idle_timeout).is_some_and(|d| d <= now) {
-                log::debug!("closing connection from {}: timed out", down.peer);
-                down.dead = true;
+            if let Some(expired) = down.on_timeout(now, read_timeout, idle_timeout) {
+                log::debug!("closing connection from {}: {}", down.peer, expired.label());
             }
         }
         // The list of exchanges is only gathered (an allocation) when one is actually due.
@@ -1116,6 +1187,16 @@ impl Proxy {
         {
             self.accepting = true;
             self.accept(Instant::now());
+        }
+    }
+}
+
+/// Whether a request carries a valid `Authorization: Bearer` token for `secret`; why not if not.
+fn check_token(secret: &jwt::Secret, head: &http::RequestHead) -> Result<(), String> {
+    match head.header("authorization").and_then(jwt::bearer_token) {
+        None => Err("missing bearer token".to_string()),
+        Some(token) => {
+            jwt::verify(secret, token, unix_now(), jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string())
         }
     }
 }

@@ -21,6 +21,9 @@ const MAX_CHUNK_LINE: usize = 1024;
 const MAX_TRAILERS: usize = 8 * 1024;
 /// When the whole declared body cannot be reserved at once, it starts with this much room.
 const FALLBACK_BODY_CAPACITY: usize = 1 << 20;
+/// A refused body (see `RequestReader::refuse_body`) at most this long is read and dropped so
+/// the connection can carry the next request; a longer one ends the connection.
+pub const MAX_DISCARD: u64 = 64 * 1024;
 
 /// The caps that bound one message.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +111,9 @@ pub struct Request {
 /// What the request reader has to say after a call to `advance`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RequestEvent {
+    /// With `hold_heads`: a head whose body has not been read yet. It is in `held_head()`, and
+    /// the reader reads nothing more until it is told `accept_body` or `refuse_body`.
+    Head,
     /// The head asked for `100 Continue` and its body is within limits.
     Continue,
     /// A whole request.
@@ -133,6 +139,17 @@ impl<E> Step<E> {
     }
 }
 
+/// What becomes of the connection once a held head's body is refused (`refuse_body`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body (at most `MAX_DISCARD` bytes) will be read and dropped; the next request on the
+    /// connection is read as usual.
+    Discard,
+    /// The body is too long to read for nothing, its length is unknown (chunked), or the client
+    /// asked `Expect: 100-continue` and may never send it: answer and close the connection.
+    Close,
+}
+
 /// Incremental reader of pipelined requests from one connection.
 ///
 /// Feed it the bytes read from the socket with `advance`; it consumes what belongs to the
@@ -145,8 +162,15 @@ pub struct RequestReader {
     body: Option<(RequestHead, BodyReader)>,
     /// See `answer_get_at_head`.
     early_get: bool,
-    /// A GET was reported before its body; what follows on the connection is ignored.
+    /// A GET was reported before its body, or a body was refused with `Refusal::Close`: what
+    /// follows on the connection is ignored.
     spent: bool,
+    /// See `hold_heads`.
+    hold: bool,
+    /// A head held for the caller's decision, with its body's framing.
+    held: Option<(RequestHead, Framing)>,
+    /// Bytes of a refused body still to be dropped.
+    discard: u64,
     /// Where a large body's buffer comes from, when a spare one is kept (see `pool`).
     pool: Option<SharedPool>,
 }
@@ -159,6 +183,9 @@ impl RequestReader {
             body: None,
             early_get: false,
             spent: false,
+            hold: false,
+            held: None,
+            discard: 0,
             pool: None,
         }
     }
@@ -189,15 +216,62 @@ impl RequestReader {
         self.early_get = true;
     }
 
+    /// Reports each request that has a body as `RequestEvent::Head` once its head is read, and
+    /// waits for `accept_body` or `refuse_body` before reading (or reserving room for) the body.
+    /// This is how a request without a valid token is answered before its body is buffered.
+    pub fn hold_heads(&mut self) {
+        self.hold = true;
+    }
+
+    /// The head reported by the last `RequestEvent::Head`, while it waits for a decision.
+    pub fn held_head(&self) -> Option<&RequestHead> {
+        self.held.as_ref().map(|(head, _)| head)
+    }
+
+    /// Reads the held head's body after all. True when the client asked for `100 Continue`
+    /// (held heads do not report `RequestEvent::Continue`: the caller owes the 100 now).
+    pub fn accept_body(&mut self) -> bool {
+        let Some((head, framing)) = self.held.take() else { return false };
+        let expect = head.expect_continue;
+        self.body = Some((head, self.body_reader(framing)));
+        expect
+    }
+
+    /// Refuses the held head's body: no `100 Continue` is owed, and nothing of it is kept. A
+    /// short body announced by `Content-Length` and already on its way is dropped as it arrives;
+    /// anything else ends the connection (the caller answers and closes).
+    pub fn refuse_body(&mut self) -> Refusal {
+        let Some((head, framing)) = self.held.take() else { return Refusal::Close };
+        match framing {
+            Framing::Length(n) if n <= MAX_DISCARD && !head.expect_continue && head.keep_alive => {
+                self.discard = n;
+                Refusal::Discard
+            }
+            _ => {
+                self.spent = true;
+                Refusal::Close
+            }
+        }
+    }
+
     /// Whether some bytes of a request have arrived but not the whole request.
     pub fn in_progress(&self) -> bool {
-        self.body.is_some() || !self.head.buf.is_empty()
+        self.body.is_some() || !self.head.buf.is_empty() || self.held.is_some() || self.discard > 0
     }
 
     /// Consumes bytes from `input`; call again with the rest while `consumed > 0` and no event.
     pub fn advance(&mut self, input: &[u8]) -> Step<RequestEvent> {
         if self.spent {
             return Step::more(input.len());
+        }
+        if self.held.is_some() {
+            // Nothing is read until the caller has decided about the held head.
+            return Step::more(0);
+        }
+        if self.discard > 0 {
+            let take = input.len().min(usize::try_from(self.discard).unwrap_or(usize::MAX));
+            self.discard -= take as u64;
+            return Step::more(take);
         }
         if let Some((_, body)) = self.body.as_mut() {
             return match body.advance(input) {
@@ -219,8 +293,7 @@ impl RequestReader {
         match parse_request_head(&head_bytes, &self.limits) {
             Err(e) => Step::fail(consumed, e),
             Ok((mut head, framing)) => {
-                let body = self.body_reader(framing);
-                if body.is_done() {
+                if framing == Framing::Length(0) {
                     return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
                 }
                 if self.early_get && matches!(head.method.as_str(), "GET" | "HEAD") {
@@ -228,6 +301,12 @@ impl RequestReader {
                     head.keep_alive = false;
                     return Step::done(consumed, RequestEvent::Request(Request { head, body: Vec::new() }));
                 }
+                if self.hold {
+                    // No room is reserved for the body until the caller wants it.
+                    self.held = Some((head, framing));
+                    return Step::done(consumed, RequestEvent::Head);
+                }
+                let body = self.body_reader(framing);
                 let expect = head.expect_continue;
                 self.body = Some((head, body));
                 if expect {
@@ -1047,6 +1126,100 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(reader.advance(b"leftover"), Step { consumed: 8, event: None });
+    }
+
+    #[test]
+    fn held_heads_wait_for_a_decision_before_the_body_is_read() {
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        let mut reader = RequestReader::new(limits());
+        reader.hold_heads();
+        let input = [&head[..], b"ok"].concat();
+        assert_eq!(
+            reader.advance(&input),
+            Step { consumed: head.len(), event: Some(Ok(RequestEvent::Head)) }
+        );
+        assert_eq!(reader.held_head().map(|h| h.method.as_str()), Some("POST"));
+        assert!(reader.in_progress());
+        // Nothing is read until the decision.
+        assert_eq!(reader.advance(b"ok"), Step { consumed: 0, event: None });
+        // Accepting says a 100 is owed (no Continue event comes), then the body is read.
+        assert!(reader.accept_body());
+        assert_eq!(reader.held_head(), None);
+        match reader.advance(b"ok").event {
+            Some(Ok(RequestEvent::Request(r))) => assert_eq!(r.body, b"ok"),
+            other => panic!("{other:?}"),
+        }
+        // Requests without a body are never held.
+        let events = read_with(
+            &mut reader,
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            4096,
+        );
+        assert!(
+            matches!(events.as_slice(), [Ok(RequestEvent::Request(_)), Ok(RequestEvent::Request(_))]),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_short_body_is_dropped_and_the_next_request_read() {
+        let next = b"POST /next HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let input = [&b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..], next].concat();
+        for split in [1, 3, 4096] {
+            let mut reader = RequestReader::new(limits());
+            reader.hold_heads();
+            let mut events = Vec::new();
+            for piece in input.chunks(split) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let step = reader.advance(rest);
+                    rest = &rest[step.consumed..];
+                    match step.event {
+                        Some(Ok(RequestEvent::Head)) if events.is_empty() => {
+                            assert_eq!(reader.refuse_body(), Refusal::Discard);
+                            events.push("refused".to_string());
+                        }
+                        Some(Ok(RequestEvent::Head)) => {
+                            assert!(!reader.accept_body());
+                        }
+                        Some(Ok(RequestEvent::Request(r))) => {
+                            events.push(format!("{} {}", r.head.path, String::from_utf8_lossy(&r.body)))
+                        }
+                        Some(other) => panic!("{other:?}"),
+                        None if step.consumed == 0 => panic!("stuck at split {split}"),
+                        None => {}
+                    }
+                }
+            }
+            assert_eq!(events, ["refused", "/next abc"], "split {split}");
+        }
+    }
+
+    #[test]
+    fn a_refused_body_ends_the_connection_when_long_unknown_or_maybe_never_sent() {
+        let limits = Limits { max_head: 1024, max_body: 1 << 20 };
+        let long = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_DISCARD + 1);
+        let cases: [(&str, &[u8]); 4] = [
+            ("longer than MAX_DISCARD", long.as_bytes()),
+            ("chunked", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ("Expect: 100-continue", b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"),
+            ("Connection: close", b"POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"),
+        ];
+        for (case, head) in cases {
+            let mut reader = RequestReader::new(limits);
+            reader.hold_heads();
+            assert_eq!(reader.advance(head).event, Some(Ok(RequestEvent::Head)), "{case}");
+            assert_eq!(reader.refuse_body(), Refusal::Close, "{case}");
+            // Whatever follows is not a request.
+            let more = b"{}POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+            assert_eq!(reader.advance(more), Step { consumed: more.len(), event: None }, "{case}");
+        }
+        // Within the limit and kept alive, the same body is dropped instead.
+        let mut reader = RequestReader::new(limits);
+        reader.hold_heads();
+        let head = format!("POST / HTTP/1.1\r\nContent-Length: {MAX_DISCARD}\r\n\r\n");
+        assert_eq!(reader.advance(head.as_bytes()).event, Some(Ok(RequestEvent::Head)));
+        assert_eq!(reader.refuse_body(), Refusal::Discard);
     }
 
     #[test]
