@@ -204,11 +204,11 @@ impl<S: io::Write> Downstream<S> {
         self.out.push_back(slot);
     }
 
-    /// Queues an answer given before its request was read whole: it is the connection's last,
-    /// and the connection lingers after it (see the module's doc).
-    pub fn answer_early(&mut self, mut answer: Outgoing) {
-        answer.close = true;
-        self.out.push_back(Slot::Ready(answer));
+    /// Queues a JSON answer given before its request was read whole: it is the connection's
+    /// last (its head says `Connection: close`), and the connection lingers after it (see the
+    /// module's doc).
+    pub fn answer_early(&mut self, status: u16, body: Vec<u8>, minor: u8) {
+        self.out.push_back(Slot::Ready(Outgoing::json(status, body, false, minor)));
         self.no_more_requests = true;
         self.linger_after_close = true;
     }
@@ -327,5 +327,137 @@ impl<S: io::Write> Downstream<S> {
         } else {
             Expired::Idle
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READ: Duration = Duration::from_secs(5);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// A socket that takes at most `room` more bytes, then would block.
+    #[derive(Default)]
+    struct Sink {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.written.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn connection(room: usize, now: Instant) -> Downstream<Sink> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        Downstream::new(Sink { written: Vec::new(), room }, 1, peer, Limits::default(), now)
+    }
+
+    /// A connection whose 413 was answered early (half a head had arrived) and written at `t0`.
+    fn lingering(t0: Instant) -> Downstream<Sink> {
+        let mut down = connection(usize::MAX, t0);
+        down.reader.advance(b"POST / HTTP/1.1\r\n");
+        down.after_read(t0);
+        down.answer_early(413, b"{}".to_vec(), 1);
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Linger);
+        down
+    }
+
+    #[test]
+    fn an_early_answer_is_written_whole_then_the_connection_lingers_until_its_deadline() {
+        let t0 = Instant::now();
+        let mut down = lingering(t0);
+        let written = String::from_utf8_lossy(&down.stream.written).into_owned();
+        assert!(written.starts_with("HTTP/1.1 413 "), "{written}");
+        assert!(written.contains("Connection: close\r\n"), "an early answer always closes: {written}");
+        assert!(down.lingering() && !down.dead && down.no_more_requests);
+        // The linger deadline replaces the read deadline of the half-read request.
+        assert_eq!(down.deadline(READ, IDLE), Some(t0 + LINGER_TIME));
+        // Flushing again (a WRITABLE edge after the shutdown) changes nothing.
+        assert_eq!(down.flush(t0 + Duration::from_millis(1)).expect("sink"), Flushed::Drained);
+        assert!(!down.dead);
+        assert_eq!(down.on_timeout(t0 + LINGER_TIME - Duration::from_micros(1), READ, IDLE), None);
+        assert!(!down.dead);
+        assert_eq!(down.on_timeout(t0 + LINGER_TIME, READ, IDLE), Some(Expired::Linger));
+        assert!(down.dead);
+    }
+
+    #[test]
+    fn lingering_ends_when_the_byte_budget_is_spent() {
+        let t0 = Instant::now();
+        let mut down = lingering(t0);
+        down.discarded(usize::try_from(LINGER_BYTES).expect("fits") - 1);
+        assert!(!down.dead);
+        down.discarded(1);
+        assert!(down.dead);
+    }
+
+    #[test]
+    fn lingering_ends_when_the_client_closes() {
+        let mut down = lingering(Instant::now());
+        down.on_eof();
+        assert!(down.dead);
+    }
+
+    #[test]
+    fn a_blocked_early_answer_lingers_only_once_written_whole() {
+        let t0 = Instant::now();
+        let mut down = connection(5, t0);
+        down.answer_early(431, b"{}".to_vec(), 1);
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert!(!down.lingering() && !down.dead);
+        let t1 = t0 + Duration::from_millis(300);
+        down.stream.room = usize::MAX;
+        assert_eq!(down.flush(t1).expect("sink"), Flushed::Linger);
+        // The lingering time counts from the end of the answer, not from the request.
+        assert_eq!(down.deadline(READ, IDLE), Some(t1 + LINGER_TIME));
+    }
+
+    #[test]
+    fn a_closing_answer_to_a_whole_request_closes_without_lingering() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        down.push(Slot::Ready(Outgoing::json(200, b"{}".to_vec(), false, 1)));
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert!(down.dead && !down.lingering());
+    }
+
+    #[test]
+    fn a_client_that_closed_first_is_not_lingered_for() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        down.answer_early(400, b"{}".to_vec(), 1);
+        down.on_eof();
+        assert!(!down.dead, "the answer is still owed to a half-closed client");
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert!(down.dead && !down.lingering());
+    }
+
+    #[test]
+    fn read_and_idle_deadlines_say_which_expired() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        assert_eq!(down.deadline(READ, IDLE), Some(t0 + IDLE));
+        let t1 = t0 + Duration::from_secs(1);
+        down.reader.advance(b"POST / HTTP/1.1\r\n");
+        down.after_read(t1);
+        assert_eq!(down.deadline(READ, IDLE), Some(t1 + READ));
+        assert_eq!(down.on_timeout(t1 + READ, READ, IDLE), Some(Expired::Read));
+        let mut idle = connection(usize::MAX, t0);
+        assert_eq!(idle.on_timeout(t0 + IDLE - Duration::from_micros(1), READ, IDLE), None);
+        assert_eq!(idle.on_timeout(t0 + IDLE, READ, IDLE), Some(Expired::Idle));
+        // A dead connection is not reported twice.
+        assert_eq!(idle.on_timeout(t0 + IDLE * 2, READ, IDLE), None);
     }
 }

@@ -432,7 +432,7 @@ impl Proxy {
         log::debug!("bad request from {}: {error}", down.peer);
         self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
         let body = policy::error_body(None, -32600, &error.to_string());
-        down.answer_early(Outgoing::json(error.status(), body, false, 1));
+        down.answer_early(error.status(), body, 1);
     }
 
     /// A request's head has been read and its body not yet (only with `--jwt-secret`): a POST
@@ -459,7 +459,7 @@ impl Proxy {
         let body = policy::error_body(None, -32000, &format!("unauthorized: {why}"));
         match down.reader.refuse_body() {
             Refusal::Discard => down.push(Slot::Ready(Outgoing::json(401, body, keep_alive, minor))),
-            Refusal::Close => down.answer_early(Outgoing::json(401, body, false, minor)),
+            Refusal::Close => down.answer_early(401, body, minor),
         }
     }
 
