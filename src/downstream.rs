@@ -113,7 +113,7 @@ impl Expired {
         match self {
             Expired::Read => "request not read whole within --read-timeout",
             Expired::Idle => "idle for --idle-timeout",
-            Expired::Linger => "still sending when the lingering close ended",
+            Expired::Linger => "still sending when its lingering close timed out",
         }
     }
 }

@@ -409,7 +409,7 @@ impl Proxy {
                     down.discarded(n);
                     if down.dead {
                         log::debug!(
-                            "closing connection from {}: still sending after its lingering close",
+                            "closing connection from {}: sent more than its lingering close drops",
                             down.peer
                         );
                     }
