@@ -10,7 +10,8 @@
 //!   has been sent, with no `100 Continue`; a small body is discarded and the connection kept.
 //! - `Expect: 100-continue` with an oversized or unauthorized request gets the error and no 100.
 //! - Lingering is bounded: a client that trickles bytes for ever, or floods them, is closed
-//!   within the time and byte bounds.
+//!   within the time and byte bounds, and a lingering connection counts against
+//!   `--max-connections`.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -323,4 +324,31 @@ fn a_flooding_sender_is_closed_after_the_linger_bytes() {
     assert!(sent >= LINGER_BYTES, "closed after {sent} bytes, before the {LINGER_BYTES}-byte budget");
     assert!(sent < declared / 2, "{sent} bytes went out before the close");
     assert_serves(&proxy, &[]);
+}
+
+#[test]
+fn lingering_connections_count_against_max_connections() {
+    let el = MockEl::start();
+    let max_body = MAX_BODY.to_string();
+    let proxy =
+        Proxy::start(&["--builders", &el.url(), "--max-body-bytes", &max_body, "--max-connections", "1"]);
+    // The one connection allowed gets a 413 and lingers; its client keeps it open.
+    let mut lingering = proxy.bn();
+    lingering.send_raw(&post_head(OVERSIZED, ""));
+    assert_error_answer(lingering.try_read_response(TIMEOUT), 413, -32600, "first connection");
+    let answered = Instant::now();
+    // The next connection waits in the kernel's queue until the lingering one is closed.
+    let mut next = proxy.bn();
+    let response = next.post(&rpc_body(1, "eth_blockNumber", json!([])));
+    let waited = answered.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        waited <= LINGER_TIME + SLACK,
+        "served {waited:?} after the 413; the linger bound is {LINGER_TIME:?}"
+    );
+    assert!(
+        waited >= LINGER_TIME / 4,
+        "served {waited:?} after the 413: the lingering connection was not counted"
+    );
+    drop(lingering);
 }
