@@ -6,6 +6,11 @@
 //! framed by `Content-Length`, `chunked` or (answers only) the end of the connection. Every
 //! buffer has a cap and every cap has an answer (431, 413, 400).
 //!
+//! A request reader can hold each head (`hold_heads`) until its caller decides whether the body
+//! is wanted: a refused body is never buffered (a short one is dropped as it arrives, anything
+//! else ends the connection), which is how a request without a valid token is answered at its
+//! head.
+//!
 //! This module knows no sockets, no JSON and no JWT: it turns bytes into heads and bodies and
 //! heads back into bytes.
 
