@@ -5,7 +5,9 @@ mod util;
 mod util_selftest;
 
 mod auth_metrics;
+mod combined_errors;
 mod hostile;
 mod http_cli;
 mod realnet;
 mod routing;
+mod stale_token_warning;
