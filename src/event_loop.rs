@@ -26,7 +26,7 @@ use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
-use crate::policy::{self, BestBeacon, Choice, Class, Standing};
+use crate::policy::{self, BestBeacon, Choice, Class, Combined, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
@@ -92,6 +92,65 @@ pub struct Proxy {
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+}
+
+/// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`
+/// and body.
+fn relayed(resp: Option<http::Response>, keep_alive: bool, minor: u8) -> Option<Outgoing> {
+    resp.map(|resp| {
+        let ct = resp.head.header("content-type").map(<[u8]>::to_vec);
+        Outgoing::answer(resp.head.status, ct.as_deref(), resp.body, keep_alive, minor)
+    })
+}
+
+/// The answer to a call whose answer is combined, from the clients that answered (`who`, in
+/// list order): their results combined, or, when none answered with a result (each answered a
+/// JSON-RPC error, say), the first one's answer as it came. Each JSON-RPC error is counted for
+/// its client: it answered, and the call did not fail.
+fn combined_answer(
+    e: &mut Exchange,
+    who: &[usize],
+    ups: &[Upstream],
+    metrics: &mut Metrics,
+) -> Option<Outgoing> {
+    let (keep_alive, minor) = (e.inbound.head.keep_alive, e.inbound.head.minor);
+    let name = |i: usize| ups.get(i).map_or("?", Upstream::name);
+    let mut results: Vec<(usize, Option<&[u8]>)> = Vec::with_capacity(who.len());
+    let mut errors = Vec::new();
+    for &i in who {
+        let Some(resp) = e.answers.get(i).and_then(Option::as_ref) else { continue };
+        let scan = rpc::scan_response(&resp.body).ok();
+        if let Some(code) = scan.as_ref().and_then(|s| s.error_code) {
+            metrics.rpc_error(i);
+            errors.push(format!("{} answered error {code}", name(i)));
+        }
+        let result = scan.and_then(|s| s.result).and_then(|range| resp.body.get(range));
+        results.push((i, result));
+    }
+    let method = e.inbound.method.as_deref().unwrap_or("call");
+    let id = String::from_utf8_lossy(e.inbound.id.as_deref().unwrap_or(b"null"));
+    match policy::combine_answers(e.combine, e.inbound.id.as_deref(), &results)? {
+        Combined::Body { body, from, left_out } => {
+            if !left_out.is_empty() {
+                let names = |who: &[usize]| who.iter().map(|&i| name(i)).collect::<Vec<_>>().join(", ");
+                log::debug!(
+                    "{method} id {id}: combined the results of {}; left out {} ({})",
+                    names(&from),
+                    names(&left_out),
+                    if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") }
+                );
+            }
+            Some(Outgoing::json(200, body, keep_alive, minor))
+        }
+        Combined::Relay(i) => {
+            log::debug!(
+                "{method} id {id}: no execution client answered with a result ({}); relaying {}'s answer",
+                if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") },
+                name(i)
+            );
+            relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor)
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -747,21 +806,8 @@ impl Proxy {
             let keep_alive = e.inbound.head.keep_alive;
             let minor = e.inbound.head.minor;
             let answer = match choice {
-                Choice::Relay(i) => e.answers.get_mut(i).and_then(Option::take).map(|resp| {
-                    let ct = resp.head.header("content-type").map(<[u8]>::to_vec);
-                    Outgoing::answer(resp.head.status, ct.as_deref(), resp.body, keep_alive, minor)
-                }),
-                Choice::Combine(ref who) => {
-                    let results: Vec<&[u8]> = who
-                        .iter()
-                        .filter_map(|&i| e.answers.get(i).and_then(Option::as_ref))
-                        .filter_map(|resp| {
-                            rpc::scan_response(&resp.body).ok()?.result.and_then(|range| resp.body.get(range))
-                        })
-                        .collect();
-                    policy::combine_results(e.combine, id.as_deref(), &results)
-                        .map(|body| Outgoing::json(200, body, keep_alive, minor))
-                }
+                Choice::Relay(i) => relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor),
+                Choice::Combine(ref who) => combined_answer(e, who, &self.ups, &mut self.metrics),
                 Choice::NoAnswer => None,
             };
             let answer = match answer {

@@ -63,6 +63,8 @@ pub struct ElMetrics {
     latency_count: u64,
     latency_sum: f64,
     errors: [u64; FAILURES.len()],
+    /// Answers carrying a JSON-RPC error to calls whose answers are combined.
+    rpc_errors: u64,
     pub last_latency: Option<Duration>,
     last_status: Option<usize>,
 }
@@ -144,6 +146,14 @@ impl Metrics {
         let Some(m) = self.els.get_mut(el) else { return };
         if let Some(i) = FAILURES.iter().position(|&f| f == failure) {
             m.errors[i] += 1;
+        }
+    }
+
+    /// The execution client answered a combined call (getClientVersion, exchangeCapabilities)
+    /// with a JSON-RPC error: it answered, so this is neither a failure nor a 502.
+    pub fn rpc_error(&mut self, el: usize) {
+        if let Some(m) = self.els.get_mut(el) {
+            m.rpc_errors += 1;
         }
     }
 
@@ -264,6 +274,16 @@ impl Metrics {
         for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
             let dropped = self.els.get(i).map_or(0, |m| m.errors[FAILURES.len() - 1]);
             let _ = writeln!(out, "sync_proxy_el_dropped_total{{el=\"{}\"}} {dropped}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_el_rpc_errors_total",
+            "counter",
+            "JSON-RPC errors the execution client answered to calls whose answers are combined.",
+        );
+        for (i, (name, _, _, _, _)) in snap.els.iter().enumerate() {
+            let errors = self.els.get(i).map_or(0, |m| m.rpc_errors);
+            let _ = writeln!(out, "sync_proxy_el_rpc_errors_total{{el=\"{}\"}} {errors}", escape(name));
         }
         family(
             &mut out,
@@ -412,6 +432,7 @@ mod tests {
         m.request(Class::NewPayload, RequestOutcome::Forwarded);
         m.answered(0, Duration::from_millis(3), Some("VALID"));
         m.failed(1, Failure::Timeout);
+        m.rpc_error(1);
         let text = m.render_prometheus(&snapshot(), now).to_string();
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -434,6 +455,7 @@ mod tests {
         assert!(text.contains("sync_proxy_el_answer_seconds_bucket{el=\"a:1\",le=\"0.001\"} 0"));
         assert!(text.contains("sync_proxy_el_errors_total{el=\"b\\\"2\",kind=\"timeout\"} 1"));
         assert!(text.contains("sync_proxy_el_last_status{el=\"a:1\",status=\"VALID\"} 1"));
+        assert!(text.contains("sync_proxy_el_rpc_errors_total{el=\"b\\\"2\"} 1"));
         assert!(text.contains("sync_proxy_el_backlog_bytes{el=\"a:1\"} 100"));
     }
 

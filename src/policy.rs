@@ -93,9 +93,11 @@ fn version_of(method: &str) -> Option<u32> {
 pub enum Combine {
     /// The primary's answer, or the next in list order that answered.
     FirstInOrder,
-    /// `engine_getClientVersionV1`: every answering client's array, concatenated, primary first.
+    /// `engine_getClientVersionV1`: the arrays of every client that answered with a result,
+    /// concatenated, primary first (see `combine_answers` for clients that answered errors).
     ClientVersions,
-    /// `engine_exchangeCapabilities`: the methods every answering client supports.
+    /// `engine_exchangeCapabilities`: the methods every client that answered with a result
+    /// supports.
     Capabilities,
 }
 
@@ -122,7 +124,8 @@ pub enum Standing {
 pub enum Choice {
     /// Relay this client's answer unchanged.
     Relay(usize),
-    /// Combine the answers of these clients, in list order.
+    /// Combine the answers of these clients (every one that answered), in list order: see
+    /// `combine_answers`.
     Combine(Vec<usize>),
     /// Nobody answered.
     NoAnswer,
@@ -274,26 +277,49 @@ pub fn mirror_ack(class: Class, id: Option<&[u8]>) -> Vec<u8> {
     result_body(id, result)
 }
 
-/// The `result` arrays of several answers, combined as `combine` says, as a whole answer body.
-/// Answers whose result is not an array are left out (and logged by the caller).
-pub fn combine_results(combine: Combine, id: Option<&[u8]>, results: &[&[u8]]) -> Option<Vec<u8>> {
-    let arrays: Vec<Vec<serde_json::Value>> = results
-        .iter()
-        .filter_map(|r| match serde_json::from_slice::<serde_json::Value>(r) {
-            Ok(serde_json::Value::Array(items)) => Some(items),
-            _ => None,
-        })
-        .collect();
-    let first = arrays.first()?;
+/// What the beacon node gets for a call whose answer is combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Combined {
+    /// A new answer made of these clients' `result` arrays (in list order); the clients in
+    /// `left_out` answered, but without a usable result (a JSON-RPC error, or a result that is
+    /// not an array).
+    Body { body: Vec<u8>, from: Vec<usize>, left_out: Vec<usize> },
+    /// No client answered with a result: this client's answer (the first in list order that
+    /// answered at all) is relayed as it came, as for any other call. An execution client that
+    /// lacks the method answers a JSON-RPC error (EthereumJS: `-32601 Method not found` to
+    /// `engine_getClientVersionV1`), and that is an answer, not a failure.
+    Relay(usize),
+}
+
+/// Combines the answers of the clients that answered, given in list order as (client, the raw
+/// text of its `result` if it had one). None when nobody answered.
+pub fn combine_answers(
+    combine: Combine,
+    id: Option<&[u8]>,
+    answers: &[(usize, Option<&[u8]>)],
+) -> Option<Combined> {
+    let first = answers.first()?.0;
+    let mut arrays: Vec<Vec<serde_json::Value>> = Vec::new();
+    let (mut from, mut left_out) = (Vec::new(), Vec::new());
+    for &(client, result) in answers {
+        match result.map(serde_json::from_slice::<serde_json::Value>) {
+            Some(Ok(serde_json::Value::Array(items))) => {
+                arrays.push(items);
+                from.push(client);
+            }
+            _ => left_out.push(client),
+        }
+    }
+    let Some(head) = arrays.first() else { return Some(Combined::Relay(first)) };
     let combined: Vec<serde_json::Value> = match combine {
         Combine::ClientVersions => arrays.iter().flatten().cloned().collect(),
         Combine::Capabilities => {
-            first.iter().filter(|m| arrays[1..].iter().all(|other| other.contains(m))).cloned().collect()
+            head.iter().filter(|m| arrays[1..].iter().all(|other| other.contains(m))).cloned().collect()
         }
-        Combine::FirstInOrder => first.clone(),
+        Combine::FirstInOrder => head.clone(),
     };
     let result = serde_json::Value::Array(combined).to_string();
-    Some(result_body(id, result.as_bytes()))
+    Some(Combined::Body { body: result_body(id, result.as_bytes()), from, left_out })
 }
 
 #[cfg(test)]
@@ -364,20 +390,66 @@ mod tests {
         assert_eq!(choose(Combine::Capabilities, &[Failed, Failed]), Some(Choice::NoAnswer));
     }
 
+    /// The body of a combined answer, or a panic naming what came instead.
+    #[track_caller]
+    fn combined_body(combine: Combine, id: &[u8], answers: &[(usize, Option<&[u8]>)]) -> Vec<u8> {
+        match combine_answers(combine, Some(id), answers) {
+            Some(Combined::Body { body, .. }) => body,
+            other => panic!("expected a combined body, got {other:?}"),
+        }
+    }
+
     #[test]
     fn combine_concatenates_and_intersects() {
         let a: &[u8] = br#"[{"code":"GE"}]"#;
         let b: &[u8] = br#"[{"code":"NM"}]"#;
-        let body = combine_results(Combine::ClientVersions, Some(b"7"), &[a, b]).expect("combined");
+        let body = combined_body(Combine::ClientVersions, b"7", &[(0, Some(a)), (1, Some(b))]);
         assert_eq!(body, br#"{"jsonrpc":"2.0","id":7,"result":[{"code":"GE"},{"code":"NM"}]}"#);
         let a: &[u8] = br#"["engine_newPayloadV3","engine_newPayloadV4","engine_getPayloadV4"]"#;
         let b: &[u8] = br#"["engine_getPayloadV4","engine_newPayloadV3"]"#;
-        let body = combine_results(Combine::Capabilities, Some(b"\"x\""), &[a, b]).expect("combined");
+        let body = combined_body(Combine::Capabilities, b"\"x\"", &[(0, Some(a)), (1, Some(b))]);
         assert_eq!(
             body,
             br#"{"jsonrpc":"2.0","id":"x","result":["engine_newPayloadV3","engine_getPayloadV4"]}"#
         );
-        assert_eq!(combine_results(Combine::Capabilities, None, &[b"{}"]), None);
+        assert_eq!(combine_answers(Combine::Capabilities, None, &[]), None, "nobody answered");
+    }
+
+    #[test]
+    fn regression_an_el_answering_a_json_rpc_error_to_a_combined_method_was_no_answer() {
+        // (client, its result): None is an answer without a result (a JSON-RPC error such as
+        // EthereumJS's -32601 to engine_getClientVersionV1).
+        let version: &[u8] = br#"[{"code":"NM"}]"#;
+        let caps: &[u8] = br#"["engine_newPayloadV3"]"#;
+        for combine in [Combine::ClientVersions, Combine::Capabilities] {
+            let result = if combine == Combine::ClientVersions { version } else { caps };
+            let expected = [&br#"{"jsonrpc":"2.0","id":1,"result":"#[..], result, b"}"].concat();
+            // Everyone answered an error: the first in list order is relayed as it came.
+            assert_eq!(
+                combine_answers(combine, Some(b"1"), &[(0, None), (1, None)]),
+                Some(Combined::Relay(0))
+            );
+            // The primary failed (it is not among the answers): the next that answered.
+            assert_eq!(
+                combine_answers(combine, Some(b"1"), &[(1, None), (2, None)]),
+                Some(Combined::Relay(1))
+            );
+            // An error and a result: the result alone, the error named as left out.
+            assert_eq!(
+                combine_answers(combine, Some(b"1"), &[(0, None), (1, Some(result))]),
+                Some(Combined::Body { body: expected.clone(), from: vec![1], left_out: vec![0] })
+            );
+            assert_eq!(
+                combine_answers(combine, Some(b"1"), &[(0, Some(result)), (2, None)]),
+                Some(Combined::Body { body: expected, from: vec![0], left_out: vec![2] })
+            );
+            // A result that is not an array is no result either.
+            let null: &[u8] = b"null";
+            assert_eq!(
+                combine_answers(combine, Some(b"1"), &[(0, Some(null)), (1, None)]),
+                Some(Combined::Relay(0))
+            );
+        }
     }
 
     #[test]

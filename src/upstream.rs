@@ -304,8 +304,9 @@ pub struct Upstream {
     pub unreported_drops: u64,
     pub last_drop_report: Option<Instant>,
     /// Whether a call older than the clients' 60 s `iat` window was replayed with the beacon
-    /// node's token during the current outage (warned once per outage).
-    pub warned_stale_token: bool,
+    /// node's token during the current down episode (warned once per episode: see
+    /// `stale_token_warning`).
+    warned_stale_token: bool,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -446,11 +447,15 @@ impl Upstream {
 
     /// A connection attempt failed. True when this is news (it was not already down).
     pub fn mark_down(&mut self, now: Instant) -> bool {
-        self.warned_stale_token = false;
         let (news, failures) = match self.health {
             Health::Down { failures, .. } => (false, failures.saturating_add(1)),
             _ => (true, 0),
         };
+        if news {
+            // A new down episode: its stale tokens are worth one warning of their own. Every
+            // failed reconnect of the same episode (one each 2 s) must not repeat it.
+            self.warned_stale_token = false;
+        }
         let delay = BACKOFF_FIRST.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
         self.health = Health::Down { retry_at: now + delay, failures };
         self.next_addr = self.next_addr.wrapping_add(1);
@@ -555,15 +560,16 @@ impl Upstream {
             (None, Some(shared)) if waited > REPLAY_REMINT_AFTER => {
                 Some(shared.header_value(unix_now).as_bytes().to_vec())
             }
-            (None, None) if waited > STALE_TOKEN_AFTER && !self.warned_stale_token => {
-                self.warned_stale_token = true;
-                log::warn!(
-                    "{}: replaying calls that waited {} s with the beacon node's own token; execution clients \
-                     reject an iat over 60 s old: give the proxy --jwt-secret (or --builder-jwt-secrets) so it \
-                     can mint fresh tokens",
-                    self.endpoint.name,
-                    waited.as_secs()
-                );
+            (None, None) => {
+                if let Some(waited) = self.stale_token_warning(waited) {
+                    log::warn!(
+                        "{}: replaying calls that waited {} s with the beacon node's own token; execution \
+                         clients reject an iat over 60 s old: give the proxy --jwt-secret (or \
+                         --builder-jwt-secrets) so it can mint fresh tokens",
+                        self.endpoint.name,
+                        waited.as_secs()
+                    );
+                }
                 None
             }
             _ => None,
@@ -585,6 +591,18 @@ impl Upstream {
             conn.deadline = now + job.timeout;
         }
         conn.job = Some(Job { sent_at: Some(now), ..job });
+    }
+
+    /// A call that waited `waited` goes out with the beacon node's own token (no secret to mint
+    /// one): Some(waited) when that deserves the warning now. The token is then about to be
+    /// refused; that is said once per down episode (`mark_down` starts a new one), however many
+    /// reconnect attempts and replays the episode takes.
+    fn stale_token_warning(&mut self, waited: Duration) -> Option<Duration> {
+        if waited <= STALE_TOKEN_AFTER || self.warned_stale_token {
+            return None;
+        }
+        self.warned_stale_token = true;
+        Some(waited)
     }
 
     /// A connect finished: the job's clock starts now.
@@ -749,5 +767,31 @@ mod tests {
         assert_eq!(dispatch.failed.len(), 1);
         assert_eq!(dispatch.failed[0].1, Failure::Down);
         assert_eq!(up.backlog_len(), 1, "the ordered call keeps waiting");
+    }
+
+    #[test]
+    fn regression_the_stale_token_warning_repeated_on_every_reconnect_of_a_dead_el() {
+        // A fake clock: a call arrives at t0 for a client that is down; every 2 s a reconnect
+        // puts it on a connection (where the warning is decided) and the connect fails.
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut warned_at = Vec::new();
+        for secs in (0..=180).step_by(2) {
+            if up.stale_token_warning(at(secs) - t0).is_some() {
+                warned_at.push(secs);
+            }
+            up.mark_down(at(secs));
+        }
+        assert_eq!(warned_at, vec![56], "once, at the first attempt past {STALE_TOKEN_AFTER:?}");
+        // Back up: the rest of the backlog goes out, as stale as it is, without a new warning.
+        assert!(up.mark_up());
+        assert_eq!(up.stale_token_warning(at(182) - t0), None, "the same episode");
+        // Down again later: a new episode, warned once more.
+        assert!(up.mark_down(at(300)));
+        assert_eq!(up.stale_token_warning(Duration::from_secs(10)), None, "not stale yet");
+        assert_eq!(up.stale_token_warning(Duration::from_secs(60)), Some(Duration::from_secs(60)));
+        assert!(!up.mark_down(at(302)));
+        assert_eq!(up.stale_token_warning(Duration::from_secs(62)), None);
     }
 }

@@ -5,8 +5,10 @@ mod util;
 mod util_selftest;
 
 mod auth_metrics;
+mod combined_errors;
 mod hostile;
 mod http_cli;
 mod lingering;
 mod realnet;
 mod routing;
+mod stale_token_warning;

@@ -46,7 +46,7 @@ const PROMPT: Duration = Duration::from_secs(1);
 // ------------------------------------------------------------------------------- helpers
 
 /// Something `--builders` can name.
-trait El {
+pub(crate) trait El {
     /// `127.0.0.1:PORT`.
     fn url(&self) -> String;
 }
@@ -60,13 +60,13 @@ impl El for MockEl {
 /// An EL that is down for good: nothing listens on its port, so connecting is refused. The
 /// port is the local end of a live loopback connection, so no other test can bind it meanwhile
 /// (a stopped `MockEl`'s port could be handed to a new listener).
-struct DeadEl {
+pub(crate) struct DeadEl {
     addr: SocketAddr,
     _holds_the_port: (TcpStream, TcpStream),
 }
 
 impl DeadEl {
-    fn new() -> DeadEl {
+    pub(crate) fn new() -> DeadEl {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a listener");
         let client = TcpStream::connect(listener.local_addr().expect("listener address")).expect("connect");
         let (server, _) = listener.accept().expect("accept");
@@ -122,7 +122,7 @@ fn builders(els: &[&dyn El]) -> String {
 
 /// The proxy in front of `els` (the first is the primary), with extra flags.
 #[track_caller]
-fn start_proxy(els: &[&dyn El], flags: &[&str]) -> Proxy {
+pub(crate) fn start_proxy(els: &[&dyn El], flags: &[&str]) -> Proxy {
     let builders = builders(els);
     Proxy::start(&[&["--builders", builders.as_str()][..], flags].concat())
 }
@@ -191,7 +191,7 @@ fn assert_same_bytes(actual: &[u8], expected: &[u8], what: &str) {
 }
 
 /// How many stderr lines contain `text`.
-fn count_logs(proxy: &Proxy, text: &str) -> usize {
+pub(crate) fn count_logs(proxy: &Proxy, text: &str) -> usize {
     proxy.logs().iter().filter(|line| line.contains(text)).count()
 }
 
@@ -199,7 +199,7 @@ fn count_logs(proxy: &Proxy, text: &str) -> usize {
 /// line is seen, every line the proxy wrote before reading it has been collected too: counts
 /// of log lines taken afterwards are final for everything that happened before the call.
 #[track_caller]
-fn log_barrier(proxy: &Proxy, id: u64) {
+pub(crate) fn log_barrier(proxy: &Proxy, id: u64) {
     let mut bn = proxy.bn();
     bn.send_post(&[], &rpc_body(id, "eth_chainId", json!([])));
     proxy.wait_log(&format!("eth_chainId id {id} from"), TIMEOUT);
@@ -208,7 +208,7 @@ fn log_barrier(proxy: &Proxy, id: u64) {
 /// The value of the metric series `series` (name and labels) on the proxy's `GET /metrics`,
 /// 0 while it is absent.
 #[track_caller]
-fn metric(proxy: &Proxy, series: &str) -> u64 {
+pub(crate) fn metric(proxy: &Proxy, series: &str) -> u64 {
     let mut bn = proxy.bn();
     bn.send_raw(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\n\r\n");
     let text = bn.read_response().text();
