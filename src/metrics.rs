@@ -502,6 +502,8 @@ mod tests {
         m.request(Class::NewPayload, RequestOutcome::Forwarded);
         m.answered(0, Duration::from_millis(3), Some("VALID"), now);
         m.failed(1, Failure::Timeout);
+        m.sync.payload_seen(130);
+        m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [1; 32], timestamp: 100 });
         let text = m.render_prometheus(&snapshot(), now).to_string();
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -525,6 +527,13 @@ mod tests {
         assert!(text.contains("sync_proxy_el_errors_total{el=\"b\\\"2\",kind=\"timeout\"} 1"));
         assert!(text.contains("sync_proxy_el_last_status{el=\"a:1\",status=\"VALID\"} 1"));
         assert!(text.contains("sync_proxy_el_backlog_bytes{el=\"a:1\"} 100"));
+        assert!(text.contains("sync_proxy_el_head_block{el=\"a:1\"} 9\n"));
+        assert!(text.contains("sync_proxy_el_head_timestamp_seconds{el=\"a:1\"} 100\n"));
+        assert!(text.contains("sync_proxy_el_lag_seconds{el=\"a:1\"} 30\n"));
+        assert!(text.contains("sync_proxy_el_lag_blocks{el=\"a:1\"} 0\n"));
+        assert!(text.contains("sync_proxy_el_behind{el=\"a:1\"} 0\n"));
+        // The peer (b"2) has no sync view at all.
+        assert!(!text.contains("sync_proxy_el_behind{el=\"b"), "{text}");
     }
 
     #[test]
@@ -538,6 +547,14 @@ mod tests {
         assert_eq!(doc["beacons"][0]["last_timestamp"], 77);
         assert_eq!(doc["execution_clients"][0]["state"], "up");
         assert_eq!(doc["execution_clients"][1]["role"], "proxy");
+        assert_eq!(doc["execution_clients"][0]["head"], serde_json::Value::Null);
+        m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [0xab; 32], timestamp: 100 });
+        let doc: serde_json::Value = serde_json::from_str(m.render_status(&snapshot(), now)).expect("JSON");
+        let head = &doc["execution_clients"][0]["head"];
+        assert_eq!((head["number"].as_u64(), head["timestamp"].as_u64()), (Some(9), Some(100)));
+        assert_eq!(head["hash"], format!("0x{}", "ab".repeat(32)));
+        assert_eq!(doc["execution_clients"][0]["behind"], false);
+        assert_eq!(doc["execution_clients"][1]["behind"], serde_json::Value::Null);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct Readiness {
 /// and at least one execution client is up and answered within the window.
 pub fn readiness(input: &ReadyInput<'_>, now: Instant) -> Readiness {
     let not_ready = |reason: String| Readiness { ready: false, reason };
-    let window = input.window.as_secs();
+    let window = input.window;
     let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= input.window);
     if input.stopping {
         return not_ready("stopping".to_string());
@@ -57,7 +57,7 @@ pub fn readiness(input: &ReadyInput<'_>, now: Instant) -> Readiness {
         return not_ready("no beacon node followed".to_string());
     };
     if !recent(last_request) {
-        return not_ready(format!("beacon node {beacon} sent nothing in the last {window} s"));
+        return not_ready(format!("beacon node {beacon} sent nothing in the last {window:?}"));
     }
     let up = input.els.iter().filter(|el| el.up).count();
     if up == 0 {
@@ -65,7 +65,7 @@ pub fn readiness(input: &ReadyInput<'_>, now: Instant) -> Readiness {
     }
     let answering = input.els.iter().filter(|el| el.up && recent(el.last_answer)).count();
     if answering == 0 {
-        return not_ready(format!("no execution client answered in the last {window} s"));
+        return not_ready(format!("no execution client answered in the last {window:?}"));
     }
     Readiness {
         ready: true,
@@ -117,7 +117,7 @@ mod tests {
                 Some(("10.0.0.1", stale)),
                 vec![up(fresh)],
                 false,
-                "beacon node 10.0.0.1 sent nothing in the last 24 s",
+                "beacon node 10.0.0.1 sent nothing in the last 24s",
             ),
             (
                 "every client down",
@@ -134,7 +134,7 @@ mod tests {
                 Some(("bn", fresh)),
                 vec![up(stale), up(None)],
                 false,
-                "no execution client answered in the last 24 s",
+                "no execution client answered in the last 24s",
             ),
             (
                 "a down client's old answer does not count",
@@ -142,7 +142,7 @@ mod tests {
                 Some(("bn", fresh)),
                 vec![down(fresh), up(stale)],
                 false,
-                "no execution client answered in the last 24 s",
+                "no execution client answered in the last 24s",
             ),
             (
                 "one of two",

@@ -7,5 +7,6 @@ mod util_selftest;
 mod auth_metrics;
 mod hostile;
 mod http_cli;
+mod probes_sync;
 mod realnet;
 mod routing;
