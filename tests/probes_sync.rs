@@ -6,7 +6,8 @@
 //! - `GET /healthz` is 200 while the loop runs; `GET /readyz` is 503 until a beacon node is
 //!   followed and an execution client is up and answering, 503 again when every client is down
 //!   or the beacon node falls silent; both carry a JSON reason, on the listen address and on
-//!   `--metrics-addr`. `HEAD` gets the head and no body. Any other `GET` is still Go's 200.
+//!   `--metrics-addr`; 503 `stopping` after SIGTERM while queued calls drain. `HEAD` gets the
+//!   head and no body. Any other `GET` is still Go's 200.
 //! - The sync view: each client's newest VALID payload in `/metrics` and `/status`; a client
 //!   that keeps answering SYNCING falls behind (logged once) and catches up (logged once).
 
@@ -207,6 +208,22 @@ fn readyz_turns_503_when_the_beacon_node_falls_silent() {
     wait_readyz(proxy.addr(), 503, "beacon node 127.0.0.1 sent nothing in the last 4s");
     assert_eq!(proxy.bn().post(&new_payload(2, 112)).status, 200);
     wait_readyz(proxy.addr(), 200, "following beacon node 127.0.0.1");
+}
+
+#[test]
+fn readyz_says_stopping_while_queued_calls_drain_after_sigterm() {
+    // The EL holds the call, so the proxy has something to deliver while it stops.
+    let el = MockEl::with(|_| Reply::Hang);
+    let metrics_addr = loopback(free_port());
+    let proxy = start(&[&el], &["--metrics-addr", &metrics_addr.to_string()]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &new_payload(1, 100));
+    el.wait_requests(1, TIMEOUT);
+    proxy.terminate();
+    proxy.wait_log("stopping: no new connections", TIMEOUT);
+    let (code, body) = readyz(metrics_addr);
+    assert_eq!((code, body["reason"].as_str()), (503, Some("stopping")), "{body}");
+    assert_eq!(get(metrics_addr, "/healthz").status, 200);
 }
 
 #[test]
