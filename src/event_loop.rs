@@ -980,7 +980,9 @@ impl Proxy {
         } else {
             None
         };
-        self.metrics.answered(up, latency, status.as_deref(), now);
+        // Only a 2xx answer shows the client serves (a 401 for every call is no service).
+        let served = (200..300).contains(&resp.head.status).then_some(now);
+        self.metrics.answered(up, latency, status.as_deref(), served);
         if status.as_deref() == Some("VALID") && job.inbound.class == Class::NewPayload {
             self.note_valid_payload(up, &job.inbound.body);
         }

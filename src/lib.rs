@@ -9,8 +9,9 @@
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
-//! renders `/metrics` and `/status`; `probes` decides `/healthz` and `/readyz`; `sync_view`
-//! keeps each execution client's newest VALID payload and how far behind it is; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
+//! `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's newest
+//! VALID payload and how far behind it is.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -68,7 +68,7 @@ pub struct ElMetrics {
     errors: [u64; FAILURES.len()],
     pub last_latency: Option<Duration>,
     last_status: Option<usize>,
-    /// When it last answered anything, for `/readyz`.
+    /// When it last answered a call with a 2xx, for `/readyz`.
     pub last_answer: Option<Instant>,
 }
 
@@ -134,9 +134,11 @@ impl Metrics {
         self.requests[c][o]
     }
 
-    pub fn answered(&mut self, el: usize, latency: Duration, status: Option<&str>, now: Instant) {
+    /// Client `el` answered a call after `latency`, with this payload status; `served` is when,
+    /// if the answer was a 2xx (for `/readyz`).
+    pub fn answered(&mut self, el: usize, latency: Duration, status: Option<&str>, served: Option<Instant>) {
         let Some(m) = self.els.get_mut(el) else { return };
-        m.last_answer = Some(now);
+        m.last_answer = served.or(m.last_answer);
         let secs = latency.as_secs_f64();
         for (bucket, bound) in m.buckets.iter_mut().zip(BUCKETS) {
             if secs <= bound {
@@ -500,7 +502,7 @@ mod tests {
         let now = Instant::now();
         let mut m = Metrics::new(2, 1, now);
         m.request(Class::NewPayload, RequestOutcome::Forwarded);
-        m.answered(0, Duration::from_millis(3), Some("VALID"), now);
+        m.answered(0, Duration::from_millis(3), Some("VALID"), Some(now));
         m.failed(1, Failure::Timeout);
         m.sync.payload_seen(130);
         m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [1; 32], timestamp: 100 });

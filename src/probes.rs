@@ -1,7 +1,7 @@
 //! The orchestrator's probes: `GET /healthz` (the event loop is alive, so it answers) and
 //! `GET /readyz` (the proxy can do its job: it follows a beacon node that spoke recently, and
-//! at least one execution client is up and answered recently). Both answer a short JSON
-//! document saying why. The decision is a pure function of state and `now`.
+//! at least one execution client is up and answered a call with a 2xx recently). Both answer a
+//! short JSON document saying why. The decision is a pure function of state and `now`.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,8 @@ pub fn recent_window(beacon_expiry: Duration) -> Duration {
 pub struct ElProbe {
     /// Its last connection attempt succeeded.
     pub up: bool,
-    /// When it last answered a call (any call, any verdict).
+    /// When it last answered a call with a 2xx (any call, any verdict: an HTTP error such as
+    /// a 401 for a wrong JWT secret does not count).
     pub last_answer: Option<Instant>,
 }
 

@@ -198,6 +198,19 @@ fn readyz_follows_the_beacon_node_and_the_execution_clients() {
 }
 
 #[test]
+fn readyz_does_not_count_an_el_that_answers_only_http_errors() {
+    // Up (it accepts connections) but refusing every call, as with a wrong JWT secret.
+    let el = MockEl::with(|_| Reply::http(401, r#"{"error":"unauthorized"}"#));
+    let proxy = start(&[&el], &[]);
+    let response = proxy.bn().post(&new_payload(1, 100));
+    assert_eq!(response.status, 401, "{}", response.text());
+    proxy.wait_log("answers HTTP 401", TIMEOUT);
+    let (code, body) = readyz(proxy.addr());
+    assert_eq!(code, 503, "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.starts_with("no execution client answered")), "{body}");
+}
+
+#[test]
 fn readyz_turns_503_when_the_beacon_node_falls_silent() {
     let el = MockEl::start();
     // Recent means twice the beacon expiry: 4 s here.
@@ -265,7 +278,14 @@ fn slot(n: u64) -> u64 {
 #[test]
 fn an_el_answering_syncing_falls_behind_and_catches_up_once() {
     let primary = MockEl::start();
-    let spare = MockEl::start();
+    // The spare validates blocks 1 and 2, answers SYNCING for 3 to 12, and validates again
+    // from 13 on. Decided by the payload itself, so the answers cannot race the test.
+    let spare = MockEl::with(|r| match r.rpc_timestamp() {
+        Some(ts) if r.is("engine_newPayload") && (slot(3)..=slot(12)).contains(&ts) => {
+            reply_status(r, "SYNCING")
+        }
+        _ => default_reply(r),
+    });
     let proxy = start(&[&primary, &spare], &[]);
     let (a, b) = (primary.url(), spare.url());
     let post = |n: u64| {
@@ -284,8 +304,7 @@ fn an_el_answering_syncing_falls_behind_and_catches_up_once() {
     assert_eq!(m.get("sync_proxy_el_lag_seconds", &[("el", &b)]), 0.0);
     assert_eq!(m.get("sync_proxy_el_behind", &[("el", &b)]), 0.0);
 
-    // The spare stops validating: it answers SYNCING from now on.
-    spare.set_behaviour(|r| reply_status(r, "SYNCING"));
+    // The spare stops validating.
     let mark = proxy.log_mark();
     for n in 3..=11 {
         post(n);
@@ -314,10 +333,8 @@ fn an_el_answering_syncing_falls_behind_and_catches_up_once() {
     // The primary still serves: the proxy is ready.
     wait_readyz(proxy.addr(), 200, "2 of 2 execution clients up and answering");
 
-    // One more SYNCING block is not news.
+    // One more SYNCING block is not news; then the spare validates again: caught up, said once.
     post(12);
-    // The spare validates again: caught up, said once.
-    spare.set_behaviour(default_reply);
     post(13);
     let line = proxy.wait_log_from(mark, "has caught up", TIMEOUT);
     assert!(line.contains(&format!("{b} has caught up: VALID at block 13, the best is block 13")), "{line}");
