@@ -13,7 +13,9 @@
 //! `-json=true`, `-json=false`, but never `-json false`). Environment variables are defaults that
 //! flags override. Like Go, invalid integers in the environment (`BUILDER_TIMEOUT_MS=abc`) are
 //! silently ignored; zero and negative values are ignored too, because a zero timeout has no
-//! meaning here. Unlike Go, an empty environment variable counts as unset.
+//! meaning here. Unlike Go, an empty environment variable counts as unset. `MIRROR_MODE` (newer
+//! upstream releases read it, as they read `METRICS_ADDR`) takes Go's boolean spellings; any
+//! other value is an error instead of a silent false.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -239,9 +241,9 @@ const PROXY_FLAGS: &[Flag] = &[
         name: "mirror-mode",
         value: None,
         default: "false",
-        env: "",
+        env: "MIRROR_MODE",
         help: "acknowledge every request at once instead of waiting for the primary \
-               (for an nginx mirror)",
+               (for an nginx mirror); MIRROR_MODE takes true or false as Go spells them",
     },
     Flag {
         name: "max-body-bytes",
@@ -318,8 +320,8 @@ const PROXY_FLAGS: &[Flag] = &[
         name: "metrics-addr",
         value: Some("HOST:PORT"),
         default: "",
-        env: "",
-        help: "serve Prometheus /metrics on this address",
+        env: "METRICS_ADDR",
+        help: "also serve /metrics, /status, /healthz and /readyz (and nothing else) on this address",
     },
 ];
 
@@ -598,10 +600,11 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         Some(path) => Some(read_secret_file(&path, "--jwt-secret")?),
         None => None,
     };
-    let metrics_addr = match raw.text("metrics-addr")? {
-        Some(text) => Some(resolve_listen(text, "--metrics-addr")?),
-        None => None,
+    let metrics_addr = match string_setting(raw, PROXY_FLAGS, "metrics-addr", env)? {
+        (text, Source::Default) if text.is_empty() => None,
+        (text, source) => Some(resolve_listen(&text, &describe("metrics-addr", &source))?),
     };
+    let mirror_mode = bool_setting(raw, PROXY_FLAGS, "mirror-mode", env)?;
 
     Ok(Config {
         listen,
@@ -612,7 +615,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         proxy_request_timeout,
         log_level,
         log_json,
-        mirror_mode: raw.boolean("mirror-mode").unwrap_or(false),
+        mirror_mode,
         max_body_bytes: count_setting(raw, "max-body-bytes")?,
         max_connections: count_setting(raw, "max-connections")?,
         idle_timeout: millis_setting(raw, "idle-timeout")?,
@@ -676,6 +679,31 @@ fn env_millis(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<Duratio
         .and_then(|text| text.trim().parse::<u64>().ok())
         .filter(|&ms| ms > 0 && ms <= MAX_MILLIS)
         .map(Duration::from_millis)
+}
+
+/// A boolean setting: the flag, else its environment variable read as Go's `strconv.ParseBool`
+/// reads it (`1`, `t`, `true`, `TRUE`, `True`, and the same for false), else false. Any other
+/// value in the variable is a configuration error rather than silently false: a mistyped
+/// `MIRROR_MODE=yes` would otherwise quietly change how every request is answered.
+fn bool_setting(
+    raw: &RawArgs,
+    flags: &[Flag],
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<bool, ConfigError> {
+    if let Some(value) = raw.boolean(name) {
+        return Ok(value);
+    }
+    let var = env_of(flags, name);
+    match env_text(env, var) {
+        None => Ok(false),
+        Some(text) => parse_go_bool(&text).ok_or_else(|| {
+            ConfigError(format!(
+                "bad value {text:?} in {var} (the default of --{name}): use true or false \
+                 (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)"
+            ))
+        }),
+    }
 }
 
 /// Where a string setting came from, for error messages.
@@ -1359,6 +1387,48 @@ mod tests {
             assert_eq!(config.proxy_request_timeout, Duration::from_millis(2000));
             assert_eq!(config.beacon_expiry, Duration::from_millis(12_000));
         }
+    }
+
+    #[test]
+    fn mirror_mode_and_metrics_addr_come_from_the_environment_as_upstream_reads_them() {
+        let truthy = ["1", "t", "T", "true", "TRUE", "True"];
+        let falsy = ["0", "f", "F", "false", "FALSE", "False", ""];
+        for (values, expected) in [(&truthy[..], true), (&falsy[..], false)] {
+            for value in values {
+                let env = env_map(&[("MIRROR_MODE", value)]);
+                assert_eq!(run_with(&["--builders", BUILDER], &env).mirror_mode, expected, "{value:?}");
+            }
+        }
+        let env = env_map(&[("METRICS_ADDR", "127.0.0.1:9551")]);
+        assert_eq!(run_with(&["--builders", BUILDER], &env).metrics_addr, Some(loopback(9551)));
+        let env = env_map(&[("METRICS_ADDR", "")]);
+        assert_eq!(run_with(&["--builders", BUILDER], &env).metrics_addr, None);
+    }
+
+    #[test]
+    fn flags_override_mirror_mode_and_metrics_addr_from_the_environment() {
+        let env = env_map(&[("MIRROR_MODE", "true"), ("METRICS_ADDR", "127.0.0.1:9551")]);
+        let config = run_with(
+            &["--builders", BUILDER, "-mirror-mode=false", "--metrics-addr", "127.0.0.1:9552"],
+            &env,
+        );
+        assert!(!config.mirror_mode);
+        assert_eq!(config.metrics_addr, Some(loopback(9552)));
+        let env = env_map(&[("MIRROR_MODE", "false")]);
+        assert!(run_with(&["--builders", BUILDER, "--mirror-mode"], &env).mirror_mode);
+    }
+
+    #[test]
+    fn bad_mirror_mode_or_metrics_addr_in_the_environment_is_an_error_naming_the_variable() {
+        for value in ["yes", "on", " true", "2"] {
+            let message = error_with(&["--builders", BUILDER], &env_map(&[("MIRROR_MODE", value)]));
+            assert_mentions(&message, &["MIRROR_MODE", "--mirror-mode", "true or false"]);
+        }
+        let message = error_with(&["--builders", BUILDER], &env_map(&[("METRICS_ADDR", "nowhere")]));
+        assert_mentions(&message, &["METRICS_ADDR", "--metrics-addr", "nowhere"]);
+        // A flag that overrides the variable makes its bad value harmless, as for every variable.
+        let env = env_map(&[("MIRROR_MODE", "yes")]);
+        assert!(!run_with(&["--builders", BUILDER, "-mirror-mode=false"], &env).mirror_mode);
     }
 
     #[test]

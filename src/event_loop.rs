@@ -28,6 +28,7 @@ use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Combined, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
+use crate::probes;
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
@@ -55,6 +56,8 @@ const PRIMARY_FIRST_MAX: Duration = Duration::from_millis(500);
 /// for a primary that answers at once (the copies then stay off the answer's path; 1 ms was
 /// measurably worse on loopback), too short to matter to the others when it takes longer.
 const PRIMARY_FIRST_SMALL: Duration = Duration::from_millis(20);
+/// What `--metrics-addr` answers to anything but its own paths.
+const METRICS_ONLY_404: &[u8] = b"only GET /metrics, /status, /healthz and /readyz are served here\n";
 /// A full backlog is reported at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -190,7 +193,7 @@ impl Proxy {
         for endpoint in &cfg.proxies {
             ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
         }
-        let metrics = Metrics::new(ups.len(), Instant::now());
+        let metrics = Metrics::new(ups.len(), cfg.builders.len(), Instant::now());
         Ok(Proxy {
             poll,
             listener,
@@ -545,7 +548,7 @@ impl Proxy {
                 return;
             }
             _ if metrics_only => {
-                let body = b"only GET /metrics and GET /status are served here\n".to_vec();
+                let body = METRICS_ONLY_404.to_vec();
                 down.push(Slot::Ready(Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor)));
                 return;
             }
@@ -589,6 +592,9 @@ impl Proxy {
             .map_or_else(|| client.clone(), str::to_string);
         let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
         self.metrics.beacon_seen(&beacon, scan.timestamp, now);
+        if let (Class::NewPayload, Some(ts)) = (class, scan.timestamp) {
+            self.metrics.sync.payload_seen(ts);
+        }
         if let Some(switch) = verdict.switched {
             self.metrics.best_switched();
             match switch.from {
@@ -657,18 +663,27 @@ impl Proxy {
         self.decide(r, now);
     }
 
-    /// Answers a GET: `/metrics`, `/status`, or (any other path) the health probe the Go
-    /// proxy answers with an empty 200.
+    /// Answers a GET or HEAD: `/metrics`, `/status`, `/healthz`, `/readyz`, or (any other path)
+    /// the health probe the Go proxy answers with an empty 200. A HEAD gets the same head
+    /// (its `Content-Length` that of the GET's body, as RFC 9110 allows) and no body.
     fn get_answer(&mut self, head: &http::RequestHead, metrics_only: bool, now: Instant) -> Outgoing {
         let (keep_alive, minor) = (head.keep_alive, head.minor);
         let path = head.path.split('?').next().unwrap_or_default();
-        if path != "/metrics" && path != "/status" {
-            if metrics_only {
-                let body = b"only GET /metrics and GET /status are served here\n".to_vec();
-                return Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor);
-            }
-            return Outgoing::answer(200, None, Vec::new(), keep_alive, minor);
+        let (status, content_type, body) = match path {
+            "/metrics" | "/status" | "/healthz" | "/readyz" => self.admin_answer(path, now),
+            _ if metrics_only => (404, &b"text/plain"[..], METRICS_ONLY_404.to_vec()),
+            _ => return Outgoing::answer(200, None, Vec::new(), keep_alive, minor),
+        };
+        let mut out = Outgoing::answer(status, Some(content_type), body, keep_alive, minor);
+        if head.method == "HEAD" {
+            out.body.clear();
         }
+        out
+    }
+
+    /// The status, content type and body of an admin path.
+    fn admin_answer(&mut self, path: &str, now: Instant) -> (u16, &'static [u8], Vec<u8>) {
+        const JSON: &[u8] = b"application/json";
         let snapshot = Snapshot {
             open_connections: self.live_downs,
             best: self.best.current(),
@@ -678,12 +693,24 @@ impl Proxy {
                 .map(|u| (u.name(), u.is_peer, u.state(), u.backlog_len(), u.backlog_bytes()))
                 .collect(),
         };
-        let (text, content_type): (&str, &[u8]) = if path == "/metrics" {
-            (self.metrics.render_prometheus(&snapshot, now), b"text/plain; version=0.0.4; charset=utf-8")
-        } else {
-            (self.metrics.render_status(&snapshot, now), b"application/json")
-        };
-        Outgoing::answer(200, Some(content_type), text.as_bytes().to_vec(), keep_alive, minor)
+        match path {
+            "/metrics" => {
+                let text = self.metrics.render_prometheus(&snapshot, now);
+                (200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes().to_vec())
+            }
+            "/status" => (200, JSON, self.metrics.render_status(&snapshot, now).as_bytes().to_vec()),
+            "/healthz" => (200, JSON, probes::health_body(self.metrics.uptime(now))),
+            _ => {
+                let input = probes::ReadyInput {
+                    stopping: self.stopping,
+                    beacon: snapshot.best.map(|(id, _)| (id, self.metrics.beacon_last_seen(id))),
+                    els: self.metrics.el_probes(&snapshot),
+                    window: probes::recent_window(self.cfg.beacon_expiry),
+                };
+                let verdict = probes::readiness(&input, now);
+                (if verdict.ready { 200 } else { 503 }, JSON, probes::readiness_body(&verdict))
+            }
+        }
     }
 
     /// Queues a job for builder `up` on behalf of exchange `r`.
@@ -1071,7 +1098,12 @@ impl Proxy {
         } else {
             None
         };
-        self.metrics.answered(up, latency, status.as_deref());
+        // Only a 2xx answer shows the client serves (a 401 for every call is no service).
+        let served = (200..300).contains(&resp.head.status).then_some(now);
+        self.metrics.answered(up, latency, status.as_deref(), served);
+        if status.as_deref() == Some("VALID") && job.inbound.class == Class::NewPayload {
+            self.note_valid_payload(up, &job.inbound.body);
+        }
         self.note_http_status(up, &resp);
         let Some(r) = job.exchange else { return };
         let name = self.ups[up].name().to_string();
@@ -1098,6 +1130,23 @@ impl Proxy {
             }
         }
         self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// Execution client `up` called a payload VALID: it moves its head in the sync view (the
+    /// body is scanned again for the block number and hash, only now), and falling behind or
+    /// catching up is said once.
+    fn note_valid_payload(&mut self, up: usize, body: &[u8]) {
+        if !self.metrics.sync.tracks(up) {
+            return;
+        }
+        let Some(head) = rpc::scan_payload_head(body) else { return };
+        for change in self.metrics.sync.valid(up, head) {
+            let name = self.ups.get(change.el()).map_or("?", |u| u.name());
+            match change {
+                crate::sync_view::Change::FellBehind { .. } => log::warn!("{}", change.message(name)),
+                crate::sync_view::Change::CaughtUp { .. } => log::info!("{}", change.message(name)),
+            }
+        }
     }
 
     /// An execution client that starts answering with an HTTP error (a wrong JWT secret gives

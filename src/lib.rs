@@ -10,6 +10,8 @@
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
 //! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
+//! `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's newest
+//! VALID payload and how far behind it is.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -22,6 +24,8 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod probes;
 pub mod rpc;
 pub mod signals;
+pub mod sync_view;
 pub mod upstream;

@@ -1,5 +1,6 @@
 //! Counters and gauges the operator scrapes, in the Prometheus text exposition format
-//! (hand-written: the format is a few lines of text), and the `/status` JSON document.
+//! (hand-written: the format is a few lines of text), and the `/status` JSON document,
+//! including the sync view (`sync_view`: each execution client's newest VALID payload).
 //!
 //! Recording is a handful of integer additions into fixed arrays: nothing on the proxy path
 //! allocates. Rendering reuses one output buffer. This file knows no sockets and no HTTP.
@@ -8,6 +9,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::policy::Class;
+use crate::probes::ElProbe;
+use crate::sync_view::{hash_hex, SyncView};
 use crate::upstream::Failure;
 
 /// Request families, in the order of `Class`.
@@ -67,6 +70,8 @@ pub struct ElMetrics {
     rpc_errors: u64,
     pub last_latency: Option<Duration>,
     last_status: Option<usize>,
+    /// When it last answered a call with a 2xx, for `/readyz`.
+    pub last_answer: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +92,8 @@ pub struct Metrics {
     pub bytes_in: u64,
     pub bytes_out: u64,
     beacons: Vec<Beacon>,
+    /// Each `--builders` client's newest VALID payload and lag.
+    pub sync: SyncView,
     out: String,
 }
 
@@ -100,7 +107,9 @@ pub struct Snapshot<'a> {
 }
 
 impl Metrics {
-    pub fn new(els: usize, now: Instant) -> Self {
+    /// Metrics for `els` execution clients, the first `builders` of which are `--builders`
+    /// (the rest are `--proxies` peers, which have no sync view).
+    pub fn new(els: usize, builders: usize, now: Instant) -> Self {
         Metrics {
             started: now,
             requests: [[0; OUTCOMES.len()]; CLASSES.len()],
@@ -110,6 +119,7 @@ impl Metrics {
             bytes_in: 0,
             bytes_out: 0,
             beacons: Vec::new(),
+            sync: SyncView::new(builders.min(els)),
             out: String::new(),
         }
     }
@@ -126,8 +136,11 @@ impl Metrics {
         self.requests[c][o]
     }
 
-    pub fn answered(&mut self, el: usize, latency: Duration, status: Option<&str>) {
+    /// Client `el` answered a call after `latency`, with this payload status; `served` is when,
+    /// if the answer was a 2xx (for `/readyz`).
+    pub fn answered(&mut self, el: usize, latency: Duration, status: Option<&str>, served: Option<Instant>) {
         let Some(m) = self.els.get_mut(el) else { return };
+        m.last_answer = served.or(m.last_answer);
         let secs = latency.as_secs_f64();
         for (bucket, bound) in m.buckets.iter_mut().zip(BUCKETS) {
             if secs <= bound {
@@ -190,6 +203,29 @@ impl Metrics {
             last_request: now,
             last_timestamp: timestamp.unwrap_or(0),
         });
+    }
+
+    /// Time since start-up.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// When beacon node `id` last sent a request.
+    pub fn beacon_last_seen(&self, id: &str) -> Option<Instant> {
+        self.beacons.iter().find(|b| b.id == id).map(|b| b.last_request)
+    }
+
+    /// The `--builders` clients as `/readyz` sees them (peers do not make the proxy ready).
+    pub fn el_probes(&self, snap: &Snapshot<'_>) -> Vec<ElProbe> {
+        snap.els
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, peer, _, _, _))| !peer)
+            .map(|(i, (_, _, state, _, _))| ElProbe {
+                up: *state == "up",
+                last_answer: self.els.get(i).and_then(|m| m.last_answer),
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -320,6 +356,7 @@ impl Metrics {
                 );
             }
         }
+        self.render_sync(&mut out, snap);
         family(
             &mut out,
             "sync_proxy_best_beacon_switches_total",
@@ -358,6 +395,49 @@ impl Metrics {
         &self.out
     }
 
+    /// The sync view's families. A client without a VALID payload yet has no head, head
+    /// timestamp or seconds of lag (there is nothing to measure from); peers have none at all.
+    fn render_sync(&self, out: &mut String, snap: &Snapshot<'_>) {
+        let sync = &self.sync;
+        let names: Vec<(usize, String)> =
+            (0..snap.els.len()).filter(|&i| sync.tracks(i)).map(|i| (i, escape(snap.els[i].0))).collect();
+        let families: [(&str, &str, &SyncValue); 5] = [
+            (
+                "sync_proxy_el_head_block",
+                "Block number of the newest payload the execution client called VALID.",
+                &|i| sync.head(i).map(|h| h.number),
+            ),
+            (
+                "sync_proxy_el_head_timestamp_seconds",
+                "Timestamp of the newest payload the execution client called VALID.",
+                &|i| sync.head(i).map(|h| h.timestamp),
+            ),
+            (
+                "sync_proxy_el_lag_seconds",
+                "Newest payload timestamp from a beacon node minus the client's head timestamp.",
+                &|i| sync.lag_seconds(i),
+            ),
+            (
+                "sync_proxy_el_lag_blocks",
+                "Highest block any execution client called VALID minus this client's.",
+                &|i| sync.lag_blocks(i),
+            ),
+            (
+                "sync_proxy_el_behind",
+                "1 while the execution client is reported behind (see sync_proxy_el_lag_blocks).",
+                &|i| Some(u64::from(sync.is_behind(i))),
+            ),
+        ];
+        for (name, help, value) in families {
+            family(out, name, "gauge", help);
+            for (i, el) in &names {
+                if let Some(v) = value(*i) {
+                    let _ = writeln!(out, "{name}{{el=\"{el}\"}} {v}");
+                }
+            }
+        }
+    }
+
     /// The `/status` document: version, uptime, the best beacon node, every beacon node seen,
     /// every execution client.
     pub fn render_status(&mut self, snap: &Snapshot<'_>, now: Instant) -> &str {
@@ -387,6 +467,14 @@ impl Metrics {
                     "last_latency_seconds": m.and_then(|m| m.last_latency).map(|d| d.as_secs_f64()),
                     "backlog_requests": count,
                     "backlog_bytes": bytes,
+                    "head": self.sync.head(i).map(|h| serde_json::json!({
+                        "number": h.number,
+                        "hash": hash_hex(&h.hash),
+                        "timestamp": h.timestamp,
+                    })),
+                    "lag_blocks": self.sync.lag_blocks(i),
+                    "lag_seconds": self.sync.lag_seconds(i),
+                    "behind": self.sync.tracks(i).then(|| self.sync.is_behind(i)),
                 })
             })
             .collect();
@@ -397,12 +485,16 @@ impl Metrics {
             "beacons": beacons,
             "execution_clients": els,
             "open_connections": snap.open_connections,
+            "newest_payload_timestamp": self.sync.newest_payload(),
         });
         self.out.clear();
         let _ = write!(self.out, "{doc}");
         &self.out
     }
 }
+
+/// One sync-view value of a client, if it has one.
+type SyncValue<'a> = dyn Fn(usize) -> Option<u64> + 'a;
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -428,11 +520,13 @@ mod tests {
     #[test]
     fn every_sample_belongs_to_a_declared_family() {
         let now = Instant::now();
-        let mut m = Metrics::new(2, now);
+        let mut m = Metrics::new(2, 1, now);
         m.request(Class::NewPayload, RequestOutcome::Forwarded);
-        m.answered(0, Duration::from_millis(3), Some("VALID"));
+        m.answered(0, Duration::from_millis(3), Some("VALID"), Some(now));
         m.failed(1, Failure::Timeout);
         m.rpc_error(1);
+        m.sync.payload_seen(130);
+        m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [1; 32], timestamp: 100 });
         let text = m.render_prometheus(&snapshot(), now).to_string();
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -457,12 +551,19 @@ mod tests {
         assert!(text.contains("sync_proxy_el_last_status{el=\"a:1\",status=\"VALID\"} 1"));
         assert!(text.contains("sync_proxy_el_rpc_errors_total{el=\"b\\\"2\"} 1"));
         assert!(text.contains("sync_proxy_el_backlog_bytes{el=\"a:1\"} 100"));
+        assert!(text.contains("sync_proxy_el_head_block{el=\"a:1\"} 9\n"));
+        assert!(text.contains("sync_proxy_el_head_timestamp_seconds{el=\"a:1\"} 100\n"));
+        assert!(text.contains("sync_proxy_el_lag_seconds{el=\"a:1\"} 30\n"));
+        assert!(text.contains("sync_proxy_el_lag_blocks{el=\"a:1\"} 0\n"));
+        assert!(text.contains("sync_proxy_el_behind{el=\"a:1\"} 0\n"));
+        // The peer (b"2) has no sync view at all.
+        assert!(!text.contains("sync_proxy_el_behind{el=\"b"), "{text}");
     }
 
     #[test]
     fn status_is_one_json_document() {
         let now = Instant::now();
-        let mut m = Metrics::new(2, now);
+        let mut m = Metrics::new(2, 1, now);
         m.beacon_seen("10.0.0.1", Some(77), now);
         m.set_up(0, true);
         let doc: serde_json::Value = serde_json::from_str(m.render_status(&snapshot(), now)).expect("JSON");
@@ -470,12 +571,20 @@ mod tests {
         assert_eq!(doc["beacons"][0]["last_timestamp"], 77);
         assert_eq!(doc["execution_clients"][0]["state"], "up");
         assert_eq!(doc["execution_clients"][1]["role"], "proxy");
+        assert_eq!(doc["execution_clients"][0]["head"], serde_json::Value::Null);
+        m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [0xab; 32], timestamp: 100 });
+        let doc: serde_json::Value = serde_json::from_str(m.render_status(&snapshot(), now)).expect("JSON");
+        let head = &doc["execution_clients"][0]["head"];
+        assert_eq!((head["number"].as_u64(), head["timestamp"].as_u64()), (Some(9), Some(100)));
+        assert_eq!(head["hash"], format!("0x{}", "ab".repeat(32)));
+        assert_eq!(doc["execution_clients"][0]["behind"], false);
+        assert_eq!(doc["execution_clients"][1]["behind"], serde_json::Value::Null);
     }
 
     #[test]
     fn remembered_beacons_are_bounded() {
         let now = Instant::now();
-        let mut m = Metrics::new(0, now);
+        let mut m = Metrics::new(0, 0, now);
         for i in 0..(MAX_BEACONS + 10) {
             m.beacon_seen(&format!("10.0.0.{i}"), None, now + Duration::from_millis(i as u64));
         }

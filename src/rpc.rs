@@ -145,6 +145,34 @@ pub fn scan_request(body: &[u8]) -> Result<Request, ScanError> {
     Ok(Request { shape, method: fields.method, id: fields.id, timestamp })
 }
 
+/// The block a newPayload call carries, as far as the sync view needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadHead {
+    /// `params[0].blockNumber`.
+    pub number: u64,
+    /// `params[0].blockHash`.
+    pub hash: [u8; 32],
+    /// `params[0].timestamp`.
+    pub timestamp: u64,
+}
+
+/// The block number, hash and timestamp of an `engine_newPayload*` request (any version);
+/// `None` for other methods, for invalid JSON, or when one of the three is missing or
+/// malformed. A second pass over a body that `scan_request` already accepted: the proxy calls
+/// it only for a payload an execution client called VALID, so the hot request path stays one
+/// pass looking for fewer members.
+pub fn scan_payload_head(body: &[u8]) -> Option<PayloadHead> {
+    let (_, fields) = scan(body, Mode::Payload).ok()?;
+    if !fields.method.as_deref().is_some_and(|m| m.starts_with(NEW_PAYLOAD_PREFIX)) {
+        return None;
+    }
+    Some(PayloadHead {
+        number: fields.payload_number?,
+        hash: fields.payload_hash?,
+        timestamp: fields.payload_timestamp?,
+    })
+}
+
 /// Validates an answer body and extracts its id, status, error code and result.
 pub fn scan_response(body: &[u8]) -> Result<Response, ScanError> {
     let (shape, fields) = scan(body, Mode::Response)?;
@@ -180,6 +208,8 @@ pub fn parse_quantity(text: &[u8]) -> Option<u64> {
 enum Mode {
     Request,
     Response,
+    /// A request, also looking for the payload's block number and hash.
+    Payload,
 }
 
 /// What an open array or object is, as far as extraction cares. Only the first three depths
@@ -218,6 +248,8 @@ enum Slot {
     Payload,
     Attributes,
     PayloadTimestamp,
+    PayloadNumber,
+    PayloadHash,
     AttributesTimestamp,
     Result,
     Status,
@@ -234,6 +266,8 @@ struct Fields {
     id: Option<Range<usize>>,
     payload_timestamp: Option<u64>,
     attributes_timestamp: Option<u64>,
+    payload_number: Option<u64>,
+    payload_hash: Option<[u8; 32]>,
     result: Option<Range<usize>>,
     status: Option<String>,
     payload_status: Option<String>,
@@ -501,8 +535,12 @@ impl Scanner<'_> {
             Slot::Params => {
                 fields.payload_timestamp = None;
                 fields.attributes_timestamp = None;
+                fields.payload_number = None;
+                fields.payload_hash = None;
             }
             Slot::PayloadTimestamp => fields.payload_timestamp = None,
+            Slot::PayloadNumber => fields.payload_number = None,
+            Slot::PayloadHash => fields.payload_hash = None,
             Slot::AttributesTimestamp => fields.attributes_timestamp = None,
             Slot::Result => {
                 fields.result = None;
@@ -542,6 +580,11 @@ impl Scanner<'_> {
             }
             Slot::AttributesTimestamp => {
                 self.fields.attributes_timestamp = decode_quantity(raw, text.escaped);
+            }
+            Slot::PayloadNumber => self.fields.payload_number = decode_quantity(raw, text.escaped),
+            // Block hashes are plain hex; an escaped one is not worth decoding.
+            Slot::PayloadHash => {
+                self.fields.payload_hash = (!text.escaped).then(|| parse_hash(raw)).flatten()
             }
             _ => {}
         }
@@ -709,11 +752,13 @@ fn object_role(slot: Slot) -> Role {
 fn classify(role: Role, mode: Mode, key: &[u8]) -> Slot {
     match (role, mode, key) {
         (Role::Top, _, b"id") => Slot::Id,
-        (Role::Top, Mode::Request, b"method") => Slot::Method,
-        (Role::Top, Mode::Request, b"params") => Slot::Params,
+        (Role::Top, Mode::Request | Mode::Payload, b"method") => Slot::Method,
+        (Role::Top, Mode::Request | Mode::Payload, b"params") => Slot::Params,
         (Role::Top, Mode::Response, b"result") => Slot::Result,
         (Role::Top, Mode::Response, b"error") => Slot::Error,
         (Role::Payload, _, b"timestamp") => Slot::PayloadTimestamp,
+        (Role::Payload, Mode::Payload, b"blockNumber") => Slot::PayloadNumber,
+        (Role::Payload, Mode::Payload, b"blockHash") => Slot::PayloadHash,
         (Role::Attributes, _, b"timestamp") => Slot::AttributesTimestamp,
         (Role::Result, _, b"status") => Slot::Status,
         (Role::Result, _, b"payloadStatus") => Slot::PayloadStatus,
@@ -859,6 +904,21 @@ fn decode_quantity(raw: &[u8], escaped: bool) -> Option<u64> {
     let mut buffer = [0u8; 32];
     let len = decode(raw, &mut buffer)?;
     parse_quantity(buffer.get(..len)?)
+}
+
+/// A 32-byte hash written as `0x` and 64 hex digits (either case).
+fn parse_hash(text: &[u8]) -> Option<[u8; 32]> {
+    let digits = text.strip_prefix(b"0x")?;
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        *byte = (high << 4 | low) as u8;
+    }
+    Some(hash)
 }
 
 /// Reads validated number text as an i64 the way serde_json's `Value::as_i64` would: only
@@ -1511,6 +1571,94 @@ mod tests {
                 check_request(body.as_bytes()).unwrap();
             }
         }
+    }
+
+    /// What serde_json finds at `params[0]` of a newPayload request, as a `PayloadHead`.
+    fn head_by_serde(body: &[u8]) -> Option<PayloadHead> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        if !value["method"].as_str()?.starts_with("engine_newPayload") {
+            return None;
+        }
+        let payload = &value["params"][0];
+        let quantity = |key: &str| parse_quantity(payload[key].as_str()?.as_bytes());
+        Some(PayloadHead {
+            number: quantity("blockNumber")?,
+            hash: parse_hash(payload["blockHash"].as_str()?.as_bytes())?,
+            timestamp: quantity("timestamp")?,
+        })
+    }
+
+    #[test]
+    fn payload_head_of_every_captured_request_matches_serde() {
+        let mut found = 0;
+        let mut bodies: Vec<Vec<u8>> = vec![NEW_PAYLOAD_1K.to_vec(), NEW_PAYLOAD_128K.to_vec(), FCU.to_vec()];
+        for fork in ["lodestar-1.22-deneb", "lodestar-1.22-electra"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fork);
+            for name in
+                ["newPayload_first_block", "newPayload_with_blob", "forkchoiceUpdated_with_attributes"]
+            {
+                let text = std::fs::read(dir.join(format!("{name}.json"))).expect("fixture");
+                let capture: Value = serde_json::from_slice(&text).expect("fixture JSON");
+                bodies.push(serde_json::to_vec(&capture["request"]).expect("re-encode"));
+            }
+        }
+        bodies.push(lodestar!("engine_newPayloadV2.with_txs.request").to_vec());
+        for body in &bodies {
+            let head = scan_payload_head(body);
+            assert_eq!(
+                head,
+                head_by_serde(body),
+                "{}",
+                String::from_utf8_lossy(&body[..200.min(body.len())])
+            );
+            found += usize::from(head.is_some());
+        }
+        assert!(found >= 6, "only {found} payload heads found");
+    }
+
+    #[test]
+    fn payload_head_needs_all_three_members_in_params_0() {
+        let hash = format!("0x{}", "ab".repeat(32));
+        let whole = format!(r#"{{"timestamp":"0xa","blockNumber":"0x7","blockHash":"{hash}"}}"#);
+        // (method, params, expected (number, timestamp)).
+        type Case = (String, String, Option<(u64, u64)>);
+        let cases: Vec<Case> = vec![
+            ("engine_newPayloadV3".into(), format!("[{whole}]"), Some((7, 10))),
+            ("engine_newPayloadV1".into(), format!("[{whole}]"), Some((7, 10))),
+            ("engine_forkchoiceUpdatedV3".into(), format!("[{whole}]"), None),
+            ("engine_newPayloadV3".into(), format!("[null,{whole}]"), None),
+            ("engine_newPayloadV3".into(), format!(r#"[{{"nested":{whole}}}]"#), None),
+            ("engine_newPayloadV3".into(), r#"[{"timestamp":"0xa","blockNumber":"0x7"}]"#.into(), None),
+            (
+                "engine_newPayloadV3".into(),
+                r#"[{"timestamp":"0xa","blockNumber":"0x7","blockHash":"0x12"}]"#.into(),
+                None,
+            ),
+            (
+                "engine_newPayloadV3".into(),
+                format!(r#"[{{"timestamp":"0xa","blockNumber":7,"blockHash":"{hash}"}}]"#),
+                None,
+            ),
+            // The last duplicate wins, as everywhere in the scanner.
+            (
+                "engine_newPayloadV3".into(),
+                format!(
+                    r#"[{{"blockNumber":"0x1","timestamp":"0xa","blockNumber":"0x9","blockHash":"{hash}"}}]"#
+                ),
+                Some((9, 10)),
+            ),
+        ];
+        for (method, params, expected) in cases {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{params}}}"#);
+            let head = scan_payload_head(body.as_bytes());
+            assert_eq!(head.map(|h| (h.number, h.timestamp)), expected, "{body}");
+            if let Some(head) = head {
+                assert_eq!(head.hash, [0xab; 32]);
+            }
+            // The request-time scan does not change for it.
+            assert_eq!(request(body.as_bytes()).method.as_deref(), Some(method.as_str()));
+        }
+        assert_eq!(scan_payload_head(b"{not json"), None);
     }
 
     #[test]

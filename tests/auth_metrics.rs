@@ -92,13 +92,13 @@ fn start(els: &[&MockEl], extra: &[&str]) -> Proxy {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind an ephemeral port").port()
 }
 
 /// `GET path` on a fresh connection that closes after the answer.
 #[track_caller]
-fn get(addr: SocketAddr, path: &str) -> crate::util::HttpResponse {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> crate::util::HttpResponse {
     let mut bn = Bn::connect(addr);
     bn.send_raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
     bn.read_response()
@@ -117,14 +117,14 @@ struct Sample {
 
 /// One scrape, checked against the text exposition format while parsed.
 #[derive(Debug)]
-struct Exposition {
+pub(crate) struct Exposition {
     samples: Vec<Sample>,
     types: HashMap<String, String>,
 }
 
 impl Exposition {
     /// The value of the sample with exactly these labels (in any order), if present.
-    fn try_get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn try_get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut wanted: Vec<(&str, &str)> = labels.to_vec();
         wanted.sort_unstable();
         self.samples
@@ -139,7 +139,7 @@ impl Exposition {
     }
 
     #[track_caller]
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.try_get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
     }
 
@@ -388,7 +388,7 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>, text: &
 
 /// Scrapes `/metrics` on a fresh connection and parses it.
 #[track_caller]
-fn scrape(addr: SocketAddr) -> Exposition {
+pub(crate) fn scrape(addr: SocketAddr) -> Exposition {
     let response = get(addr, "/metrics");
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
@@ -397,7 +397,11 @@ fn scrape(addr: SocketAddr) -> Exposition {
 
 /// Scrapes until `condition` holds (every scrape is parsed and checked); returns that scrape.
 #[track_caller]
-fn scrape_until(addr: SocketAddr, what: &str, condition: impl Fn(&Exposition) -> bool) -> Exposition {
+pub(crate) fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    condition: impl Fn(&Exposition) -> bool,
+) -> Exposition {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let metrics = scrape(addr);
@@ -414,7 +418,7 @@ fn scrape_until(addr: SocketAddr, what: &str, condition: impl Fn(&Exposition) ->
 
 /// `GET /status`, parsed.
 #[track_caller]
-fn status(addr: SocketAddr) -> Value {
+pub(crate) fn status(addr: SocketAddr) -> Value {
     let response = get(addr, "/status");
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header("content-type"), Some("application/json"));
@@ -423,7 +427,7 @@ fn status(addr: SocketAddr) -> Value {
 
 /// The `/status` entry of the EL called `name`.
 #[track_caller]
-fn el_status(doc: &Value, name: &str) -> Value {
+pub(crate) fn el_status(doc: &Value, name: &str) -> Value {
     let els = doc["execution_clients"].as_array().unwrap_or_else(|| panic!("no execution_clients: {doc}"));
     els.iter().find(|e| e["name"] == name).cloned().unwrap_or_else(|| panic!("no EL {name} in {doc}"))
 }

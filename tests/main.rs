@@ -9,6 +9,7 @@ mod combined_errors;
 mod hostile;
 mod http_cli;
 mod lingering;
+mod probes_sync;
 mod realnet;
 mod routing;
 mod stale_token_warning;

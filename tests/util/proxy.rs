@@ -35,8 +35,16 @@ const LINES_SHOWN_ON_FAILURE: usize = 200;
 
 /// Variables the proxy reads (flashbots/sync-proxy's and the logger's), removed from the
 /// child's environment unless set with `Launch::env`.
-const PROXY_ENV: [&str; 6] =
-    ["PROXY_LISTEN_ADDR", "BUILDER_TIMEOUT_MS", "BEACON_EXPIRY_MS", "LOG_LEVEL", "LOG_JSON", "RUST_LOG"];
+const PROXY_ENV: [&str; 8] = [
+    "PROXY_LISTEN_ADDR",
+    "BUILDER_TIMEOUT_MS",
+    "BEACON_EXPIRY_MS",
+    "LOG_LEVEL",
+    "LOG_JSON",
+    "RUST_LOG",
+    "MIRROR_MODE",
+    "METRICS_ADDR",
+];
 
 /// How to start a binary: path, arguments, environment, and the stderr text announcing
 /// that it listens (immediately followed by the address).
