@@ -15,6 +15,7 @@
 
 use std::io::{self, Read};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpListener;
@@ -28,11 +29,16 @@ use crate::jwt::{self, TokenCache};
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
+use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 const LISTENER: Token = Token(0);
 const METRICS_LISTENER: Token = Token(1);
+/// The helper thread (name lookups, reloads) has finished something: see `resolve`.
+const WORKER: Token = Token(2);
+
+mod live_config;
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
 /// Downstream connection tokens: `DOWN_BASE + slot`.
@@ -61,6 +67,11 @@ const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Something the event loop can stop: set from a signal handler's token in `main`.
 pub trait Stopper {
     fn stop_requested(&self) -> bool;
+
+    /// True once per reload request (SIGHUP) since the last call.
+    fn take_reload(&self) -> bool {
+        false
+    }
 }
 
 pub struct Proxy {
@@ -92,6 +103,11 @@ pub struct Proxy {
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// The helper thread for name lookups and reloads (None without execution clients).
+    worker: Option<Worker>,
+    /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
+    reload_in_flight: bool,
+    reload_again: bool,
 }
 
 fn unix_now() -> u64 {
@@ -112,26 +128,25 @@ impl Proxy {
             }
             None => None,
         };
+        let now = Instant::now();
         let mut ups = Vec::new();
         for (i, endpoint) in cfg.builders.iter().enumerate() {
-            let token = cfg
-                .builder_jwt_secrets
-                .get(i)
-                .cloned()
-                .flatten()
-                .map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
-            let mut upstream =
-                Upstream::new(endpoint.clone(), false, token, cfg.backlog_requests, cfg.backlog_bytes);
-            if upstream.token.is_none() {
-                upstream.replay_token =
-                    cfg.jwt_secret.clone().map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
-            }
-            ups.push(upstream);
+            let own = cfg.builder_jwt_secrets.get(i).cloned().flatten();
+            ups.push(live_config::builder_upstream(&cfg, endpoint.clone(), own, now));
         }
         for endpoint in &cfg.proxies {
-            ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
+            let mut peer =
+                Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes);
+            peer.refresh = live_config::refresh_for(endpoint, now);
+            ups.push(peer);
         }
-        let metrics = Metrics::new(ups.len(), Instant::now());
+        let worker = if ups.is_empty() {
+            None
+        } else {
+            let waker = Arc::new(mio::Waker::new(poll.registry(), WORKER)?);
+            Some(Worker::spawn(Box::new(SystemLookup), waker)?)
+        };
+        let metrics = Metrics::new(ups.len(), now);
         Ok(Proxy {
             poll,
             listener,
@@ -154,6 +169,9 @@ impl Proxy {
             stopping: false,
             accept_failing: false,
             tokens: None,
+            worker,
+            reload_in_flight: false,
+            reload_again: false,
         })
     }
 
@@ -186,6 +204,12 @@ impl Proxy {
                 self.accepting = false;
                 self.stopping = true;
                 stop_deadline = Some(now + drain);
+            }
+            if stopper.take_reload() && !self.stopping {
+                self.request_reload();
+            }
+            if !self.stopping {
+                self.ask_lookups(now);
             }
             if let Some(deadline) = stop_deadline {
                 let queued: usize = self.ups.iter().map(Upstream::queued).sum();
@@ -227,6 +251,7 @@ impl Proxy {
         match token.0 {
             0 => self.accept(now),
             1 => self.accept_metrics(now),
+            2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
                 let slot = t - DOWN_BASE;
                 if writable {
@@ -655,8 +680,9 @@ impl Proxy {
         // reported failed twice (found down, then its job failed) is not sent twice.
         if changed && standing == Standing::Failed && !e.inbound.class.is_fanned_out() && !e.decided {
             // Non-engine calls fall back to the next client in list order.
+            // After a reload an exchange may know fewer clients than the list has now.
             let next = target + 1;
-            if next < self.builders {
+            if next < self.builders && next < e.standings.len() {
                 let inbound = e.inbound.clone();
                 self.send(next, r, next, &inbound, now);
             }
@@ -746,6 +772,7 @@ impl Proxy {
         let dispatch = self.ups[up].dispatch(now, unix_now());
         let name = self.ups[up].endpoint.name.clone();
         if let Some(news) = dispatch.went_down {
+            self.unreachable(up);
             self.metrics.set_up(up, false);
             self.metrics.failed(up, Failure::Refused);
             if news {
@@ -886,6 +913,7 @@ impl Proxy {
         let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
         self.metrics.set_up(up, false);
         self.metrics.failed(up, Failure::Refused);
+        self.unreachable(up);
         if self.ups[up].mark_down(now) {
             log::warn!(
                 "{} is down: cannot connect; calls that must stay in order wait in its backlog",
@@ -1028,6 +1056,7 @@ impl Proxy {
             .chain(self.exchanges.next_deadline())
             .chain(self.accept_paused_until)
             .chain(self.pool.borrow().deadline())
+            .chain(if self.stopping { None } else { self.next_lookup() })
             .min()
     }
 

@@ -9,7 +9,9 @@
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
-//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request and SIGHUP into a reload; `reload` plans
+//! what a reload changes in the list of execution clients; `resolve` looks their names up again
+//! on a helper thread; `pool` keeps one spare large-body buffer.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -22,6 +24,8 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod pool;
+pub mod reload;
+pub mod resolve;
 pub mod rpc;
 pub mod signals;
 pub mod upstream;
