@@ -8,4 +8,5 @@ mod auth_metrics;
 mod hostile;
 mod http_cli;
 mod realnet;
+mod reload_resolve;
 mod routing;

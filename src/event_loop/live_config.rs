@@ -131,7 +131,10 @@ impl Proxy {
             let verdict = refresh.answered(&u.endpoint.addrs, result.clone(), now);
             let name = u.endpoint.name.clone();
             let new = match verdict {
-                Verdict::Same => None,
+                Verdict::Same => {
+                    log::debug!("{name}: {host} still resolves to {}", show(&u.endpoint.addrs));
+                    None
+                }
                 Verdict::Changed(addrs) => Some(addrs),
                 Verdict::Failed { first } => {
                     if first {
@@ -280,7 +283,7 @@ impl Proxy {
         );
         if dropped > 0 {
             log::warn!(
-                "reload: dropped {dropped} calls queued for removed execution clients [{}]",
+                "reload: dropped {dropped} calls queued or in flight for removed execution clients [{}]",
                 removed.join(", ")
             );
         }
