@@ -3,8 +3,10 @@
 //!
 //! Parsing happens in two steps, as in ripgrep: `lexopt` turns the arguments into raw flag values
 //! ([`RawArgs`]), then validation turns those, the environment and the flag table's defaults into
-//! typed values. Addresses are resolved here, once, at start-up (blocking DNS is fine then), and
-//! secret files are read here, so the rest of the program never touches the file system or DNS.
+//! typed values. Addresses are resolved here at start-up (blocking DNS is fine then), and
+//! secret files are read here; [`reload`] reads the builder list and the secret files again
+//! for a SIGHUP, on the helper thread of `resolve`, which also looks names up again while the
+//! proxy runs. The event loop itself never touches the file system or DNS.
 //!
 //! Knows no mio, no sockets beyond resolving addresses, no HTTP, no JWT minting.
 //!
@@ -156,7 +158,8 @@ pub struct Endpoint {
     pub host: String,
     /// The request target to use upstream, `/` if none.
     pub path: String,
-    /// Resolved at start-up, IPv4 first; never empty.
+    /// Resolved at start-up, IPv4 first; never empty. Names are looked up again while the proxy
+    /// runs (see `resolve`), so the addresses an `Upstream` uses may differ from these.
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -337,7 +340,8 @@ const PROXY_FLAGS: &[Flag] = &[
         value: Some("FILE"),
         default: "",
         env: "",
-        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token",
+        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token; \
+               read again on SIGHUP",
     },
     Flag {
         name: "builder-jwt-secrets",
@@ -345,7 +349,7 @@ const PROXY_FLAGS: &[Flag] = &[
         default: "",
         env: "",
         help: "JSON file mapping a builder (as written in --builders, or its URL) to its own \
-               hex JWT secret",
+               hex JWT secret; read again on SIGHUP",
     },
     Flag {
         name: "jwt-client-id",
