@@ -51,16 +51,28 @@ fn show(addrs: &[std::net::SocketAddr]) -> String {
 
 impl Proxy {
     /// Sends the lookups that are due to the helper thread.
+    /// Sends the lookups that are due to the helper thread. ELs that share a name share one
+    /// lookup: its answer goes to every one of them that waits (see `on_lookup`).
     pub(super) fn ask_lookups(&mut self, now: Instant) {
         let Some(worker) = self.worker.as_ref() else { return };
-        for up in self.ups.iter_mut() {
-            let Some(refresh) = up.refresh.as_mut() else { continue };
-            if refresh.take_due(now) {
-                let task = Task::Lookup { host: refresh.host.clone(), port: refresh.port };
-                if !worker.ask(task) {
-                    log::debug!("{}: lookup queue full; asking again later", up.endpoint.name);
-                    refresh.not_sent();
-                }
+        for up in 0..self.ups.len() {
+            let Some(refresh) = self.ups[up].refresh.as_ref() else { continue };
+            if !refresh.due_at().is_some_and(|at| at <= now) {
+                continue;
+            }
+            let (host, port) = (refresh.host.clone(), refresh.port);
+            let asked = self.ups.iter().enumerate().any(|(other, u)| {
+                other != up
+                    && u.refresh
+                        .as_ref()
+                        .is_some_and(|r| r.host == host && r.port == port && r.due_at().is_none())
+            });
+            let u = &mut self.ups[up];
+            let Some(refresh) = u.refresh.as_mut() else { continue };
+            refresh.take_due(now);
+            if !asked && !worker.ask(Task::Lookup { host, port }) {
+                log::debug!("{}: lookup queue full; asking again later", u.endpoint.name);
+                refresh.not_sent();
             }
         }
     }
