@@ -4,7 +4,7 @@
 //! Parsing happens in two steps, as in ripgrep: `lexopt` turns the arguments into raw flag values
 //! ([`RawArgs`]), then validation turns those, the environment and the flag table's defaults into
 //! typed values. Addresses are resolved here at start-up (blocking DNS is fine then), and
-//! secret files are read here; [`reload`] reads the builder list and the secret files again
+//! secret files are read here; [`read_reloadable`] reads the builder list and the secret files again
 //! for a SIGHUP, on the helper thread of `resolve`, which also looks names up again while the
 //! proxy runs. The event loop itself never touches the file system or DNS.
 //!
@@ -463,7 +463,7 @@ pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
 
 /// Reads the builder list and the secret files (at start-up, and again on SIGHUP): blocking
 /// file reads and name lookups, so the running proxy calls it on its helper thread (`resolve`).
-pub fn reload(source: &ReloadSource) -> Result<Reloaded, ConfigError> {
+pub fn read_reloadable(source: &ReloadSource) -> Result<Reloaded, ConfigError> {
     let builders = match &source.builders {
         BuilderList::Flag(text) => {
             let builders = parse_endpoint_list(text, "--builders")?;
@@ -674,7 +674,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         jwt_secret: raw.path("jwt-secret"),
         builder_jwt_secrets: raw.path("builder-jwt-secrets"),
     };
-    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = reload(&source)?;
+    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = read_reloadable(&source)?;
     let proxies = parse_endpoint_list(raw.text("proxies")?.unwrap_or(""), "--proxies")?;
 
     let builder_timeout_env = env_millis(env, "BUILDER_TIMEOUT_MS");
@@ -2020,11 +2020,11 @@ mod tests {
         let config = run(&["--builders", BUILDER, "--jwt-secret", jwt.arg()]);
         assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)));
         std::fs::write(&jwt.path, OTHER_SECRET_HEX).unwrap();
-        let reloaded = reload(&config.reload).unwrap();
+        let reloaded = read_reloadable(&config.reload).unwrap();
         assert_eq!(reloaded.jwt_secret, Some(secret(OTHER_SECRET_HEX)));
         assert_eq!(reloaded.builders, config.builders);
         std::fs::write(&jwt.path, "not hex").unwrap();
-        let message = reload(&config.reload).unwrap_err().0;
+        let message = read_reloadable(&config.reload).unwrap_err().0;
         assert_mentions(&message, &["--jwt-secret"]);
     }
 }

@@ -210,9 +210,9 @@ impl Worker {
                         let result = lookup.lookup(&host, port);
                         Done::Lookup { host, port, result }
                     }
-                    Task::Reload(source) => {
-                        Done::Reload(config::reload(&source).map(Box::new).map_err(|e| e.to_string()))
-                    }
+                    Task::Reload(source) => Done::Reload(
+                        config::read_reloadable(&source).map(Box::new).map_err(|e| e.to_string()),
+                    ),
                 };
                 if done_tx.send(done).is_err() {
                     return;
