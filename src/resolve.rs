@@ -164,7 +164,7 @@ impl Refresh {
 
 /// Whether two address lists hold the same addresses, whatever their order (DNS servers
 /// rotate round-robin records; that is no change).
-fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
+pub fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
     a.sort();
     a.dedup();
@@ -200,8 +200,8 @@ impl Worker {
     /// Starts the thread; each finished task is sent back and announced with `waker`.
     pub fn spawn(mut lookup: Box<dyn Lookup>, waker: Arc<mio::Waker>) -> std::io::Result<Worker> {
         let (tasks, task_rx) = mpsc::sync_channel::<Task>(QUEUE);
-        // Unbounded in type, bounded in fact: every answer comes from a task the bounded
-        // queue admitted, and the event loop drains them at every wakeup.
+        // Unbounded in type, bounded in fact: each EL has at most one lookup in flight and
+        // there is at most one reload at a time, so at most that many answers ever wait here.
         let (done_tx, done) = mpsc::channel::<Done>();
         std::thread::Builder::new().name("resolver".into()).spawn(move || {
             while let Ok(task) = task_rx.recv() {

@@ -231,10 +231,7 @@ impl Proxy {
                     let addrs = endpoint.addrs.clone();
                     let current = std::mem::replace(&mut u.endpoint, endpoint);
                     u.endpoint.addrs = current.addrs;
-                    let mut sorted = (addrs.clone(), u.endpoint.addrs.clone());
-                    sorted.0.sort();
-                    sorted.1.sort();
-                    if sorted.0 != sorted.1 {
+                    if !resolve::same_set(&addrs, &u.endpoint.addrs) {
                         log::info!(
                             "{}: now resolves to {} (was {}); new connections go there",
                             u.endpoint.name,
