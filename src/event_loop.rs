@@ -10,6 +10,10 @@
 //! and the event loop saves a `epoll_ctl` call per answer. Reads drain to `WouldBlock`, capped
 //! per wakeup (`READS_PER_WAKEUP`), with the connection revisited before the next poll.
 //!
+//! One helper thread (`resolve`) does what the loop must not wait for (looking execution
+//! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
+//! `mio::Waker`; `live_config` applies its results. No thread touches a request.
+//!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
@@ -33,12 +37,12 @@ use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
+mod live_config;
+
 const LISTENER: Token = Token(0);
 const METRICS_LISTENER: Token = Token(1);
 /// The helper thread (name lookups, reloads) has finished something: see `resolve`.
 const WORKER: Token = Token(2);
-
-mod live_config;
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
 /// Downstream connection tokens: `DOWN_BASE + slot`.
