@@ -105,7 +105,7 @@ fn a_moved_name_gets_its_queued_calls_at_the_new_address_in_order() {
     let hosts = TempFile::new("127.0.0.2 el-moving.test\n");
     let name = format!("el-moving.test:{port}");
     let script = format!(
-        "mount --bind {} /etc/hosts && exec {SYNC_PROXY} --addr 127.0.0.1:0 --builders {},{name}",
+        "mount --bind '{}' /etc/hosts && exec '{SYNC_PROXY}' --addr 127.0.0.1:0 --builders {},{name}",
         hosts.arg(),
         primary.url()
     );
