@@ -3,8 +3,10 @@
 //!
 //! Parsing happens in two steps, as in ripgrep: `lexopt` turns the arguments into raw flag values
 //! ([`RawArgs`]), then validation turns those, the environment and the flag table's defaults into
-//! typed values. Addresses are resolved here, once, at start-up (blocking DNS is fine then), and
-//! secret files are read here, so the rest of the program never touches the file system or DNS.
+//! typed values. Addresses are resolved here at start-up (blocking DNS is fine then), and
+//! secret files are read here; [`read_reloadable`] reads the builder list and the secret files again
+//! for a SIGHUP, on the helper thread of `resolve`, which also looks names up again while the
+//! proxy runs. The event loop itself never touches the file system or DNS.
 //!
 //! Knows no mio, no sockets beyond resolving addresses, no HTTP, no JWT minting.
 //!
@@ -81,6 +83,33 @@ pub struct Config {
     pub jwt_client_id: Option<String>,
     /// `--metrics-addr`: an optional second listener for `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where `builders` and the secrets came from, to read them again on SIGHUP.
+    pub reload: ReloadSource,
+}
+
+/// Where the builders come from: `--builders` or `--builders-file` (never both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuilderList {
+    /// `--builders` as given (its names are looked up again at a reload).
+    Flag(String),
+    /// `--builders-file`: one EL per line, read again at a reload.
+    File(PathBuf),
+}
+
+/// What a reload (SIGHUP) reads again: the builder list and the secret files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSource {
+    pub builders: BuilderList,
+    pub jwt_secret: Option<PathBuf>,
+    pub builder_jwt_secrets: Option<PathBuf>,
+}
+
+/// The part of the configuration a reload replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub builders: Vec<Endpoint>,
+    pub jwt_secret: Option<Secret>,
+    pub builder_jwt_secrets: Vec<Option<Secret>>,
 }
 
 impl Config {
@@ -111,6 +140,11 @@ impl Config {
             builder_jwt_secrets: Vec::new(),
             jwt_client_id: None,
             metrics_addr: None,
+            reload: ReloadSource {
+                builders: BuilderList::Flag(String::new()),
+                jwt_secret: None,
+                builder_jwt_secrets: None,
+            },
         }
     }
 }
@@ -126,7 +160,8 @@ pub struct Endpoint {
     pub host: String,
     /// The request target to use upstream, `/` if none.
     pub path: String,
-    /// Resolved at start-up, IPv4 first; never empty.
+    /// Resolved at start-up, IPv4 first; never empty. Names are looked up again while the proxy
+    /// runs (see `resolve`), so the addresses an `Upstream` uses may differ from these.
     pub addrs: Vec<SocketAddr>,
 }
 
@@ -214,6 +249,14 @@ const PROXY_FLAGS: &[Flag] = &[
                required; the first is the primary, whose answers go back to the beacon node",
     },
     Flag {
+        name: "builders-file",
+        value: Some("FILE"),
+        default: "",
+        env: "",
+        help: "execution clients, one per line (as in --builders; blank lines and # comments \
+               allowed), instead of --builders; read again on SIGHUP",
+    },
+    Flag {
         name: "proxies",
         value: Some("URL[,URL...]"),
         default: "",
@@ -299,7 +342,8 @@ const PROXY_FLAGS: &[Flag] = &[
         value: Some("FILE"),
         default: "",
         env: "",
-        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token",
+        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token; \
+               read again on SIGHUP",
     },
     Flag {
         name: "builder-jwt-secrets",
@@ -307,7 +351,7 @@ const PROXY_FLAGS: &[Flag] = &[
         default: "",
         env: "",
         help: "JSON file mapping a builder (as written in --builders, or its URL) to its own \
-               hex JWT secret",
+               hex JWT secret; read again on SIGHUP",
     },
     Flag {
         name: "jwt-client-id",
@@ -417,6 +461,60 @@ pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
         return Err(bad_endpoint(name, "the host resolved to no address"));
     }
     Ok(Endpoint { name: name.to_owned(), url: parts.url, host: parts.authority, path: parts.path, addrs })
+}
+
+/// Reads the builder list and the secret files (at start-up, and again on SIGHUP): blocking
+/// file reads and name lookups, so the running proxy calls it on its helper thread (`resolve`).
+pub fn read_reloadable(source: &ReloadSource) -> Result<Reloaded, ConfigError> {
+    let builders = match &source.builders {
+        BuilderList::Flag(text) => {
+            let builders = parse_endpoint_list(text, "--builders")?;
+            if builders.is_empty() {
+                return Err(ConfigError(
+                    "no builders given: use --builders host:port[,host:port…]".to_owned(),
+                ));
+            }
+            builders
+        }
+        BuilderList::File(path) => {
+            let text = read_file(path, "--builders-file")?;
+            let mut builders = Vec::new();
+            for (line, entry) in builders_file_entries(&text) {
+                let endpoint = parse_endpoint(entry).map_err(|e| {
+                    ConfigError(format!("--builders-file {} line {line}: {}", show_path(path), e.0))
+                })?;
+                builders.push(endpoint);
+            }
+            if builders.is_empty() {
+                return Err(ConfigError(format!(
+                    "--builders-file {} lists no execution client (one host:port or URL per line)",
+                    show_path(path)
+                )));
+            }
+            builders
+        }
+    };
+    let builder_jwt_secrets = match &source.builder_jwt_secrets {
+        Some(path) => assign_builder_secrets(&builders, path)?,
+        None => vec![None; builders.len()],
+    };
+    let jwt_secret = match &source.jwt_secret {
+        Some(path) => Some(read_secret_file(path, "--jwt-secret")?),
+        None => None,
+    };
+    Ok(Reloaded { builders, jwt_secret, builder_jwt_secrets })
+}
+
+/// The entries of a `--builders-file`, with their line numbers: one EL per line (commas split
+/// a line as in `--builders`); blank lines and everything after a `#` are ignored (a URL cannot
+/// contain `#`: fragments are refused).
+fn builders_file_entries(text: &str) -> Vec<(usize, &str)> {
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default();
+        entries.extend(line.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|e| (i + 1, e)));
+    }
+    entries
 }
 
 enum Parsed {
@@ -563,10 +661,22 @@ fn parse_go_bool(text: &str) -> Option<bool> {
 fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let (listen_text, listen) = listen_setting(raw, PROXY_FLAGS, env)?;
 
-    let builders = parse_endpoint_list(raw.text("builders")?.unwrap_or(""), "--builders")?;
-    if builders.is_empty() {
-        return Err(ConfigError("no builders given: use --builders host:port[,host:port…]".to_owned()));
-    }
+    let builders_text = raw.text("builders")?.unwrap_or("");
+    let builders =
+        match raw.path("builders-file") {
+            Some(_) if !builders_text.trim().is_empty() => return Err(ConfigError(
+                "--builders and --builders-file exclude each other: list the execution clients in one place"
+                    .to_owned(),
+            )),
+            Some(path) => BuilderList::File(path),
+            None => BuilderList::Flag(builders_text.to_owned()),
+        };
+    let source = ReloadSource {
+        builders,
+        jwt_secret: raw.path("jwt-secret"),
+        builder_jwt_secrets: raw.path("builder-jwt-secrets"),
+    };
+    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = read_reloadable(&source)?;
     let proxies = parse_endpoint_list(raw.text("proxies")?.unwrap_or(""), "--proxies")?;
 
     let builder_timeout_env = env_millis(env, "BUILDER_TIMEOUT_MS");
@@ -592,14 +702,6 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
 
     let (log_level, log_json) = log_settings(raw, PROXY_FLAGS, env)?;
 
-    let builder_jwt_secrets = match raw.path("builder-jwt-secrets") {
-        Some(path) => assign_builder_secrets(&builders, &path)?,
-        None => vec![None; builders.len()],
-    };
-    let jwt_secret = match raw.path("jwt-secret") {
-        Some(path) => Some(read_secret_file(&path, "--jwt-secret")?),
-        None => None,
-    };
     let metrics_addr = match string_setting(raw, PROXY_FLAGS, "metrics-addr", env)? {
         (text, Source::Default) if text.is_empty() => None,
         (text, source) => Some(resolve_listen(&text, &describe("metrics-addr", &source))?),
@@ -627,6 +729,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         builder_jwt_secrets,
         jwt_client_id: non_empty(raw.text("jwt-client-id")?),
         metrics_addr,
+        reload: source,
     })
 }
 
@@ -1940,5 +2043,58 @@ mod tests {
             assert_mentions(&message, &needles);
             assert!(!message.contains(&SECRET_HEX[..10]), "{message}");
         }
+    }
+
+    #[test]
+    fn builders_file_lines_skip_blanks_and_comments() {
+        let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
+        assert_eq!(
+            builders_file_entries(text),
+            vec![
+                (2, "127.0.0.1:8551"),
+                (4, "http://127.0.0.1:8552/"),
+                (5, "127.0.0.1:8553"),
+                (5, "127.0.0.1:8554")
+            ]
+        );
+    }
+
+    #[test]
+    fn builders_file_gives_the_builders_in_order() {
+        let file = TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n");
+        let config = run(&["--builders-file", file.arg()]);
+        let names: Vec<&str> = config.builders.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, vec!["127.0.0.1:8552", "127.0.0.1:8551"]);
+        assert_eq!(config.reload.builders, BuilderList::File(file.path.clone()));
+    }
+
+    #[test]
+    fn builders_and_builders_file_exclude_each_other() {
+        let file = TempFile::new("127.0.0.1:8552\n");
+        let message = error(&["--builders", BUILDER, "--builders-file", file.arg()]);
+        assert_mentions(&message, &["--builders and --builders-file exclude each other"]);
+    }
+
+    #[test]
+    fn a_bad_builders_file_names_its_line_and_an_empty_one_is_refused() {
+        let file = TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n");
+        assert_mentions(&error(&["--builders-file", file.arg()]), &["--builders-file", "line 3", "https"]);
+        let empty = TempFile::new("# nothing yet\n\n");
+        assert_mentions(&error(&["--builders-file", empty.arg()]), &["lists no execution client"]);
+        assert_mentions(&error(&["--builders-file", "/nonexistent/els"]), &["cannot read --builders-file"]);
+    }
+
+    #[test]
+    fn reload_reads_the_secret_files_again() {
+        let jwt = TempFile::new(SECRET_HEX);
+        let config = run(&["--builders", BUILDER, "--jwt-secret", jwt.arg()]);
+        assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)));
+        std::fs::write(&jwt.path, OTHER_SECRET_HEX).unwrap();
+        let reloaded = read_reloadable(&config.reload).unwrap();
+        assert_eq!(reloaded.jwt_secret, Some(secret(OTHER_SECRET_HEX)));
+        assert_eq!(reloaded.builders, config.builders);
+        std::fs::write(&jwt.path, "not hex").unwrap();
+        let message = read_reloadable(&config.reload).unwrap_err().0;
+        assert_mentions(&message, &["--jwt-secret"]);
     }
 }

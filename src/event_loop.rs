@@ -10,11 +10,16 @@
 //! and the event loop saves a `epoll_ctl` call per answer. Reads drain to `WouldBlock`, capped
 //! per wakeup (`READS_PER_WAKEUP`), with the connection revisited before the next poll.
 //!
+//! One helper thread (`resolve`) does what the loop must not wait for (looking execution
+//! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
+//! `mio::Waker`; `live_config` applies its results. No thread touches a request.
+//!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
 use std::io::{self, Read};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpListener;
@@ -29,11 +34,16 @@ use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Combined, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::probes;
+use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
+mod live_config;
+
 const LISTENER: Token = Token(0);
 const METRICS_LISTENER: Token = Token(1);
+/// The helper thread (name lookups, reloads) has finished something: see `resolve`.
+const WORKER: Token = Token(2);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
 /// Downstream connection tokens: `DOWN_BASE + slot`.
@@ -64,6 +74,11 @@ const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Something the event loop can stop: set from a signal handler's token in `main`.
 pub trait Stopper {
     fn stop_requested(&self) -> bool;
+
+    /// True once per reload request (SIGHUP) since the last call.
+    fn take_reload(&self) -> bool {
+        false
+    }
 }
 
 pub struct Proxy {
@@ -95,6 +110,11 @@ pub struct Proxy {
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// The helper thread for name lookups and reloads (None without execution clients).
+    worker: Option<Worker>,
+    /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
+    reload_in_flight: bool,
+    reload_again: bool,
 }
 
 /// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`
@@ -174,26 +194,25 @@ impl Proxy {
             }
             None => None,
         };
+        let now = Instant::now();
         let mut ups = Vec::new();
         for (i, endpoint) in cfg.builders.iter().enumerate() {
-            let token = cfg
-                .builder_jwt_secrets
-                .get(i)
-                .cloned()
-                .flatten()
-                .map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
-            let mut upstream =
-                Upstream::new(endpoint.clone(), false, token, cfg.backlog_requests, cfg.backlog_bytes);
-            if upstream.token.is_none() {
-                upstream.replay_token =
-                    cfg.jwt_secret.clone().map(|secret| TokenCache::new(secret, cfg.jwt_client_id.clone()));
-            }
-            ups.push(upstream);
+            let own = cfg.builder_jwt_secrets.get(i).cloned().flatten();
+            ups.push(live_config::builder_upstream(&cfg, endpoint.clone(), own, now));
         }
         for endpoint in &cfg.proxies {
-            ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
+            let mut peer =
+                Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes);
+            peer.refresh = live_config::refresh_for(endpoint, now);
+            ups.push(peer);
         }
-        let metrics = Metrics::new(ups.len(), cfg.builders.len(), Instant::now());
+        let worker = if ups.is_empty() {
+            None
+        } else {
+            let waker = Arc::new(mio::Waker::new(poll.registry(), WORKER)?);
+            Some(Worker::spawn(Box::new(SystemLookup), waker)?)
+        };
+        let metrics = Metrics::new(ups.len(), cfg.builders.len(), now);
         Ok(Proxy {
             poll,
             listener,
@@ -216,6 +235,9 @@ impl Proxy {
             stopping: false,
             accept_failing: false,
             tokens: None,
+            worker,
+            reload_in_flight: false,
+            reload_again: false,
         })
     }
 
@@ -248,6 +270,12 @@ impl Proxy {
                 self.accepting = false;
                 self.stopping = true;
                 stop_deadline = Some(now + drain);
+            }
+            if stopper.take_reload() && !self.stopping {
+                self.request_reload();
+            }
+            if !self.stopping {
+                self.ask_lookups(now);
             }
             if let Some(deadline) = stop_deadline {
                 let queued: usize = self.ups.iter().map(Upstream::queued).sum();
@@ -289,6 +317,7 @@ impl Proxy {
         match token.0 {
             0 => self.accept(now),
             1 => self.accept_metrics(now),
+            2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
                 let slot = t - DOWN_BASE;
                 if writable {
@@ -813,8 +842,9 @@ impl Proxy {
         // reported failed twice (found down, then its job failed) is not sent twice.
         if changed && standing == Standing::Failed && !e.inbound.class.is_fanned_out() && !e.decided {
             // Non-engine calls fall back to the next client in list order.
+            // After a reload an exchange may know fewer clients than the list has now.
             let next = target + 1;
-            if next < self.builders {
+            if next < self.builders && next < e.standings.len() {
                 let inbound = e.inbound.clone();
                 self.send(next, r, next, &inbound, now);
             }
@@ -891,6 +921,7 @@ impl Proxy {
         let dispatch = self.ups[up].dispatch(now, unix_now());
         let name = self.ups[up].endpoint.name.clone();
         if let Some(news) = dispatch.went_down {
+            self.unreachable(up);
             self.metrics.set_up(up, false);
             self.metrics.failed(up, Failure::Refused);
             if news {
@@ -1031,6 +1062,7 @@ impl Proxy {
         let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
         self.metrics.set_up(up, false);
         self.metrics.failed(up, Failure::Refused);
+        self.unreachable(up);
         if self.ups[up].mark_down(now) {
             log::warn!(
                 "{} is down: cannot connect; calls that must stay in order wait in its backlog",
@@ -1195,6 +1227,7 @@ impl Proxy {
             .chain(self.exchanges.next_deadline())
             .chain(self.accept_paused_until)
             .chain(self.pool.borrow().deadline())
+            .chain(if self.stopping { None } else { self.next_lookup() })
             .min()
     }
 

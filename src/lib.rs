@@ -9,9 +9,11 @@
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
-//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
-//! `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's newest
-//! VALID payload and how far behind it is.
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request and
+//! SIGHUP into a reload; `reload` plans what a reload changes in the list of execution clients;
+//! `resolve` looks their names up again on a helper thread; `pool` keeps one spare large-body
+//! buffer; `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's
+//! newest VALID payload and how far behind it is.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -25,6 +27,8 @@ pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod probes;
+pub mod reload;
+pub mod resolve;
 pub mod rpc;
 pub mod signals;
 pub mod sync_view;

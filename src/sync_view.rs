@@ -86,6 +86,13 @@ impl SyncView {
         SyncView { els: vec![ElSync::default(); els], ..SyncView::default() }
     }
 
+    /// The execution clients were reloaded: position `i` of the new list is the client that was
+    /// at `origins[i]` (it keeps what it validated), or a new one (`None`, nothing validated yet).
+    pub fn rearrange(&mut self, origins: &[Option<usize>]) {
+        let old = std::mem::take(&mut self.els);
+        self.els = origins.iter().map(|o| o.and_then(|o| old.get(o).copied()).unwrap_or_default()).collect();
+    }
+
     /// A beacon node sent a newPayload with this timestamp.
     pub fn payload_seen(&mut self, timestamp: u64) {
         self.newest_payload = Some(self.newest_payload.map_or(timestamp, |t| t.max(timestamp)));
@@ -174,6 +181,19 @@ mod tests {
         let mut hash = [0u8; 32];
         hash[24..].copy_from_slice(&number.to_be_bytes());
         PayloadHead { number, hash, timestamp: 1_000 + 12 * number }
+    }
+
+    #[test]
+    fn a_reload_moves_each_kept_client_with_its_head_and_starts_new_ones_empty() {
+        let mut view = SyncView::new(3);
+        view.valid(0, block(10));
+        view.valid(2, block(12));
+        // Old 2 is now first, old 0 second, and a new client third; old 1 was removed.
+        view.rearrange(&[Some(2), Some(0), None]);
+        assert_eq!(view.head(0).map(|h| h.number), Some(12));
+        assert_eq!(view.head(1).map(|h| h.number), Some(10));
+        assert_eq!(view.head(2), None);
+        assert!(view.tracks(2) && !view.tracks(3));
     }
 
     #[test]

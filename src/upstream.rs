@@ -17,6 +17,7 @@ use crate::config::Endpoint;
 use crate::exchange::{ExchangeRef, Inbound};
 use crate::http::{self, Limits, Response, ResponseReader};
 use crate::jwt::TokenCache;
+use crate::resolve::Refresh;
 
 /// Most connections kept to one execution client.
 pub const MAX_CONNS: usize = 8;
@@ -307,6 +308,8 @@ pub struct Upstream {
     /// node's token during the current down episode (warned once per episode: see
     /// `stale_token_warning`).
     warned_stale_token: bool,
+    /// When its host name is looked up again (None for an IP literal): see `resolve`.
+    pub refresh: Option<Refresh>,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -346,6 +349,7 @@ impl Upstream {
             unreported_drops: 0,
             last_drop_report: None,
             warned_stale_token: false,
+            refresh: None,
         }
     }
 
@@ -622,6 +626,37 @@ impl Upstream {
         }
     }
 
+    /// Its name now resolves to `addrs`: new connections go there. Idle kept-alive
+    /// connections (to the old address) are closed; calls on busy ones finish there. A client
+    /// that was down is tried again at once, so its backlog goes to the new address in order.
+    pub fn set_addrs(&mut self, addrs: Vec<SocketAddr>, now: Instant) {
+        self.endpoint.addrs = addrs;
+        self.next_addr = 0;
+        for conn in self.conns.iter_mut().flatten() {
+            if conn.state == ConnState::Idle && conn.job.is_none() {
+                conn.dead = true;
+            }
+        }
+        if let Health::Down { failures, .. } = self.health {
+            self.health = Health::Down { retry_at: now, failures };
+        }
+    }
+
+    /// Takes every job it holds, in flight or queued (the client is being removed); its
+    /// connections are marked dead for reaping.
+    pub fn take_all_jobs(&mut self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for conn in self.conns.iter_mut().flatten() {
+            conn.dead = true;
+            jobs.extend(conn.job.take());
+        }
+        jobs.extend(self.backlog.drain(..));
+        jobs.extend(self.waiting.drain(..));
+        self.backlog_bytes = 0;
+        self.ordered_busy = false;
+        jobs
+    }
+
     /// Every queued job, for a final report when the process stops.
     pub fn queued(&self) -> usize {
         self.backlog.len()
@@ -793,5 +828,31 @@ mod tests {
         assert_eq!(up.stale_token_warning(Duration::from_secs(60)), Some(Duration::from_secs(60)));
         assert!(!up.mark_down(at(302)));
         assert_eq!(up.stale_token_warning(Duration::from_secs(62)), None);
+    }
+
+    #[test]
+    fn a_new_address_retries_a_down_client_at_once_and_keeps_its_backlog() {
+        let mut up = upstream(10, 1 << 20);
+        let now = Instant::now();
+        up.mark_down(now);
+        up.mark_down(now);
+        up.enqueue(job(1, 1, true));
+        up.enqueue(job(2, 1, true));
+        assert!(up.retry_at().is_some_and(|t| t > now));
+        let moved: SocketAddr = "127.0.0.1:2".parse().expect("address");
+        up.set_addrs(vec![moved], now);
+        assert_eq!(up.retry_at(), Some(now), "tried again at once");
+        assert_eq!(up.endpoint.addrs, vec![moved]);
+        let order: Vec<u8> = up.backlog.iter().map(|j| j.inbound.body[0]).collect();
+        assert_eq!(order, vec![1, 2], "the backlog is kept, in order");
+    }
+
+    #[test]
+    fn a_removed_client_gives_up_every_job() {
+        let mut up = upstream(10, 1 << 20);
+        up.enqueue(job(1, 3, true));
+        up.enqueue(job(2, 1, false));
+        assert_eq!(ids(&up.take_all_jobs()), vec![1, 2]);
+        assert_eq!((up.queued(), up.backlog_bytes()), (0, 0));
     }
 }

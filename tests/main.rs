@@ -11,5 +11,6 @@ mod http_cli;
 mod lingering;
 mod probes_sync;
 mod realnet;
+mod reload_resolve;
 mod routing;
 mod stale_token_warning;
