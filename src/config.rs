@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::jwt::{self, Secret};
+use crate::tls;
 
 /// What `sync-proxy` was asked to do.
 // Built once at start-up and moved into the event loop, so the size of `Run` costs nothing.
@@ -79,6 +80,9 @@ pub struct Config {
     pub jwt_client_id: Option<String>,
     /// `--metrics-addr`: an optional second listener for `/metrics`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `--builder-ca`: extra root certificates (DER) trusted for `https://` execution clients,
+    /// besides the system's.
+    pub builder_ca: Vec<Vec<u8>>,
 }
 
 impl Config {
@@ -109,6 +113,7 @@ impl Config {
             builder_jwt_secrets: Vec::new(),
             jwt_client_id: None,
             metrics_addr: None,
+            builder_ca: Vec::new(),
         }
     }
 }
@@ -118,7 +123,7 @@ impl Config {
 pub struct Endpoint {
     /// The entry exactly as written (trimmed), e.g. `localhost:8551`.
     pub name: String,
-    /// Normalized `http://host:port/path`: scheme and host lower-cased, port always present.
+    /// Normalized `http[s]://host:port/path`: scheme and host lower-cased, port always present.
     pub url: String,
     /// For the Host header: `host[:port]` as written.
     pub host: String,
@@ -126,6 +131,23 @@ pub struct Endpoint {
     pub path: String,
     /// Resolved at start-up, IPv4 first; never empty.
     pub addrs: Vec<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Whether the client is reached over TLS (`https://`).
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// The host alone, without brackets or port: the TLS server name (SNI) and the name its
+    /// certificate must carry.
+    pub fn server_name(&self) -> &str {
+        let authority = self.host.as_str();
+        if let Some(inner) = authority.strip_prefix('[') {
+            return inner.split(']').next().unwrap_or(inner);
+        }
+        authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+    }
 }
 
 /// Everything `jwt-tokens-service` needs to run.
@@ -321,6 +343,14 @@ const PROXY_FLAGS: &[Flag] = &[
         env: "",
         help: "serve Prometheus /metrics on this address",
     },
+    Flag {
+        name: "builder-ca",
+        value: Some("FILE"),
+        default: "",
+        env: "",
+        help: "PEM file of CA certificates trusted for https:// builders, besides the system's \
+               (for a private CA)",
+    },
 ];
 
 const TOKENS_FLAGS: &[Flag] = &[
@@ -349,6 +379,10 @@ const MAX_MILLIS: u64 = 365 * 24 * 60 * 60 * 1000;
 
 /// Go's `http` scheme default, used when an entry has no port.
 const DEFAULT_HTTP_PORT: u16 = 80;
+/// The same for `https://`.
+const DEFAULT_HTTPS_PORT: u16 = 443;
+/// Why a build without the cargo feature `tls` refuses `https://` and `--builder-ca`.
+const NO_TLS: &str = "this build has no TLS (it was built without the cargo feature `tls`)";
 
 /// `args` excludes argv[0]. `env` looks up environment variables (tests pass a closure over a map).
 pub fn parse(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
@@ -395,8 +429,8 @@ pub fn tokens_service_help_text() -> String {
 }
 
 /// Parses one --builders/--proxies list entry (Go rules: trimmed; empty entries skipped by the
-/// caller; "http://" prepended when the entry has no scheme; "https://" → error "https is not
-/// supported (no TLS): ..."), resolving the host with ToSocketAddrs.
+/// caller; "http://" prepended when the entry has no scheme; "https://" taken when the build has
+/// TLS, else refused with "https is not supported: ..."), resolving the host with ToSocketAddrs.
 ///
 /// Unlike Go, which prepends "http://" only when the entry does not start with "http", a host
 /// that merely starts with "http" (`httpbin:80`) works too, because the scheme is recognised by
@@ -404,6 +438,9 @@ pub fn tokens_service_help_text() -> String {
 pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
     let parts = split_endpoint(entry)?;
     let name = entry.trim();
+    if parts.url.starts_with("https://") {
+        tls::check_server_name(&parts.host).map_err(|why| bad_endpoint(name, &why))?;
+    }
     let mut addrs: Vec<SocketAddr> = (parts.host.as_str(), parts.port)
         .to_socket_addrs()
         .map_err(|e| bad_endpoint(name, &format!("cannot resolve {:?}: {e}", parts.host)))?
@@ -603,6 +640,11 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         None => None,
     };
 
+    let builder_ca = match raw.path("builder-ca") {
+        Some(path) => read_builder_ca(&path)?,
+        None => Vec::new(),
+    };
+
     Ok(Config {
         listen,
         listen_text,
@@ -624,6 +666,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         builder_jwt_secrets,
         jwt_client_id: non_empty(raw.text("jwt-client-id")?),
         metrics_addr,
+        builder_ca,
     })
 }
 
@@ -842,13 +885,15 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
     if entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains spaces or control characters"));
     }
+    let mut https = false;
     let rest = match entry.split_once("://") {
         Some((scheme, rest)) if is_scheme(scheme) => {
-            if scheme.eq_ignore_ascii_case("https") {
-                return Err(ConfigError(format!("https is not supported (no TLS): {entry:?}; use http://")));
+            https = scheme.eq_ignore_ascii_case("https");
+            if https && !tls::ENABLED {
+                return Err(ConfigError(format!("https is not supported: {entry:?}: {NO_TLS}; use http://")));
             }
-            if !scheme.eq_ignore_ascii_case("http") {
-                return Err(bad("only http:// is supported"));
+            if !https && !scheme.eq_ignore_ascii_case("http") {
+                return Err(bad("only http:// and https:// are supported"));
             }
             rest
         }
@@ -895,6 +940,7 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
         return Err(bad("empty host"));
     }
     let port = match port {
+        None if https => DEFAULT_HTTPS_PORT,
         None => DEFAULT_HTTP_PORT,
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => port,
@@ -902,10 +948,11 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
         },
     };
     let host = host.to_ascii_lowercase();
+    let scheme = if https { "https" } else { "http" };
     let url = if bracketed {
-        format!("http://[{host}]:{port}{path}")
+        format!("{scheme}://[{host}]:{port}{path}")
     } else {
-        format!("http://{host}:{port}{path}")
+        format!("{scheme}://{host}:{port}{path}")
     };
     Ok(EndpointParts { authority: authority.to_owned(), host, port, path, url })
 }
@@ -936,6 +983,17 @@ fn read_file(path: &Path, flag: &str) -> Result<String, ConfigError> {
         return Err(cannot(&format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     Ok(text)
+}
+
+/// `--builder-ca`: the certificates of a PEM file, read and checked at start-up.
+fn read_builder_ca(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    const FLAG: &str = "--builder-ca";
+    if !tls::ENABLED {
+        return Err(ConfigError(format!("{FLAG}: {NO_TLS}")));
+    }
+    let text = read_file(path, FLAG)?;
+    tls::parse_pem_certificates(text.as_bytes())
+        .map_err(|why| ConfigError(format!("invalid {FLAG} file {}: {why}", show_path(path))))
 }
 
 fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, ConfigError> {

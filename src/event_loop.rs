@@ -29,6 +29,7 @@ use crate::metrics::{Metrics, RequestOutcome, Snapshot};
 use crate::policy::{self, BestBeacon, Choice, Class, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::rpc;
+use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 const LISTENER: Token = Token(0);
@@ -130,6 +131,12 @@ impl Proxy {
         }
         for endpoint in &cfg.proxies {
             ups.push(Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes));
+        }
+        if ups.iter().any(|u| u.endpoint.is_https()) {
+            let settings = tls::start(&cfg.builder_ca).map_err(io::Error::other)?;
+            for u in ups.iter_mut().filter(|u| u.endpoint.is_https()) {
+                u.tls = Some(settings.clone());
+            }
         }
         let metrics = Metrics::new(ups.len(), Instant::now());
         Ok(Proxy {
@@ -864,6 +871,15 @@ impl Proxy {
                 self.connect_failed(up, slot, now);
                 return;
             }
+            // Over TLS the connection is made only once the handshake is done.
+            match conn.handshake() {
+                Handshake::Done => {}
+                Handshake::Pending => return,
+                Handshake::Failed(why) => {
+                    self.connect_failed_because(up, slot, &why, now);
+                    return;
+                }
+            }
             self.ups[up].connected(slot, now);
             if self.ups[up].mark_up() {
                 log::info!("{} is up", self.ups[up].name());
@@ -883,14 +899,22 @@ impl Proxy {
     }
 
     fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
+        self.connect_failed_because(up, slot, "cannot connect", now);
+    }
+
+    /// A connection could not be made (`why`, for the log: refused, or a TLS handshake that
+    /// failed, as on a certificate the client's name or the trusted roots do not match).
+    fn connect_failed_because(&mut self, up: usize, slot: usize, why: &str, now: Instant) {
         let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
         self.metrics.set_up(up, false);
         self.metrics.failed(up, Failure::Refused);
         if self.ups[up].mark_down(now) {
             log::warn!(
-                "{} is down: cannot connect; calls that must stay in order wait in its backlog",
+                "{} is down: {why}; calls that must stay in order wait in its backlog",
                 self.ups[up].name()
             );
+        } else {
+            log::debug!("{}: still down: {why}", self.ups[up].name());
         }
         if let Some(job) = job {
             if job.ordered() {

@@ -9,7 +9,8 @@
 //! life across the execution clients; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
-//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer.
+//! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request; `pool` keeps one spare large-body buffer; `tls` is the
+//! optional TLS session of an `https://` execution client's connection.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -24,4 +25,5 @@ pub mod policy;
 pub mod pool;
 pub mod rpc;
 pub mod signals;
+pub mod tls;
 pub mod upstream;
