@@ -9,3 +9,4 @@ mod hostile;
 mod http_cli;
 mod realnet;
 mod routing;
+mod tls_el;
