@@ -1606,6 +1606,56 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_endpoints_default_to_port_443_and_name_their_tls_server() {
+        let cases = [
+            ("https://127.0.0.1", "https://127.0.0.1:443/", "127.0.0.1", "127.0.0.1:443"),
+            ("HTTPS://127.0.0.1:8551/x", "https://127.0.0.1:8551/x", "127.0.0.1", "127.0.0.1:8551"),
+            ("https://[::1]:8551", "https://[::1]:8551/", "::1", "[::1]:8551"),
+            ("https://LocalHost:8551", "https://localhost:8551/", "LocalHost", "127.0.0.1:8551"),
+        ];
+        for (entry, url, server_name, first) in cases {
+            let endpoint = parse_endpoint(entry).unwrap();
+            assert_eq!(endpoint.url, url, "{entry:?}");
+            assert!(endpoint.is_https(), "{entry:?}");
+            assert_eq!(endpoint.server_name(), server_name, "{entry:?}");
+            assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
+        }
+        assert!(!parse_endpoint("http://127.0.0.1:1").unwrap().is_https());
+        assert_eq!(parse_endpoint("127.0.0.1:1").unwrap().server_name(), "127.0.0.1");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn builder_ca_reads_every_certificate_of_a_pem_file() {
+        let pem = |cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.self_signed(&key).unwrap().pem()
+        };
+        let file = TempFile::new(&format!("{}\n{}", pem("one"), pem("two")));
+        let config = run(&["--builders", "https://127.0.0.1:1", "--builder-ca", file.arg()]);
+        assert_eq!(config.builder_ca.len(), 2);
+        let empty = TempFile::new("# nothing here\n");
+        let message = error(&["--builders", "https://127.0.0.1:1", "--builder-ca", empty.arg()]);
+        assert_mentions(&message, &["invalid --builder-ca file", "no PEM certificate"]);
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_tls_feature_https_and_builder_ca_are_refused() {
+        for entry in ["https://127.0.0.1:8551", "HTTPS://127.0.0.1:8551"] {
+            let message = parse_endpoint(entry).unwrap_err().0;
+            assert_mentions(&message, &["https is not supported", entry, "cargo feature `tls`"]);
+        }
+        let file = TempFile::new("-----BEGIN CERTIFICATE-----\n");
+        let message = error(&["--builders", BUILDER, "--builder-ca", file.arg()]);
+        assert_mentions(&message, &["--builder-ca", "cargo feature `tls`"]);
+    }
+
     #[test]
     fn endpoint_name_is_trimmed() {
         let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
@@ -1627,9 +1677,7 @@ mod tests {
     #[test]
     fn bad_endpoints() {
         let table = [
-            ("https://127.0.0.1:8551", "https is not supported (no TLS)"),
-            ("HTTPS://127.0.0.1:8551", "https is not supported (no TLS)"),
-            ("ws://127.0.0.1:8551", "only http://"),
+            ("ws://127.0.0.1:8551", "only http:// and https://"),
             ("127.0.0.1 :8551", "spaces"),
             ("http://", "empty host"),
             (":8551", "empty host"),
@@ -1660,8 +1708,8 @@ mod tests {
 
     #[test]
     fn bad_builder_and_proxy_entries_name_their_flag() {
-        let message = error(&["--builders", "127.0.0.1:1,https://127.0.0.1:2"]);
-        assert_mentions(&message, &["--builders", "https is not supported", "https://127.0.0.1:2"]);
+        let message = error(&["--builders", "127.0.0.1:1,ws://127.0.0.1:2"]);
+        assert_mentions(&message, &["--builders", "only http://", "ws://127.0.0.1:2"]);
         let message = error(&["--builders", BUILDER, "--proxies", "127.0.0.1:x"]);
         assert_mentions(&message, &["--proxies", "invalid port", "127.0.0.1:x"]);
     }
