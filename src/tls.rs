@@ -125,7 +125,9 @@ mod enabled {
             log::warn!("TLS: reading the system's root certificates: {problem}");
         }
         if roots.system + roots.extra == 0 {
-            log::warn!("TLS: no root certificate at all: every https:// builder will fail; give --builder-ca");
+            log::warn!(
+                "TLS: no root certificate at all: every https:// builder will fail; give --builder-ca"
+            );
         } else {
             log::info!(
                 "TLS for https:// builders: {} system root certificate(s), {} from --builder-ca",
@@ -342,9 +344,256 @@ mod disabled {
 }
 
 /// Plain sockets and TLS sessions read alike for the connection's HTTP reader.
-pub fn read(tls: Option<&mut Session>, socket: &mut (impl Read + Write), buf: &mut [u8]) -> io::Result<usize> {
+pub fn read(
+    tls: Option<&mut Session>,
+    socket: &mut (impl Read + Write),
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match tls {
         Some(session) => session.read(socket, buf),
         None => socket.read(buf),
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    //! A client session against a rustls server over an in-memory "socket", with
+    //! certificates made here: no network, no clock.
+
+    use std::io::{self, Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ServerConfig, ServerConnection};
+
+    use super::*;
+    use crate::http;
+
+    /// The client's socket: what the server sent, what the client wrote, and how much room
+    /// the client's side has before a write would block.
+    struct Pipe {
+        to_client: Vec<u8>,
+        to_server: Vec<u8>,
+        room: usize,
+        eof: bool,
+    }
+
+    impl Pipe {
+        fn new() -> Pipe {
+            Pipe { to_client: Vec::new(), to_server: Vec::new(), room: usize::MAX, eof: false }
+        }
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.to_client.is_empty() {
+                return if self.eof { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            let n = buf.len().min(self.to_client.len());
+            buf[..n].copy_from_slice(&self.to_client[..n]);
+            self.to_client.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room.saturating_sub(self.to_server.len()));
+            if n == 0 && !buf.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.to_server.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Pki {
+        ca: Vec<u8>,
+        server: Arc<ServerConfig>,
+    }
+
+    /// A CA and a server certificate it signed for `names`.
+    fn pki(names: &[&str]) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        Pki { ca: ca.der().to_vec(), server: Arc::new(server) }
+    }
+
+    /// Lets the server take what the client wrote (its plaintext is appended to `got`) and answer; its TLS error, if any.
+    fn serve_into(server: &mut ServerConnection, pipe: &mut Pipe, got: &mut Vec<u8>) -> Option<String> {
+        while !pipe.to_server.is_empty() {
+            let mut input = &pipe.to_server[..];
+            let n = server.read_tls(&mut input).unwrap();
+            pipe.to_server.drain(..n);
+            if let Err(e) = server.process_new_packets() {
+                let _ = server.write_tls(&mut pipe.to_client);
+                return Some(e.to_string());
+            }
+            let _ = server.reader().read_to_end(got);
+        }
+        while server.wants_write() {
+            server.write_tls(&mut pipe.to_client).unwrap();
+        }
+        None
+    }
+
+    fn serve(server: &mut ServerConnection, pipe: &mut Pipe) -> Option<String> {
+        serve_into(server, pipe, &mut Vec::new())
+    }
+
+    /// Runs the handshake to its end (a few round trips at most).
+    fn handshake(client: &mut Session, server: &mut ServerConnection, pipe: &mut Pipe) -> Handshake {
+        for _ in 0..10 {
+            match client.handshake(pipe) {
+                Handshake::Pending => {}
+                done_or_failed => return done_or_failed,
+            }
+            serve(server, pipe);
+        }
+        panic!("the handshake did not end")
+    }
+
+    fn connected(names: &[&str], host: &str) -> (Session, ServerConnection, Pipe) {
+        let pki = pki(names);
+        let (settings, roots) = settings(std::slice::from_ref(&pki.ca), false).unwrap();
+        assert_eq!((roots.system, roots.extra), (0, 1));
+        let mut client = Session::new(&settings, host).unwrap();
+        let mut server = ServerConnection::new(pki.server).unwrap();
+        let mut pipe = Pipe::new();
+        assert_eq!(handshake(&mut client, &mut server, &mut pipe), Handshake::Done);
+        (client, server, pipe)
+    }
+
+    #[test]
+    fn a_request_and_its_answer_cross_intact_and_close_notify_is_the_end() {
+        let (mut client, mut server, mut pipe) = connected(&["el.example"], "el.example");
+        let (head, body) = (b"POST / HTTP/1.1\r\n\r\n".to_vec(), vec![7u8; 100_000]);
+        let mut written = 0;
+        let mut got = Vec::new();
+        while written < head.len() + body.len() || client.wants_write() {
+            client.send(&mut pipe).unwrap();
+            http::write_head_body(&mut client.writer(&mut pipe), &head, &body, &mut written).unwrap();
+            assert_eq!(serve_into(&mut server, &mut pipe, &mut got), None);
+        }
+        assert_eq!(got, [head, body].concat());
+        server.writer().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        server.send_close_notify();
+        serve(&mut server, &mut pipe);
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut pipe, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(client.read(&mut pipe, &mut buf).unwrap(), 0, "close_notify reads as the end");
+    }
+
+    #[test]
+    fn nothing_yet_would_block_and_a_bare_eof_is_the_end() {
+        let (mut client, _server, mut pipe) = connected(&["127.0.0.1"], "127.0.0.1");
+        let mut buf = [0u8; 64];
+        let e = client.read(&mut pipe, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        pipe.eof = true;
+        assert_eq!(client.read(&mut pipe, &mut buf).unwrap(), 0, "EOF without close_notify");
+    }
+
+    #[test]
+    fn a_full_socket_holds_the_session_to_its_bound() {
+        let (mut client, _server, mut pipe) = connected(&["el.example"], "el.example");
+        pipe.room = 1000;
+        let body = vec![1u8; 1 << 20];
+        let mut written = 0;
+        let (_, done) = http::write_head_body(
+            &mut client.writer(&mut pipe),
+            b"POST / HTTP/1.1\r\n\r\n",
+            &body,
+            &mut written,
+        )
+        .unwrap();
+        assert!(!done, "a full socket blocks the write");
+        assert!(written <= MAX_PENDING, "{written} bytes taken into the session");
+        assert!(client.wants_write(), "encrypted bytes wait for the socket");
+        // Another write before the socket drains takes nothing more.
+        let before = written;
+        let _ = http::write_head_body(&mut client.writer(&mut pipe), b"", &body, &mut written).unwrap();
+        assert_eq!(written, before);
+    }
+
+    #[test]
+    fn certificates_the_roots_or_the_name_do_not_vouch_for_fail_the_handshake() {
+        // An unknown issuer: no roots at all.
+        let pki_unknown = pki(&["el.example"]);
+        let (no_roots, _) = settings(&[], false).unwrap();
+        let mut client = Session::new(&no_roots, "el.example").unwrap();
+        let mut server = ServerConnection::new(pki_unknown.server).unwrap();
+        let mut pipe = Pipe::new();
+        match handshake(&mut client, &mut server, &mut pipe) {
+            Handshake::Failed(why) => assert!(why.contains("UnknownIssuer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(serve(&mut server, &mut pipe).is_some_and(|e| e.contains("alert")), "the server is told");
+        // A trusted certificate for another name.
+        let pki_other = pki(&["other.example"]);
+        let (trusting, _) = settings(std::slice::from_ref(&pki_other.ca), false).unwrap();
+        let mut client = Session::new(&trusting, "el.example").unwrap();
+        let mut server = ServerConnection::new(pki_other.server).unwrap();
+        let mut pipe = Pipe::new();
+        match handshake(&mut client, &mut server, &mut pipe) {
+            Handshake::Failed(why) => {
+                assert!(why.contains("NotValidForName") || why.contains("not valid for name"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_server_that_is_not_tls_fails_the_handshake() {
+        let (settings, _) = settings(&[], false).unwrap();
+        let mut client = Session::new(&settings, "el.example").unwrap();
+        let mut pipe = Pipe::new();
+        assert_eq!(client.handshake(&mut pipe), Handshake::Pending);
+        pipe.to_client.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        match client.handshake(&mut pipe) {
+            Handshake::Failed(why) => assert!(why.starts_with("TLS handshake failed: "), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let mut closed = Pipe::new();
+        closed.eof = true;
+        let mut client = Session::new(&settings, "el.example").unwrap();
+        assert_eq!(
+            client.handshake(&mut closed),
+            Handshake::Failed("TLS handshake failed: the server closed the connection".into())
+        );
+    }
+
+    #[test]
+    fn pem_files_need_at_least_one_certificate() {
+        let pki = pki(&["el.example"]);
+        let pem = CertificateDer::from(pki.ca.clone());
+        let text = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem.as_ref())
+        );
+        assert_eq!(parse_pem_certificates(text.as_bytes()).unwrap(), vec![pki.ca]);
+        assert!(parse_pem_certificates(b"hello\n").unwrap_err().contains("no PEM certificate"));
+        assert!(Session::new(&settings(&[], false).unwrap().0, "not a name!").is_err());
+        assert!(check_server_name("::1").is_ok() && check_server_name("bad name").is_err());
     }
 }

@@ -295,7 +295,8 @@ impl Conn {
 
     /// Whether the request was written out whole (over TLS: encrypted and in the socket).
     pub fn request_sent(&self) -> bool {
-        self.written >= self.out.len() + self.body().len() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.written >= self.out.len() + self.body().len()
+            && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 }
 

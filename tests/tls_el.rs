@@ -77,7 +77,8 @@ struct Identity {
 /// A certificate that signs itself for `names`: what `openssl req -x509` makes for a test EL.
 fn self_signed(names: &[&str]) -> Identity {
     let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
     let cert = params.self_signed(&key).expect("self-signed certificate");
     Identity { chain: vec![cert.der().clone()], key: key.serialize_der() }
 }
@@ -345,7 +346,9 @@ fn http_and_https_els_side_by_side_get_every_call_in_order() {
         let response = bn.post(body);
         assert_eq!(response.status, 200, "{}", response.text());
     }
-    for (name, el) in [("first (https, IP)", &first.el), ("second (http)", &second), ("third (https)", &third.el)] {
+    for (name, el) in
+        [("first (https, IP)", &first.el), ("second (http)", &second), ("third (https)", &third.el)]
+    {
         let received = el.wait_requests(bodies.len(), TIMEOUT);
         for (got, want) in received.iter().zip(&bodies) {
             assert_same_bytes(&got.body, want, name);
@@ -385,4 +388,20 @@ fn a_bad_builder_ca_file_is_refused_at_start_up() {
         run_proxy_expect_exit(&["--builders", "https://127.0.0.1:1", "--builder-ca", "/nonexistent/ca.pem"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot read --builder-ca file"), "{stderr}");
+}
+
+#[test]
+fn an_https_el_that_never_finishes_the_handshake_fails_at_the_connect_deadline() {
+    // The kernel completes the TCP handshake for a listener nobody accepts from, so the proxy
+    // connects, sends its ClientHello, and never hears back.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_url = format!("https://localhost:{}", silent.local_addr().expect("address").port());
+    let plain = MockEl::start();
+    let proxy = Proxy::start(&["--builders", &format!("{silent_url},{}", plain.url())]);
+    let body = new_payload(1, 100);
+    let response = proxy.bn().post(&body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["result"]["status"], "VALID", "the http EL answered: {}", response.text());
+    proxy.wait_log(&format!("{silent_url} is down: cannot connect"), TIMEOUT);
+    assert_same_bytes(&plain.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the http EL");
 }
