@@ -53,8 +53,16 @@ check "$host" tls
 check "$host" minimal
 musl="$arch-unknown-linux-musl"
 if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
-  check "$musl" tls
   check "$musl" minimal
+  # ring (the tls build's crypto) compiles C and assembly, which for musl needs musl's compiler
+  # wrapper: Debian's musl-tools has musl-gcc, which cc-rs does not look for by itself.
+  musl_cc=$(command -v "$arch-linux-musl-gcc" || command -v musl-gcc || true)
+  if [ -n "$musl_cc" ]; then
+    export "CC_${musl//-/_}=$musl_cc"
+    check "$musl" tls
+  else
+    echo "skip: the tls build for $musl needs a musl C compiler (apt-get install musl-tools)"
+  fi
 else
   echo "skip: the $musl target is not installed (rustup target add $musl)"
 fi

@@ -54,6 +54,9 @@ mod enabled {
 
     use super::{Handshake, MAX_PENDING};
 
+    /// Log lines name the module, not this half of it.
+    const LOG_TARGET: &str = "sync_proxy::tls";
+
     /// Whether this build can reach `https://` execution clients.
     pub const ENABLED: bool = true;
 
@@ -122,7 +125,7 @@ mod enabled {
     pub fn start(extra: &[Vec<u8>]) -> Result<Settings, String> {
         let (settings, roots) = settings(extra, true)?;
         for problem in &roots.problems {
-            log::warn!("TLS: reading the system's root certificates: {problem}");
+            log::warn!(target: LOG_TARGET, "TLS: reading the system's root certificates: {problem}");
         }
         if roots.system + roots.extra == 0 {
             log::warn!(
@@ -130,6 +133,7 @@ mod enabled {
             );
         } else {
             log::info!(
+                target: LOG_TARGET,
                 "TLS for https:// builders: {} system root certificate(s), {} from --builder-ca",
                 roots.system,
                 roots.extra

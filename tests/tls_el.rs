@@ -10,9 +10,10 @@
 //! Proven here: a call forwarded to an https EL and answered through it, byte-identical at the
 //! EL, with SNI naming the URL's host; a private CA trusted only with `--builder-ca` (without
 //! it the certificate is refused with one log line naming the EL and the reason, and the call
-//! falls back to a plain http EL); a certificate for another name refused; http and https ELs
-//! side by side, in order; an EL that ends each answer with close_notify; start-up errors for a
-//! bad `--builder-ca`.
+//! falls back to a plain http EL); a self-signed EL trusted by giving its certificate as
+//! `--builder-ca`; a certificate for another name refused; a handshake that never finishes
+//! failing at the connect deadline; http and https ELs side by side, in order; an EL that ends
+//! each answer with close_notify; start-up errors for a bad `--builder-ca`.
 
 #![cfg(feature = "tls")]
 
@@ -75,12 +76,13 @@ struct Identity {
 }
 
 /// A certificate that signs itself for `names`: what `openssl req -x509` makes for a test EL.
-fn self_signed(names: &[&str]) -> Identity {
+/// Also returned as PEM, for `--builder-ca`.
+fn self_signed(names: &[&str]) -> (Identity, String) {
     let key = KeyPair::generate().expect("key");
     let params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
     let cert = params.self_signed(&key).expect("self-signed certificate");
-    Identity { chain: vec![cert.der().clone()], key: key.serialize_der() }
+    (Identity { chain: vec![cert.der().clone()], key: key.serialize_der() }, cert.pem())
 }
 
 // ------------------------------------------------------------------------------ the TLS EL
@@ -294,7 +296,7 @@ fn a_call_reaches_an_https_el_through_a_private_ca_byte_for_byte() {
 
 #[test]
 fn without_builder_ca_a_self_signed_el_is_refused_with_one_log_line_and_the_call_falls_back() {
-    let tls_el = TlsEl::start(self_signed(&["localhost"]));
+    let tls_el = TlsEl::start(self_signed(&["localhost"]).0);
     let plain = MockEl::start();
     let proxy = Proxy::start(&["--builders", &format!("{},{}", tls_el.url(), plain.http_url())]);
     let body = new_payload(1, 100);
@@ -404,4 +406,16 @@ fn an_https_el_that_never_finishes_the_handshake_fails_at_the_connect_deadline()
     assert_eq!(response.json()["result"]["status"], "VALID", "the http EL answered: {}", response.text());
     proxy.wait_log(&format!("{silent_url} is down: cannot connect"), TIMEOUT);
     assert_same_bytes(&plain.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the http EL");
+}
+
+#[test]
+fn a_self_signed_el_is_trusted_when_its_certificate_is_the_builder_ca() {
+    let (identity, pem) = self_signed(&["localhost"]);
+    let el = TlsEl::start(identity);
+    let ca_file = TempFile::new(&pem);
+    let proxy = Proxy::start(&["--builders", &el.url(), "--builder-ca", ca_file.arg()]);
+    let body = new_payload(1, 100);
+    let response = proxy.bn().post(&body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_same_bytes(&el.el.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the EL");
 }
