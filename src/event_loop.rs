@@ -137,6 +137,8 @@ impl Proxy {
             for u in ups.iter_mut().filter(|u| u.endpoint.is_https()) {
                 u.tls = Some(settings.clone());
             }
+        } else if !cfg.builder_ca.is_empty() {
+            log::warn!("--builder-ca is given but no builder is https://: it is not used");
         }
         let metrics = Metrics::new(ups.len(), Instant::now());
         Ok(Proxy {

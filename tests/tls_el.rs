@@ -419,3 +419,12 @@ fn a_self_signed_el_is_trusted_when_its_certificate_is_the_builder_ca() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_same_bytes(&el.el.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the EL");
 }
+
+#[test]
+fn a_builder_ca_without_an_https_builder_is_said_to_be_unused() {
+    let ca_file = Ca::new().file();
+    let el = MockEl::start();
+    let proxy = Proxy::start(&["--builders", &el.url(), "--builder-ca", ca_file.arg()]);
+    proxy.wait_log("--builder-ca is given but no builder is https://", TIMEOUT);
+    assert_eq!(proxy.bn().post(&new_payload(1, 100)).status, 200);
+}
