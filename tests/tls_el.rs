@@ -199,7 +199,9 @@ fn relay(mut tls: TcpStream, backend: SocketAddr, config: Arc<ServerConfig>, sha
     conn.set_buffer_limit(None);
     let _ = tls.set_nodelay(true);
     let _ = tls.set_read_timeout(Some(POLL));
-    let _ = plain.set_read_timeout(Some(POLL));
+    // Only the TLS side waits (briefly): the mock's side is polled, so a large request does
+    // not wait on a quiet mock between records.
+    let _ = plain.set_nonblocking(true);
     let mut buf = vec![0u8; 64 * 1024];
     let mut handshaking = true;
     while !shared.stopped.load(Ordering::SeqCst) {
@@ -231,7 +233,7 @@ fn relay(mut tls: TcpStream, backend: SocketAddr, config: Arc<ServerConfig>, sha
             match conn.reader().read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    if plain.write_all(&buf[..n]).is_err() {
+                    if write_all_polling(&mut plain, &buf[..n]).is_err() {
                         return;
                     }
                 }
@@ -257,6 +259,19 @@ fn relay(mut tls: TcpStream, backend: SocketAddr, config: Arc<ServerConfig>, sha
             Err(_) => return,
         }
     }
+}
+
+/// `write_all` on a non-blocking socket: waits out `WouldBlock` a moment at a time.
+fn write_all_polling(stream: &mut TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.write(bytes) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if waits(&e) => thread::sleep(POLL),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------ tests
@@ -427,4 +442,25 @@ fn a_builder_ca_without_an_https_builder_is_said_to_be_unused() {
     let proxy = Proxy::start(&["--builders", &el.url(), "--builder-ca", ca_file.arg()]);
     proxy.wait_log("--builder-ca is given but no builder is https://", TIMEOUT);
     assert_eq!(proxy.bn().post(&new_payload(1, 100)).status, 200);
+}
+
+#[test]
+fn a_large_payload_crosses_tls_byte_for_byte_to_https_and_http_els() {
+    let ca = Ca::new();
+    let tls_el = TlsEl::start(ca.issue(&["localhost"]));
+    let plain = MockEl::start();
+    let ca_file = ca.file();
+    let builders = format!("{},{}", tls_el.url(), plain.url());
+    let proxy = Proxy::start(&["--builders", &builders, "--builder-ca", ca_file.arg()]);
+    // Far more than the 64 KiB a TLS session may hold: the write path must wait for the socket.
+    let pad = "ab".repeat(1 << 20);
+    let body = crate::util::rpc_body(
+        1,
+        "engine_newPayloadV3",
+        serde_json::json!([{"timestamp": "0x10", "extraData": pad}, [], "0x00"]),
+    );
+    let response = proxy.bn().post(&body);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_same_bytes(&tls_el.el.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the https EL");
+    assert_same_bytes(&plain.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the http EL");
 }
