@@ -150,7 +150,8 @@ mod enabled {
 
     impl Session {
         pub fn new(settings: &Settings, host: &str) -> Result<Session, String> {
-            let name = ServerName::try_from(host.to_owned())
+            // DNS names compare without case; certificates and SNI carry them in lower case.
+            let name = ServerName::try_from(host.to_ascii_lowercase())
                 .map_err(|_| format!("{host:?} cannot be a TLS server name"))?;
             let mut conn = ClientConnection::new(settings.clone(), name).map_err(|e| e.to_string())?;
             conn.set_buffer_limit(Some(MAX_PENDING));
@@ -209,8 +210,9 @@ mod enabled {
                     let _ = self.send(socket);
                     return Err(io::Error::other(e));
                 }
-                // A key update or an alert may want an answer; the rest waits for a write edge.
-                self.send(socket)?;
+                // A key update may want an answer. A send that fails here shows again at the next
+                // write; reading goes on, so an answer that arrived whole is not lost.
+                let _ = self.send(socket);
             }
         }
 
