@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::jwt::{self, Secret};
+use crate::tls;
 
 /// What `sync-proxy` was asked to do.
 // Built once at start-up and moved into the event loop, so the size of `Run` costs nothing.
@@ -85,6 +86,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Where `builders` and the secrets came from, to read them again on SIGHUP.
     pub reload: ReloadSource,
+    /// `--builder-ca`: extra root certificates (DER) trusted for `https://` execution clients,
+    /// besides the system's.
+    pub builder_ca: Vec<Vec<u8>>,
 }
 
 /// Where the builders come from: `--builders` or `--builders-file` (never both).
@@ -145,6 +149,7 @@ impl Config {
                 jwt_secret: None,
                 builder_jwt_secrets: None,
             },
+            builder_ca: Vec::new(),
         }
     }
 }
@@ -154,7 +159,7 @@ impl Config {
 pub struct Endpoint {
     /// The entry exactly as written (trimmed), e.g. `localhost:8551`.
     pub name: String,
-    /// Normalized `http://host:port/path`: scheme and host lower-cased, port always present.
+    /// Normalized `http[s]://host:port/path`: scheme and host lower-cased, port always present.
     pub url: String,
     /// For the Host header: `host[:port]` as written.
     pub host: String,
@@ -163,6 +168,23 @@ pub struct Endpoint {
     /// Resolved at start-up, IPv4 first; never empty. Names are looked up again while the proxy
     /// runs (see `resolve`), so the addresses an `Upstream` uses may differ from these.
     pub addrs: Vec<SocketAddr>,
+}
+
+impl Endpoint {
+    /// Whether the client is reached over TLS (`https://`).
+    pub fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// The host alone, without brackets or port: the TLS server name (SNI) and the name its
+    /// certificate must carry.
+    pub fn server_name(&self) -> &str {
+        let authority = self.host.as_str();
+        if let Some(inner) = authority.strip_prefix('[') {
+            return inner.split(']').next().unwrap_or(inner);
+        }
+        authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+    }
 }
 
 /// Everything `jwt-tokens-service` needs to run.
@@ -367,6 +389,14 @@ const PROXY_FLAGS: &[Flag] = &[
         env: "METRICS_ADDR",
         help: "also serve /metrics, /status, /healthz and /readyz (and nothing else) on this address",
     },
+    Flag {
+        name: "builder-ca",
+        value: Some("FILE"),
+        default: "",
+        env: "",
+        help: "PEM file of CA certificates trusted for https:// builders, besides the system's \
+               (for a private CA)",
+    },
 ];
 
 const TOKENS_FLAGS: &[Flag] = &[
@@ -395,6 +425,10 @@ const MAX_MILLIS: u64 = 365 * 24 * 60 * 60 * 1000;
 
 /// Go's `http` scheme default, used when an entry has no port.
 const DEFAULT_HTTP_PORT: u16 = 80;
+/// The same for `https://`.
+const DEFAULT_HTTPS_PORT: u16 = 443;
+/// Why a build without the cargo feature `tls` refuses `https://` and `--builder-ca`.
+const NO_TLS: &str = "this build has no TLS (it was built without the cargo feature `tls`)";
 
 /// `args` excludes argv[0]. `env` looks up environment variables (tests pass a closure over a map).
 pub fn parse(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
@@ -441,8 +475,8 @@ pub fn tokens_service_help_text() -> String {
 }
 
 /// Parses one --builders/--proxies list entry (Go rules: trimmed; empty entries skipped by the
-/// caller; "http://" prepended when the entry has no scheme; "https://" → error "https is not
-/// supported (no TLS): ..."), resolving the host with ToSocketAddrs.
+/// caller; "http://" prepended when the entry has no scheme; "https://" taken when the build has
+/// TLS, else refused with "https is not supported: ..."), resolving the host with ToSocketAddrs.
 ///
 /// Unlike Go, which prepends "http://" only when the entry does not start with "http", a host
 /// that merely starts with "http" (`httpbin:80`) works too, because the scheme is recognised by
@@ -450,6 +484,9 @@ pub fn tokens_service_help_text() -> String {
 pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
     let parts = split_endpoint(entry)?;
     let name = entry.trim();
+    if parts.url.starts_with("https://") {
+        tls::check_server_name(&parts.host).map_err(|why| bad_endpoint(name, &why))?;
+    }
     let mut addrs: Vec<SocketAddr> = (parts.host.as_str(), parts.port)
         .to_socket_addrs()
         .map_err(|e| bad_endpoint(name, &format!("cannot resolve {:?}: {e}", parts.host)))?
@@ -708,6 +745,11 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
     };
     let mirror_mode = bool_setting(raw, PROXY_FLAGS, "mirror-mode", env)?;
 
+    let builder_ca = match raw.path("builder-ca") {
+        Some(path) => read_builder_ca(&path)?,
+        None => Vec::new(),
+    };
+
     Ok(Config {
         listen,
         listen_text,
@@ -730,6 +772,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         jwt_client_id: non_empty(raw.text("jwt-client-id")?),
         metrics_addr,
         reload: source,
+        builder_ca,
     })
 }
 
@@ -973,13 +1016,15 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
     if entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains spaces or control characters"));
     }
+    let mut https = false;
     let rest = match entry.split_once("://") {
         Some((scheme, rest)) if is_scheme(scheme) => {
-            if scheme.eq_ignore_ascii_case("https") {
-                return Err(ConfigError(format!("https is not supported (no TLS): {entry:?}; use http://")));
+            https = scheme.eq_ignore_ascii_case("https");
+            if https && !tls::ENABLED {
+                return Err(ConfigError(format!("https is not supported: {entry:?}: {NO_TLS}; use http://")));
             }
-            if !scheme.eq_ignore_ascii_case("http") {
-                return Err(bad("only http:// is supported"));
+            if !https && !scheme.eq_ignore_ascii_case("http") {
+                return Err(bad("only http:// and https:// are supported"));
             }
             rest
         }
@@ -1026,6 +1071,7 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
         return Err(bad("empty host"));
     }
     let port = match port {
+        None if https => DEFAULT_HTTPS_PORT,
         None => DEFAULT_HTTP_PORT,
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => port,
@@ -1033,10 +1079,11 @@ fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
         },
     };
     let host = host.to_ascii_lowercase();
+    let scheme = if https { "https" } else { "http" };
     let url = if bracketed {
-        format!("http://[{host}]:{port}{path}")
+        format!("{scheme}://[{host}]:{port}{path}")
     } else {
-        format!("http://{host}:{port}{path}")
+        format!("{scheme}://{host}:{port}{path}")
     };
     Ok(EndpointParts { authority: authority.to_owned(), host, port, path, url })
 }
@@ -1067,6 +1114,17 @@ fn read_file(path: &Path, flag: &str) -> Result<String, ConfigError> {
         return Err(cannot(&format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     Ok(text)
+}
+
+/// `--builder-ca`: the certificates of a PEM file, read and checked at start-up.
+fn read_builder_ca(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    const FLAG: &str = "--builder-ca";
+    if !tls::ENABLED {
+        return Err(ConfigError(format!("{FLAG}: {NO_TLS}")));
+    }
+    let text = read_file(path, FLAG)?;
+    tls::parse_pem_certificates(text.as_bytes())
+        .map_err(|why| ConfigError(format!("invalid {FLAG} file {}: {why}", show_path(path))))
 }
 
 fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, ConfigError> {
@@ -1721,6 +1779,56 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_endpoints_default_to_port_443_and_name_their_tls_server() {
+        let cases = [
+            ("https://127.0.0.1", "https://127.0.0.1:443/", "127.0.0.1", "127.0.0.1:443"),
+            ("HTTPS://127.0.0.1:8551/x", "https://127.0.0.1:8551/x", "127.0.0.1", "127.0.0.1:8551"),
+            ("https://[::1]:8551", "https://[::1]:8551/", "::1", "[::1]:8551"),
+            ("https://LocalHost:8551", "https://localhost:8551/", "LocalHost", "127.0.0.1:8551"),
+        ];
+        for (entry, url, server_name, first) in cases {
+            let endpoint = parse_endpoint(entry).unwrap();
+            assert_eq!(endpoint.url, url, "{entry:?}");
+            assert!(endpoint.is_https(), "{entry:?}");
+            assert_eq!(endpoint.server_name(), server_name, "{entry:?}");
+            assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
+        }
+        assert!(!parse_endpoint("http://127.0.0.1:1").unwrap().is_https());
+        assert_eq!(parse_endpoint("127.0.0.1:1").unwrap().server_name(), "127.0.0.1");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn builder_ca_reads_every_certificate_of_a_pem_file() {
+        let pem = |cn: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params.self_signed(&key).unwrap().pem()
+        };
+        let file = TempFile::new(&format!("{}\n{}", pem("one"), pem("two")));
+        let config = run(&["--builders", "https://127.0.0.1:1", "--builder-ca", file.arg()]);
+        assert_eq!(config.builder_ca.len(), 2);
+        let empty = TempFile::new("# nothing here\n");
+        let message = error(&["--builders", "https://127.0.0.1:1", "--builder-ca", empty.arg()]);
+        assert_mentions(&message, &["invalid --builder-ca file", "no PEM certificate"]);
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_tls_feature_https_and_builder_ca_are_refused() {
+        for entry in ["https://127.0.0.1:8551", "HTTPS://127.0.0.1:8551"] {
+            let message = parse_endpoint(entry).unwrap_err().0;
+            assert_mentions(&message, &["https is not supported", entry, "cargo feature `tls`"]);
+        }
+        let file = TempFile::new("-----BEGIN CERTIFICATE-----\n");
+        let message = error(&["--builders", BUILDER, "--builder-ca", file.arg()]);
+        assert_mentions(&message, &["--builder-ca", "cargo feature `tls`"]);
+    }
+
     #[test]
     fn endpoint_name_is_trimmed() {
         let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
@@ -1742,9 +1850,7 @@ mod tests {
     #[test]
     fn bad_endpoints() {
         let table = [
-            ("https://127.0.0.1:8551", "https is not supported (no TLS)"),
-            ("HTTPS://127.0.0.1:8551", "https is not supported (no TLS)"),
-            ("ws://127.0.0.1:8551", "only http://"),
+            ("ws://127.0.0.1:8551", "only http:// and https://"),
             ("127.0.0.1 :8551", "spaces"),
             ("http://", "empty host"),
             (":8551", "empty host"),
@@ -1775,8 +1881,8 @@ mod tests {
 
     #[test]
     fn bad_builder_and_proxy_entries_name_their_flag() {
-        let message = error(&["--builders", "127.0.0.1:1,https://127.0.0.1:2"]);
-        assert_mentions(&message, &["--builders", "https is not supported", "https://127.0.0.1:2"]);
+        let message = error(&["--builders", "127.0.0.1:1,ws://127.0.0.1:2"]);
+        assert_mentions(&message, &["--builders", "only http://", "ws://127.0.0.1:2"]);
         let message = error(&["--builders", BUILDER, "--proxies", "127.0.0.1:x"]);
         assert_mentions(&message, &["--proxies", "invalid port", "127.0.0.1:x"]);
     }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::config::{Config, TokensServiceConfig};
+use crate::config::{Config, Endpoint, TokensServiceConfig};
 use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
@@ -36,6 +36,7 @@ use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::probes;
 use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
+use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 mod live_config;
@@ -115,6 +116,9 @@ pub struct Proxy {
     /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
     reload_in_flight: bool,
     reload_again: bool,
+    /// The TLS settings of `https://` execution clients, made at start-up when one is listed,
+    /// or at the first reload that adds one.
+    tls: Option<tls::Settings>,
 }
 
 /// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`
@@ -195,15 +199,24 @@ impl Proxy {
             None => None,
         };
         let now = Instant::now();
+        let tls = if cfg.builders.iter().chain(&cfg.proxies).any(Endpoint::is_https) {
+            Some(tls::start(&cfg.builder_ca).map_err(io::Error::other)?)
+        } else {
+            if !cfg.builder_ca.is_empty() {
+                log::warn!("--builder-ca is given but no builder is https://: it is not used");
+            }
+            None
+        };
         let mut ups = Vec::new();
         for (i, endpoint) in cfg.builders.iter().enumerate() {
             let own = cfg.builder_jwt_secrets.get(i).cloned().flatten();
-            ups.push(live_config::builder_upstream(&cfg, endpoint.clone(), own, now));
+            ups.push(live_config::builder_upstream(&cfg, endpoint.clone(), own, tls.as_ref(), now));
         }
         for endpoint in &cfg.proxies {
             let mut peer =
                 Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes);
             peer.refresh = live_config::refresh_for(endpoint, now);
+            peer.tls = tls.clone().filter(|_| endpoint.is_https());
             ups.push(peer);
         }
         let worker = if ups.is_empty() {
@@ -238,6 +251,7 @@ impl Proxy {
             worker,
             reload_in_flight: false,
             reload_again: false,
+            tls,
         })
     }
 
@@ -1040,6 +1054,15 @@ impl Proxy {
                 self.connect_failed(up, slot, now);
                 return;
             }
+            // Over TLS the connection is made only once the handshake is done.
+            match conn.handshake() {
+                Handshake::Done => {}
+                Handshake::Pending => return,
+                Handshake::Failed(why) => {
+                    self.connect_failed_because(up, slot, &why, now);
+                    return;
+                }
+            }
             self.ups[up].connected(slot, now);
             if self.ups[up].mark_up() {
                 log::info!("{} is up", self.ups[up].name());
@@ -1059,15 +1082,23 @@ impl Proxy {
     }
 
     fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
+        self.connect_failed_because(up, slot, "cannot connect", now);
+    }
+
+    /// A connection could not be made (`why`, for the log: refused, or a TLS handshake that
+    /// failed, as on a certificate the client's name or the trusted roots do not match).
+    fn connect_failed_because(&mut self, up: usize, slot: usize, why: &str, now: Instant) {
         let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
         self.metrics.set_up(up, false);
         self.metrics.failed(up, Failure::Refused);
         self.unreachable(up);
         if self.ups[up].mark_down(now) {
             log::warn!(
-                "{} is down: cannot connect; calls that must stay in order wait in its backlog",
+                "{} is down: {why}; calls that must stay in order wait in its backlog",
                 self.ups[up].name()
             );
+        } else {
+            log::debug!("{}: still down: {why}", self.ups[up].name());
         }
         if let Some(job) = job {
             if job.ordered() {

@@ -13,7 +13,8 @@
 //! SIGHUP into a reload; `reload` plans what a reload changes in the list of execution clients;
 //! `resolve` looks their names up again on a helper thread; `pool` keeps one spare large-body
 //! buffer; `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's
-//! newest VALID payload and how far behind it is.
+//! newest VALID payload and how far behind it is; `tls` is the optional TLS session of an
+//! `https://` execution client's connection.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -32,4 +33,5 @@ pub mod resolve;
 pub mod rpc;
 pub mod signals;
 pub mod sync_view;
+pub mod tls;
 pub mod upstream;

@@ -8,7 +8,7 @@
 //! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use crate::exchange::{ExchangeRef, Inbound};
 use crate::http::{self, Limits, Response, ResponseReader};
 use crate::jwt::TokenCache;
 use crate::resolve::Refresh;
+use crate::tls::{self, Handshake};
 
 /// Most connections kept to one execution client.
 pub const MAX_CONNS: usize = 8;
@@ -122,6 +123,8 @@ pub struct Conn {
     pub hold_until: Option<Instant>,
     /// When a write last moved bytes (a primary that stops taking them no longer holds others).
     pub last_progress: Instant,
+    /// For an `https://` client: the TLS session between the socket and the HTTP bytes.
+    pub tls: Option<tls::Session>,
 }
 
 /// What became of the job on a connection after I/O.
@@ -149,6 +152,7 @@ impl Conn {
             dead: false,
             hold_until: None,
             last_progress: now,
+            tls: None,
         }
     }
 
@@ -156,10 +160,19 @@ impl Conn {
         self.job.as_ref().map_or(&[][..], |j| &j.inbound.body)
     }
 
-    /// Writes the request head and the shared body with vectored writes, never copying the body.
+    /// Writes the request head and the shared body with vectored writes, never copying the body
+    /// (over TLS, through the session's bounded buffer).
     pub fn write(&mut self) -> io::Result<()> {
         let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
-        let (moved, _) = http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?;
+        let moved = match self.tls.as_mut() {
+            None => http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?.0,
+            Some(session) => {
+                // Records encrypted earlier go out first, even when all plaintext was taken.
+                let sent = session.send(&mut self.stream)?;
+                let mut writer = session.writer(&mut self.stream);
+                sent + http::write_head_body(&mut writer, &self.out, body, &mut self.written)?.0
+            }
+        };
         if moved > 0 {
             self.last_progress = Instant::now();
         }
@@ -182,10 +195,20 @@ impl Conn {
         }
     }
 
+    /// Moves the TLS handshake on (a plain connection has none): until it is done, the
+    /// connection stays `Connecting`, under the connect deadline.
+    pub fn handshake(&mut self) -> Handshake {
+        match self.tls.as_mut() {
+            None => Handshake::Done,
+            Some(session) => session.handshake(&mut self.stream),
+        }
+    }
+
     /// Reads what arrived. An idle connection that the client closed is simply marked dead.
+    /// Over TLS, the bytes are the decrypted ones; a TLS error is a reset, close_notify an end.
     pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> Outcome {
         loop {
-            let n = match self.stream.read(scratch) {
+            let n = match tls::read(self.tls.as_mut(), &mut self.stream, scratch) {
                 Ok(0) => {
                     if self.job.is_none() {
                         self.dead = true;
@@ -271,9 +294,10 @@ impl Conn {
         self.job.take()
     }
 
-    /// Whether the request was written out whole.
+    /// Whether the request was written out whole (over TLS: encrypted and in the socket).
     pub fn request_sent(&self) -> bool {
         self.written >= self.out.len() + self.body().len()
+            && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 }
 
@@ -310,6 +334,8 @@ pub struct Upstream {
     warned_stale_token: bool,
     /// When its host name is looked up again (None for an IP literal): see `resolve`.
     pub refresh: Option<Refresh>,
+    /// For an `https://` client: the TLS settings each new connection's session starts from.
+    pub tls: Option<tls::Settings>,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -350,6 +376,7 @@ impl Upstream {
             last_drop_report: None,
             warned_stale_token: false,
             refresh: None,
+            tls: None,
         }
     }
 
@@ -540,10 +567,21 @@ impl Upstream {
         let slot = self.conns.iter().position(Option::is_none)?;
         let addrs = &self.endpoint.addrs;
         let addr: SocketAddr = *addrs.get(self.next_addr % addrs.len().max(1))?;
+        let session = match self.tls.as_ref().map(|s| tls::Session::new(s, self.endpoint.server_name())) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                log::warn!("{}: cannot start TLS: {e}", self.endpoint.name);
+                result.went_down = Some(self.mark_down(now));
+                return None;
+            }
+        };
         match mio::net::TcpStream::connect(addr) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                self.conns[slot] = Some(Conn::new(stream, now));
+                let mut conn = Conn::new(stream, now);
+                conn.tls = session;
+                self.conns[slot] = Some(conn);
                 result.opened.push(slot);
                 Some(slot)
             }

@@ -637,7 +637,11 @@ fn command_line_errors_print_one_line_and_exit_2() {
         (&[], "builders"),
         (&["--addr", "127.0.0.1:0"], "builders"),
         (&["--builders", " , "], "builders"),
-        (&["--builders", "https://127.0.0.1:8551"], "https"),
+        // A build with TLS takes https:// and checks --builder-ca; one without refuses https://.
+        (
+            &["--builders", "https://127.0.0.1:8551", "--builder-ca", "/nonexistent/ca.pem"],
+            if cfg!(feature = "tls") { "cannot read --builder-ca file" } else { "https is not supported" },
+        ),
         (&["--builders", "127.0.0.1:notaport"], "notaport"),
         (&["--builders", "ftp://127.0.0.1:8551"], "ftp://127.0.0.1:8551"),
         (&["--builders", "127.0.0.1:8551", "--addr", "nonsense"], "nonsense"),

@@ -14,3 +14,4 @@ mod realnet;
 mod reload_resolve;
 mod routing;
 mod stale_token_warning;
+mod tls_el;

@@ -15,6 +15,7 @@ use crate::jwt::{Secret, TokenCache};
 use crate::metrics::ElMetrics;
 use crate::reload::{self, Origin};
 use crate::resolve::{self, Done, Refresh, Task, Verdict};
+use crate::tls;
 use crate::upstream::{Failure, Upstream};
 
 /// A builder's upstream with its tokens: its own secret's, else (with `--jwt-secret`) one for
@@ -23,9 +24,12 @@ pub(super) fn builder_upstream(
     cfg: &Config,
     endpoint: Endpoint,
     own: Option<Secret>,
+    tls: Option<&tls::Settings>,
     now: Instant,
 ) -> Upstream {
+    let https = endpoint.is_https();
     let mut upstream = Upstream::new(endpoint, false, None, cfg.backlog_requests, cfg.backlog_bytes);
+    upstream.tls = tls.filter(|_| https).cloned();
     set_tokens(&mut upstream, cfg, own);
     upstream.refresh = refresh_for(&upstream.endpoint, now);
     upstream
@@ -116,7 +120,10 @@ impl Proxy {
                 Done::Reload(result) => {
                     self.reload_in_flight = false;
                     match result {
-                        Ok(reloaded) => self.apply_reload(*reloaded, now),
+                        Ok(reloaded) => match self.tls_for(&reloaded.builders) {
+                            Ok(()) => self.apply_reload(*reloaded, now),
+                            Err(why) => log::warn!("reload failed, keeping the running configuration: {why}"),
+                        },
                         Err(why) => log::warn!("reload failed, keeping the running configuration: {why}"),
                     }
                     if std::mem::take(&mut self.reload_again) {
@@ -179,6 +186,14 @@ impl Proxy {
     /// backlog (the first of the new list is the primary), new ones start empty, removed ones
     /// are dropped with their queued calls (those fail for their beacon nodes, which are
     /// answered by the other ELs). Per-EL metrics follow their EL; a removed EL's disappear.
+    /// Makes the TLS settings when a reload brings the first `https://` execution client.
+    fn tls_for(&mut self, builders: &[Endpoint]) -> Result<(), String> {
+        if self.tls.is_none() && builders.iter().any(Endpoint::is_https) {
+            self.tls = Some(tls::start(&self.cfg.builder_ca)?);
+        }
+        Ok(())
+    }
+
     fn apply_reload(&mut self, new: Reloaded, now: Instant) {
         let old_urls: Vec<String> =
             self.ups[..self.builders].iter().map(|u| u.endpoint.url.clone()).collect();
@@ -248,7 +263,7 @@ impl Proxy {
                     self.ups.push(u);
                 }
                 None => {
-                    self.ups.push(builder_upstream(&self.cfg, endpoint, own, now));
+                    self.ups.push(builder_upstream(&self.cfg, endpoint, own, self.tls.as_ref(), now));
                     els.push(ElMetrics::default());
                 }
             }
