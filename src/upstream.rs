@@ -5,6 +5,13 @@
 //! out one at a time, in arrival order, on whichever connection is free; other calls go out at
 //! once on any free connection. A client that cannot be reached keeps its backlog and is retried
 //! with capped exponential backoff, so it catches up in order as soon as it is back.
+//!
+//! An ordered call that times out, or whose connection breaks, is never dropped for that
+//! reason: it goes back to the front of the backlog (`after_failure`) and the client counts as
+//! not answering, so it is retried after the backoff, not at once. Its connection is aborted
+//! (`SO_LINGER` 0, so closing it sends RST and the kernel discards the unsent request) before
+//! any later call can go out: a request stuck in a partitioned network must not reach the
+//! client later, behind newer calls.
 //! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
 
 use std::collections::VecDeque;
@@ -95,7 +102,20 @@ pub enum Health {
     Down {
         retry_at: Instant,
         failures: u32,
+        /// Calls went unanswered during this outage (not only refused connects): a client that
+        /// accepts connections but does not answer is only up again once it answers.
+        silent: bool,
     },
+}
+
+/// What became of a call that failed on a connection (see `Upstream::after_failure`).
+#[derive(Debug)]
+pub enum AfterFailure {
+    /// The call waits again at the front of the backlog. `dropped` is what no longer fits the
+    /// backlog's bounds (oldest first, possibly this very call).
+    Requeued { dropped: Vec<Job>, went_silent: Option<bool> },
+    /// The call is over for this client.
+    Failed { job: Job, went_silent: Option<bool> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +191,7 @@ impl Conn {
         match self.job.take() {
             None => Outcome::Pending,
             Some(job) => {
+                self.abort();
                 let reused = self.served > 0;
                 if reused && !self.reader.started() && !job.retried && failure == Failure::Reset {
                     Outcome::Retry(Job { retried: true, ..job })
@@ -253,7 +274,10 @@ impl Conn {
             ConnState::Busy => {
                 self.dead = true;
                 match self.job.take() {
-                    Some(job) => Outcome::Failed(job, Failure::Timeout),
+                    Some(job) => {
+                        self.abort();
+                        Outcome::Failed(job, Failure::Timeout)
+                    }
                     None => Outcome::Pending,
                 }
             }
@@ -261,6 +285,16 @@ impl Conn {
                 self.dead = true;
                 Outcome::Pending
             }
+        }
+    }
+
+    /// Makes closing this connection send RST and discard what the kernel has not delivered:
+    /// a request abandoned here must never reach the client later, after the calls that
+    /// follow it on another connection. Dropping the stream (when the event loop reaps the
+    /// dead connection, before any retry) then closes it.
+    fn abort(&mut self) {
+        if let Err(e) = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)) {
+            log::debug!("cannot set SO_LINGER 0 on an abandoned connection: {e}");
         }
     }
 
@@ -437,24 +471,65 @@ impl Upstream {
         }
     }
 
-    /// A connection to the client succeeded. True when this is news (it was not up).
+    /// The client answered. True when this is news (it was not up).
     pub fn mark_up(&mut self) -> bool {
         let news = self.health != Health::Up;
         self.health = Health::Up;
         news
     }
 
+    /// A connection to the client succeeded: it is up, unless calls went unanswered during
+    /// this outage; then only an answer says so. True when this is news.
+    pub fn mark_connected(&mut self) -> bool {
+        match self.health {
+            Health::Down { silent: true, .. } => false,
+            _ => self.mark_up(),
+        }
+    }
+
     /// A connection attempt failed. True when this is news (it was not already down).
     pub fn mark_down(&mut self, now: Instant) -> bool {
+        self.went_down(now, false)
+    }
+
+    /// A call got no answer (or its connection broke under it). True when this is news.
+    pub fn mark_silent(&mut self, now: Instant) -> bool {
+        self.went_down(now, true)
+    }
+
+    fn went_down(&mut self, now: Instant, silent_now: bool) -> bool {
         self.warned_stale_token = false;
-        let (news, failures) = match self.health {
-            Health::Down { failures, .. } => (false, failures.saturating_add(1)),
-            _ => (true, 0),
+        let (news, failures, silent) = match self.health {
+            Health::Down { failures, silent, .. } => (false, failures.saturating_add(1), silent),
+            _ => (true, 0, false),
         };
         let delay = BACKOFF_FIRST.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
-        self.health = Health::Down { retry_at: now + delay, failures };
+        self.health = Health::Down { retry_at: now + delay, failures, silent: silent || silent_now };
         self.next_addr = self.next_addr.wrapping_add(1);
         news
+    }
+
+    /// Decides what becomes of a call that failed on a connection. An ordered call that timed
+    /// out or lost its connection goes back to the front of the backlog: dropping it would
+    /// make the client skip a block. Any timeout, and a broken connection under an ordered
+    /// call, count as the client not answering (`went_silent` says whether that is news), so
+    /// the retry waits for the backoff instead of looping hot, and the beacon node is answered
+    /// by the next client meanwhile. Bad answers and dropped calls are not retried.
+    /// `--proxies` peers stay fire-and-forget: a peer slower than `--proxy-request-timeout`
+    /// still got the call, and re-sending it would only pile up copies.
+    pub fn after_failure(&mut self, job: Job, failure: Failure, now: Instant) -> AfterFailure {
+        if self.is_peer {
+            self.job_ended(&job);
+            return AfterFailure::Failed { job, went_silent: None };
+        }
+        let requeue = job.ordered() && matches!(failure, Failure::Timeout | Failure::Reset);
+        let went_silent = (requeue || failure == Failure::Timeout).then(|| self.mark_silent(now));
+        if requeue {
+            AfterFailure::Requeued { dropped: self.requeue_front(job), went_silent }
+        } else {
+            self.job_ended(&job);
+            AfterFailure::Failed { job, went_silent }
+        }
     }
 
     /// The moment a down client should be tried again, if it has work.
@@ -735,6 +810,119 @@ mod tests {
         assert_eq!(*delays.last().expect("delays"), BACKOFF_MAX);
         assert!(up.mark_up());
         assert!(!up.mark_up());
+    }
+
+    /// The backlog's calls, front first.
+    fn backlog(up: &Upstream) -> Vec<u8> {
+        up.backlog.iter().map(|j| j.inbound.body[0]).collect()
+    }
+
+    /// Takes the backlog's front call as `dispatch` would hand it to a connection.
+    fn take_front(up: &mut Upstream) -> Job {
+        let job = up.backlog.pop_front().expect("queued");
+        up.backlog_bytes -= job.inbound.body.len();
+        up.ordered_busy = true;
+        job
+    }
+
+    #[test]
+    fn regression_a_timed_out_ordered_call_is_requeued_at_the_front_and_retried_after_the_backoff() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        up.mark_up();
+        for id in 1..=3 {
+            up.enqueue(job(id, 1, true));
+        }
+        let first = take_front(&mut up);
+        let AfterFailure::Requeued { dropped, went_silent } = up.after_failure(first, Failure::Timeout, t0)
+        else {
+            panic!("a timed-out ordered call must not be dropped");
+        };
+        assert!(dropped.is_empty());
+        assert_eq!(went_silent, Some(true), "not answering is news the first time");
+        assert_eq!(backlog(&up), vec![1, 2, 3], "back at the front, before the newer calls");
+        assert_eq!(up.backlog_bytes(), 3);
+        assert!(!up.ordered_busy, "the ordered slot is free for the retry");
+
+        // No hot loop: nothing goes out before the backoff, then the same call goes first.
+        assert_eq!(up.retry_at(), Some(t0 + BACKOFF_FIRST));
+        let early = up.dispatch(t0 + BACKOFF_FIRST - Duration::from_millis(1), 0);
+        assert!(early.opened.is_empty() && early.failed.is_empty());
+        assert_eq!(backlog(&up), vec![1, 2, 3]);
+
+        // A broken connection under the retry: requeued again, the backoff doubles, no news.
+        let again = take_front(&mut up);
+        let t1 = t0 + BACKOFF_FIRST;
+        let AfterFailure::Requeued { went_silent, .. } = up.after_failure(again, Failure::Reset, t1) else {
+            panic!("an ordered call whose connection broke must not be dropped");
+        };
+        assert_eq!(went_silent, Some(false), "reported once per outage");
+        assert_eq!(up.retry_at(), Some(t1 + 2 * BACKOFF_FIRST));
+        assert_eq!(backlog(&up), vec![1, 2, 3]);
+
+        // Connecting is not answering: it stays down until an answer arrives.
+        assert!(!up.mark_connected());
+        assert!(up.is_down());
+        assert!(up.mark_up(), "an answer is news");
+        assert!(!up.mark_connected());
+    }
+
+    #[test]
+    fn a_requeued_call_counts_against_the_backlog_bound_and_the_oldest_is_dropped() {
+        let mut up = upstream(2, 1 << 20);
+        let now = Instant::now();
+        up.enqueue(job(1, 1, true));
+        let first = take_front(&mut up);
+        up.enqueue(job(2, 1, true));
+        up.enqueue(job(3, 1, true));
+        let AfterFailure::Requeued { dropped, .. } = up.after_failure(first, Failure::Timeout, now) else {
+            panic!("requeued");
+        };
+        assert_eq!(ids(&dropped), vec![1], "the requeued call is the oldest");
+        assert_eq!(backlog(&up), vec![2, 3]);
+        assert_eq!(up.backlog_bytes(), 2);
+    }
+
+    #[test]
+    fn only_ordered_calls_that_timed_out_or_lost_their_connection_are_requeued() {
+        let now = Instant::now();
+        let cases = [
+            (true, Failure::Timeout, true, Some(true)),
+            (true, Failure::Reset, true, Some(true)),
+            (true, Failure::BadAnswer, false, None),
+            (false, Failure::Timeout, false, Some(true)),
+            (false, Failure::Reset, false, None),
+            (false, Failure::BadAnswer, false, None),
+        ];
+        for (ordered, failure, requeued, silent) in cases {
+            let mut up = upstream(10, 1 << 20);
+            up.mark_up();
+            let after = up.after_failure(job(1, 1, ordered), failure, now);
+            let (was_requeued, went_silent) = match after {
+                AfterFailure::Requeued { went_silent, .. } => (true, went_silent),
+                AfterFailure::Failed { went_silent, .. } => (false, went_silent),
+            };
+            assert_eq!((was_requeued, went_silent), (requeued, silent), "ordered {ordered}, {failure:?}");
+            assert_eq!(up.is_down(), silent.is_some(), "ordered {ordered}, {failure:?}");
+            assert_eq!(up.backlog_len(), usize::from(requeued));
+        }
+    }
+
+    #[test]
+    fn a_peer_proxy_stays_fire_and_forget() {
+        let mut up = upstream(10, 1 << 20);
+        up.is_peer = true;
+        let after = up.after_failure(job(1, 1, true), Failure::Timeout, Instant::now());
+        assert!(matches!(after, AfterFailure::Failed { went_silent: None, .. }));
+        assert!(!up.is_down());
+    }
+
+    #[test]
+    fn a_refused_outage_ends_at_the_first_connect() {
+        let mut up = upstream(10, 1 << 20);
+        assert!(up.mark_down(Instant::now()));
+        assert!(up.mark_connected());
+        assert!(!up.is_down());
     }
 
     #[test]
