@@ -554,11 +554,16 @@ impl Upstream {
     /// Hands queued jobs to free connections, opening new ones as needed and allowed.
     pub fn dispatch(&mut self, now: Instant, unix_now: u64) -> Dispatch {
         let mut result = Dispatch::default();
-        if let Health::Down { retry_at, .. } = self.health {
-            if now < retry_at {
+        if let Health::Down { retry_at, silent, .. } = self.health {
+            // A client that stopped answering is probed with its ordered calls alone; other
+            // calls would only wait out their timeout there (a getPayload for a proposal).
+            let probing = silent && (self.ordered_busy || !self.backlog.is_empty());
+            if now < retry_at || probing {
                 // Calls that do not wait for the client fail now, so the beacon node is
                 // answered by the next client at once instead of at its timeout.
                 result.failed.extend(self.waiting.drain(..).map(|j| (j, Failure::Down)));
+            }
+            if now < retry_at {
                 return result;
             }
         }
@@ -906,6 +911,25 @@ mod tests {
             assert_eq!(up.is_down(), silent.is_some(), "ordered {ordered}, {failure:?}");
             assert_eq!(up.backlog_len(), usize::from(requeued));
         }
+    }
+
+    #[test]
+    fn other_calls_fail_at_once_while_an_ordered_call_probes_a_client_that_stopped_answering() {
+        let mut up = upstream(10, 1 << 20);
+        let now = Instant::now();
+        up.mark_up();
+        up.enqueue(job(1, 1, true));
+        let probe = take_front(&mut up);
+        up.after_failure(probe, Failure::Timeout, now);
+        let probe = take_front(&mut up);
+        up.enqueue(job(2, 1, false));
+        // The backoff is over and the ordered call is out again: the other call does not wait.
+        let dispatch = up.dispatch(now + BACKOFF_MAX, 0);
+        assert!(dispatch.opened.is_empty());
+        assert_eq!(dispatch.failed.len(), 1);
+        assert_eq!(dispatch.failed[0].1, Failure::Down);
+        assert_eq!(backlog(&up), Vec::<u8>::new(), "the probe is out, nothing else ordered waits");
+        drop(probe);
     }
 
     #[test]
