@@ -12,6 +12,7 @@
 //! (`SO_LINGER` 0, so closing it sends RST and the kernel discards the unsent request) before
 //! any later call can go out: a request stuck in a partitioned network must not reach the
 //! client later, behind newer calls.
+//!
 //! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
 
 use std::collections::VecDeque;
@@ -290,8 +291,9 @@ impl Conn {
 
     /// Makes closing this connection send RST and discard what the kernel has not delivered:
     /// a request abandoned here must never reach the client later, after the calls that
-    /// follow it on another connection. Dropping the stream (when the event loop reaps the
-    /// dead connection, before any retry) then closes it.
+    /// follow it on another connection. Dropping the stream closes it when the event loop
+    /// reaps the dead connection at the end of this loop pass; the retry waits for the
+    /// backoff (`after_failure`), so it always goes out after that.
     fn abort(&mut self) {
         if let Err(e) = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)) {
             log::debug!("cannot set SO_LINGER 0 on an abandoned connection: {e}");
