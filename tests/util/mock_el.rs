@@ -567,15 +567,13 @@ impl ConnReader {
 
     /// Whether a partition is on; if so this connection is cut from now on.
     fn hold_from_now(&mut self) -> bool {
-        let mut on = false;
-        self.recorder.update(|r| {
-            on = r.partition.on;
-            if on {
-                r.partition.cut += 1;
-            }
-        });
-        self.cut = on;
-        on
+        let mut records = lock(&self.recorder.records);
+        if records.partition.on {
+            records.partition.cut += 1;
+            self.cut = true;
+            self.recorder.changed.notify_all();
+        }
+        self.cut
     }
 
     /// A cut connection ended (`closed_normally`, or reset): once `deliver_late` releases it,
