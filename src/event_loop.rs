@@ -37,7 +37,7 @@ use crate::probes;
 use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
 use crate::tls::{self, Handshake};
-use crate::upstream::{ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
+use crate::upstream::{AfterFailure, ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 mod live_config;
 
@@ -1064,9 +1064,8 @@ impl Proxy {
                 }
             }
             self.ups[up].connected(slot, now);
-            if self.ups[up].mark_up() {
-                log::info!("{} is up", self.ups[up].name());
-                self.metrics.set_up(up, true);
+            if self.ups[up].mark_connected() {
+                self.log_up(up);
             }
         }
         let needs_write =
@@ -1136,8 +1135,7 @@ impl Proxy {
                 self.pump(up, now);
             }
             Outcome::Failed(job, failure) => {
-                self.ups[up].job_ended(&job);
-                self.job_failed(up, job, failure, now);
+                self.after_failure(up, job, failure, now);
                 self.pump(up, now);
             }
             Outcome::Retry(job) => {
@@ -1154,7 +1152,57 @@ impl Proxy {
         }
     }
 
+    fn log_up(&mut self, up: usize) {
+        log::info!("{} is up", self.ups[up].name());
+        self.metrics.set_up(up, true);
+    }
+
+    /// A call failed on a connection of client `up`. An ordered call that timed out or lost
+    /// its connection waits again at the front of the backlog; its beacon node is answered by
+    /// the next client, as for any failure. A client that stops answering is reported once,
+    /// like one that refuses connections, and what is queued for it is answered elsewhere.
+    fn after_failure(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
+        let timeout = job.timeout;
+        let exchange = job.exchange.map(|r| (r, job.target));
+        let went_silent = match self.ups[up].after_failure(job, failure, now) {
+            AfterFailure::Failed { job, went_silent } => {
+                self.job_failed(up, job, failure, now);
+                went_silent
+            }
+            AfterFailure::Requeued { dropped, went_silent } => {
+                self.metrics.failed(up, failure);
+                log::debug!(
+                    "{}: an ordered call failed ({}); it waits at the front of the backlog",
+                    self.ups[up].name(),
+                    failure.label()
+                );
+                if let Some((r, target)) = exchange {
+                    self.standing(r, target, Standing::Failed, now);
+                }
+                self.dropped(up, dropped, now);
+                went_silent
+            }
+        };
+        let Some(news) = went_silent else { return };
+        self.metrics.set_up(up, false);
+        if news {
+            let why = match failure {
+                Failure::Timeout => format!("no answer within {} ms", timeout.as_millis()),
+                _ => "the connection broke before the answer".to_string(),
+            };
+            log::warn!(
+                "{} is not answering: {why}; calls that must stay in order wait in its backlog and are sent \
+                 again when it answers",
+                self.ups[up].name()
+            );
+        }
+        self.fail_queued(up, now);
+    }
+
     fn job_answered(&mut self, up: usize, job: Job, resp: http::Response, now: Instant) {
+        if self.ups[up].mark_up() {
+            self.log_up(up);
+        }
         let latency = job.sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         let status = if job.inbound.class.is_ordered() {
             rpc::scan_response(&resp.body).ok().and_then(|s| s.status)

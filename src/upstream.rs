@@ -5,6 +5,14 @@
 //! out one at a time, in arrival order, on whichever connection is free; other calls go out at
 //! once on any free connection. A client that cannot be reached keeps its backlog and is retried
 //! with capped exponential backoff, so it catches up in order as soon as it is back.
+//!
+//! An ordered call that times out, or whose connection breaks, is never dropped for that
+//! reason: it goes back to the front of the backlog (`after_failure`) and the client counts as
+//! not answering, so it is retried after the backoff, not at once. Its connection is aborted
+//! (`SO_LINGER` 0, so closing it sends RST and the kernel discards the unsent request) before
+//! any later call can go out: a request stuck in a partitioned network must not reach the
+//! client later, behind newer calls.
+//!
 //! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
 
 use std::collections::VecDeque;
@@ -97,7 +105,20 @@ pub enum Health {
     Down {
         retry_at: Instant,
         failures: u32,
+        /// Calls went unanswered during this outage (not only refused connects): a client that
+        /// accepts connections but does not answer is only up again once it answers.
+        silent: bool,
     },
+}
+
+/// What became of a call that failed on a connection (see `Upstream::after_failure`).
+#[derive(Debug)]
+pub enum AfterFailure {
+    /// The call waits again at the front of the backlog. `dropped` is what no longer fits the
+    /// backlog's bounds (oldest first, possibly this very call).
+    Requeued { dropped: Vec<Job>, went_silent: Option<bool> },
+    /// The call is over for this client.
+    Failed { job: Job, went_silent: Option<bool> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +206,7 @@ impl Conn {
         match self.job.take() {
             None => Outcome::Pending,
             Some(job) => {
+                self.abort();
                 let reused = self.served > 0;
                 if reused && !self.reader.started() && !job.retried && failure == Failure::Reset {
                     Outcome::Retry(Job { retried: true, ..job })
@@ -277,7 +299,10 @@ impl Conn {
             ConnState::Busy => {
                 self.dead = true;
                 match self.job.take() {
-                    Some(job) => Outcome::Failed(job, Failure::Timeout),
+                    Some(job) => {
+                        self.abort();
+                        Outcome::Failed(job, Failure::Timeout)
+                    }
                     None => Outcome::Pending,
                 }
             }
@@ -285,6 +310,17 @@ impl Conn {
                 self.dead = true;
                 Outcome::Pending
             }
+        }
+    }
+
+    /// Makes closing this connection send RST and discard what the kernel has not delivered:
+    /// a request abandoned here must never reach the client later, after the calls that
+    /// follow it on another connection. Dropping the stream closes it when the event loop
+    /// reaps the dead connection at the end of this loop pass; the retry waits for the
+    /// backoff (`after_failure`), so it always goes out after that.
+    fn abort(&mut self) {
+        if let Err(e) = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)) {
+            log::debug!("cannot set SO_LINGER 0 on an abandoned connection: {e}");
         }
     }
 
@@ -469,18 +505,36 @@ impl Upstream {
         }
     }
 
-    /// A connection to the client succeeded. True when this is news (it was not up).
+    /// The client answered. True when this is news (it was not up).
     pub fn mark_up(&mut self) -> bool {
         let news = self.health != Health::Up;
         self.health = Health::Up;
         news
     }
 
+    /// A connection to the client succeeded: it is up, unless calls went unanswered during
+    /// this outage; then only an answer says so. True when this is news.
+    pub fn mark_connected(&mut self) -> bool {
+        match self.health {
+            Health::Down { silent: true, .. } => false,
+            _ => self.mark_up(),
+        }
+    }
+
     /// A connection attempt failed. True when this is news (it was not already down).
     pub fn mark_down(&mut self, now: Instant) -> bool {
-        let (news, failures) = match self.health {
-            Health::Down { failures, .. } => (false, failures.saturating_add(1)),
-            _ => (true, 0),
+        self.went_down(now, false)
+    }
+
+    /// A call got no answer (or its connection broke under it). True when this is news.
+    pub fn mark_silent(&mut self, now: Instant) -> bool {
+        self.went_down(now, true)
+    }
+
+    fn went_down(&mut self, now: Instant, silent_now: bool) -> bool {
+        let (news, failures, silent) = match self.health {
+            Health::Down { failures, silent, .. } => (false, failures.saturating_add(1), silent),
+            _ => (true, 0, false),
         };
         if news {
             // A new down episode: its stale tokens are worth one warning of their own. Every
@@ -488,9 +542,32 @@ impl Upstream {
             self.warned_stale_token = false;
         }
         let delay = BACKOFF_FIRST.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
-        self.health = Health::Down { retry_at: now + delay, failures };
+        self.health = Health::Down { retry_at: now + delay, failures, silent: silent || silent_now };
         self.next_addr = self.next_addr.wrapping_add(1);
         news
+    }
+
+    /// Decides what becomes of a call that failed on a connection. An ordered call that timed
+    /// out or lost its connection goes back to the front of the backlog: dropping it would
+    /// make the client skip a block. Any timeout, and a broken connection under an ordered
+    /// call, count as the client not answering (`went_silent` says whether that is news), so
+    /// the retry waits for the backoff instead of looping hot, and the beacon node is answered
+    /// by the next client meanwhile. Bad answers and dropped calls are not retried.
+    /// `--proxies` peers stay fire-and-forget: a peer slower than `--proxy-request-timeout`
+    /// still got the call, and re-sending it would only pile up copies.
+    pub fn after_failure(&mut self, job: Job, failure: Failure, now: Instant) -> AfterFailure {
+        if self.is_peer {
+            self.job_ended(&job);
+            return AfterFailure::Failed { job, went_silent: None };
+        }
+        let requeue = job.ordered() && matches!(failure, Failure::Timeout | Failure::Reset);
+        let went_silent = (requeue || failure == Failure::Timeout).then(|| self.mark_silent(now));
+        if requeue {
+            AfterFailure::Requeued { dropped: self.requeue_front(job), went_silent }
+        } else {
+            self.job_ended(&job);
+            AfterFailure::Failed { job, went_silent }
+        }
     }
 
     /// The moment a down client should be tried again, if it has work.
@@ -515,11 +592,16 @@ impl Upstream {
     /// Hands queued jobs to free connections, opening new ones as needed and allowed.
     pub fn dispatch(&mut self, now: Instant, unix_now: u64) -> Dispatch {
         let mut result = Dispatch::default();
-        if let Health::Down { retry_at, .. } = self.health {
-            if now < retry_at {
+        if let Health::Down { retry_at, silent, .. } = self.health {
+            // A client that stopped answering is probed with its ordered calls alone; other
+            // calls would only wait out their timeout there (a getPayload for a proposal).
+            let probing = silent && (self.ordered_busy || !self.backlog.is_empty());
+            if now < retry_at || probing {
                 // Calls that do not wait for the client fail now, so the beacon node is
                 // answered by the next client at once instead of at its timeout.
                 result.failed.extend(self.waiting.drain(..).map(|j| (j, Failure::Down)));
+            }
+            if now < retry_at {
                 return result;
             }
         }
@@ -675,8 +757,8 @@ impl Upstream {
                 conn.dead = true;
             }
         }
-        if let Health::Down { failures, .. } = self.health {
-            self.health = Health::Down { retry_at: now, failures };
+        if let Health::Down { failures, silent, .. } = self.health {
+            self.health = Health::Down { retry_at: now, failures, silent };
         }
     }
 
@@ -826,6 +908,138 @@ mod tests {
         assert_eq!(*delays.last().expect("delays"), BACKOFF_MAX);
         assert!(up.mark_up());
         assert!(!up.mark_up());
+    }
+
+    /// The backlog's calls, front first.
+    fn backlog(up: &Upstream) -> Vec<u8> {
+        up.backlog.iter().map(|j| j.inbound.body[0]).collect()
+    }
+
+    /// Takes the backlog's front call as `dispatch` would hand it to a connection.
+    fn take_front(up: &mut Upstream) -> Job {
+        let job = up.backlog.pop_front().expect("queued");
+        up.backlog_bytes -= job.inbound.body.len();
+        up.ordered_busy = true;
+        job
+    }
+
+    #[test]
+    fn regression_a_timed_out_ordered_call_is_requeued_at_the_front_and_retried_after_the_backoff() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        up.mark_up();
+        for id in 1..=3 {
+            up.enqueue(job(id, 1, true));
+        }
+        let first = take_front(&mut up);
+        let AfterFailure::Requeued { dropped, went_silent } = up.after_failure(first, Failure::Timeout, t0)
+        else {
+            panic!("a timed-out ordered call must not be dropped");
+        };
+        assert!(dropped.is_empty());
+        assert_eq!(went_silent, Some(true), "not answering is news the first time");
+        assert_eq!(backlog(&up), vec![1, 2, 3], "back at the front, before the newer calls");
+        assert_eq!(up.backlog_bytes(), 3);
+        assert!(!up.ordered_busy, "the ordered slot is free for the retry");
+
+        // No hot loop: nothing goes out before the backoff, then the same call goes first.
+        assert_eq!(up.retry_at(), Some(t0 + BACKOFF_FIRST));
+        let early = up.dispatch(t0 + BACKOFF_FIRST - Duration::from_millis(1), 0);
+        assert!(early.opened.is_empty() && early.failed.is_empty());
+        assert_eq!(backlog(&up), vec![1, 2, 3]);
+
+        // A broken connection under the retry: requeued again, the backoff doubles, no news.
+        let again = take_front(&mut up);
+        let t1 = t0 + BACKOFF_FIRST;
+        let AfterFailure::Requeued { went_silent, .. } = up.after_failure(again, Failure::Reset, t1) else {
+            panic!("an ordered call whose connection broke must not be dropped");
+        };
+        assert_eq!(went_silent, Some(false), "reported once per outage");
+        assert_eq!(up.retry_at(), Some(t1 + 2 * BACKOFF_FIRST));
+        assert_eq!(backlog(&up), vec![1, 2, 3]);
+
+        // Connecting is not answering: it stays down until an answer arrives.
+        assert!(!up.mark_connected());
+        assert!(up.is_down());
+        assert!(up.mark_up(), "an answer is news");
+        assert!(!up.mark_connected());
+    }
+
+    #[test]
+    fn a_requeued_call_counts_against_the_backlog_bound_and_the_oldest_is_dropped() {
+        let mut up = upstream(2, 1 << 20);
+        let now = Instant::now();
+        up.enqueue(job(1, 1, true));
+        let first = take_front(&mut up);
+        up.enqueue(job(2, 1, true));
+        up.enqueue(job(3, 1, true));
+        let AfterFailure::Requeued { dropped, .. } = up.after_failure(first, Failure::Timeout, now) else {
+            panic!("requeued");
+        };
+        assert_eq!(ids(&dropped), vec![1], "the requeued call is the oldest");
+        assert_eq!(backlog(&up), vec![2, 3]);
+        assert_eq!(up.backlog_bytes(), 2);
+    }
+
+    #[test]
+    fn only_ordered_calls_that_timed_out_or_lost_their_connection_are_requeued() {
+        let now = Instant::now();
+        let cases = [
+            (true, Failure::Timeout, true, Some(true)),
+            (true, Failure::Reset, true, Some(true)),
+            (true, Failure::BadAnswer, false, None),
+            (false, Failure::Timeout, false, Some(true)),
+            (false, Failure::Reset, false, None),
+            (false, Failure::BadAnswer, false, None),
+        ];
+        for (ordered, failure, requeued, silent) in cases {
+            let mut up = upstream(10, 1 << 20);
+            up.mark_up();
+            let after = up.after_failure(job(1, 1, ordered), failure, now);
+            let (was_requeued, went_silent) = match after {
+                AfterFailure::Requeued { went_silent, .. } => (true, went_silent),
+                AfterFailure::Failed { went_silent, .. } => (false, went_silent),
+            };
+            assert_eq!((was_requeued, went_silent), (requeued, silent), "ordered {ordered}, {failure:?}");
+            assert_eq!(up.is_down(), silent.is_some(), "ordered {ordered}, {failure:?}");
+            assert_eq!(up.backlog_len(), usize::from(requeued));
+        }
+    }
+
+    #[test]
+    fn other_calls_fail_at_once_while_an_ordered_call_probes_a_client_that_stopped_answering() {
+        let mut up = upstream(10, 1 << 20);
+        let now = Instant::now();
+        up.mark_up();
+        up.enqueue(job(1, 1, true));
+        let probe = take_front(&mut up);
+        up.after_failure(probe, Failure::Timeout, now);
+        let probe = take_front(&mut up);
+        up.enqueue(job(2, 1, false));
+        // The backoff is over and the ordered call is out again: the other call does not wait.
+        let dispatch = up.dispatch(now + BACKOFF_MAX, 0);
+        assert!(dispatch.opened.is_empty());
+        assert_eq!(dispatch.failed.len(), 1);
+        assert_eq!(dispatch.failed[0].1, Failure::Down);
+        assert_eq!(backlog(&up), Vec::<u8>::new(), "the probe is out, nothing else ordered waits");
+        drop(probe);
+    }
+
+    #[test]
+    fn a_peer_proxy_stays_fire_and_forget() {
+        let mut up = upstream(10, 1 << 20);
+        up.is_peer = true;
+        let after = up.after_failure(job(1, 1, true), Failure::Timeout, Instant::now());
+        assert!(matches!(after, AfterFailure::Failed { went_silent: None, .. }));
+        assert!(!up.is_down());
+    }
+
+    #[test]
+    fn a_refused_outage_ends_at_the_first_connect() {
+        let mut up = upstream(10, 1 << 20);
+        assert!(up.mark_down(Instant::now()));
+        assert!(up.mark_connected());
+        assert!(!up.is_down());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod combined_errors;
 mod hostile;
 mod http_cli;
 mod lingering;
+mod partition;
 mod probes_sync;
 mod realnet;
 mod reload_resolve;

@@ -10,6 +10,14 @@
 //! like a healthy EL.
 //! `stop()` closes the listener and every connection (an EL going down); `restart()` binds
 //! the same port again and keeps the records, so a test sees the whole history.
+//!
+//! `partition()` … `heal()` … `deliver_late()` stand in for a network partition on loopback,
+//! where nothing is ever lost in flight. Bytes read during the partition are held, unparsed
+//! and unanswered, as if still in the network; a connection that got any is "cut" and holds
+//! everything until it ends. New connections after `heal()` are served as usual. Then
+//! `deliver_late()` plays the sender's TCP retransmitting what was stuck: a cut connection
+//! its peer closed normally delivers what it held, late; one its peer aborted (RST) delivers
+//! nothing, because an abort makes the sender's kernel discard what it had not delivered.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -69,6 +77,32 @@ struct Records {
     connections: usize,
     open: usize,
     errors: Vec<String>,
+    partition: Partition,
+}
+
+/// The state of a simulated network partition (see the module docs).
+#[derive(Default)]
+struct Partition {
+    /// Bytes read now are held as if in the network.
+    on: bool,
+    /// Connections that read bytes during the partition.
+    cut: usize,
+    /// Cut connections their peer has closed (normally or by RST).
+    ended: usize,
+    /// `deliver_late()` was called: cut connections may now deliver or discard.
+    released: bool,
+    /// Cut connections that delivered their held requests late, or discarded them.
+    delivered: usize,
+    discarded: usize,
+}
+
+/// What `MockEl::deliver_late` did with the cut connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateDelivery {
+    /// Cut connections closed normally: their held requests were recorded, late.
+    pub delivered: usize,
+    /// Cut connections aborted by their peer: their held bytes were dropped.
+    pub discarded: usize,
 }
 
 /// One listening period, from bind to `stop()`.
@@ -217,6 +251,43 @@ impl MockEl {
     /// Replaces the behaviour; requests read from now on get the new one.
     pub fn set_behaviour(&self, behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) {
         *lock(&self.recorder.behaviour) = Arc::new(behaviour);
+    }
+
+    /// Starts a simulated partition: bytes read from now on are held, not answered.
+    pub fn partition(&self) {
+        self.recorder.update(|r| r.partition.on = true);
+    }
+
+    /// Ends the partition for new bytes on connections that are not cut.
+    pub fn heal(&self) {
+        self.recorder.update(|r| r.partition.on = false);
+    }
+
+    /// Waits until the peer has closed `n` cut connections (given up on them).
+    #[track_caller]
+    pub fn wait_cut_closed(&self, n: usize, timeout: Duration) {
+        let result = self.recorder.wait(timeout, |r| r.partition.ended >= n);
+        let p = lock(&self.recorder.records).partition.ended;
+        assert!(
+            result.is_ok(),
+            "mock EL {}: timed out after {timeout:?} waiting for {n} cut connections to close; {p} did",
+            self.addr
+        );
+    }
+
+    /// Plays the late retransmission of what was held: waits until the peer has closed every
+    /// cut connection, then has each deliver its held requests (closed normally) or drop them
+    /// (aborted), and waits until all have.
+    #[track_caller]
+    pub fn deliver_late(&self, timeout: Duration) -> LateDelivery {
+        let closed = self.recorder.wait(timeout, |r| r.partition.ended == r.partition.cut);
+        assert!(closed.is_ok(), "mock EL {}: the peer never closed every cut connection", self.addr);
+        self.recorder.update(|r| r.partition.released = true);
+        let settled =
+            self.recorder.wait(timeout, |r| r.partition.delivered + r.partition.discarded == r.partition.cut);
+        assert!(settled.is_ok(), "mock EL {}: cut connections did not settle", self.addr);
+        let records = lock(&self.recorder.records);
+        LateDelivery { delivered: records.partition.delivered, discarded: records.partition.discarded }
     }
 
     /// Closes the listener and every connection, and waits for the mock's threads to end.
@@ -435,7 +506,15 @@ fn spawn_connection(stream: TcpStream, run: &Arc<Run>, recorder: &Arc<Recorder>)
     lock(&run.live).push((conn, handle));
     let (jobs, queue) = mpsc::channel();
     let port = run.addr.port();
-    let reader = ConnReader { conn, stream: read_half, recorder: Arc::clone(recorder), jobs };
+    let reader = ConnReader {
+        conn,
+        stream: read_half,
+        recorder: Arc::clone(recorder),
+        run: Arc::clone(run),
+        jobs,
+        cut: false,
+        held: Vec::new(),
+    };
     let writer = ConnWriter { conn, stream, run: Arc::clone(run), recorder: Arc::clone(recorder), queue };
     let threads = [
         thread::Builder::new().name(format!("mock-el-{port}-c{conn}-read")).spawn(move || reader.run()),
@@ -450,7 +529,12 @@ struct ConnReader {
     conn: usize,
     stream: TcpStream,
     recorder: Arc<Recorder>,
+    run: Arc<Run>,
     jobs: Sender<Job>,
+    /// Whether this connection read bytes during a partition (see the module docs).
+    cut: bool,
+    /// What a cut connection read: "in the network" until `deliver_late`.
+    held: Vec<u8>,
 }
 
 impl ConnReader {
@@ -470,12 +554,51 @@ impl ConnReader {
                 Parsed::Partial => {}
             }
             match self.stream.read(&mut chunk) {
+                Ok(0) if self.cut => return self.settle(true, buf),
                 Ok(0) => return self.closed_by_peer(&buf),
+                Ok(n) if self.cut || self.hold_from_now() => self.held.extend_from_slice(&chunk[..n]),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) if self.cut => return self.settle(false, buf),
                 Err(_) => return,
             }
         }
+    }
+
+    /// Whether a partition is on; if so this connection is cut from now on.
+    fn hold_from_now(&mut self) -> bool {
+        let mut records = lock(&self.recorder.records);
+        if records.partition.on {
+            records.partition.cut += 1;
+            self.cut = true;
+            self.recorder.changed.notify_all();
+        }
+        self.cut
+    }
+
+    /// A cut connection ended (`closed_normally`, or reset): once `deliver_late` releases it,
+    /// its held requests are recorded, late, or dropped as an aborting sender's kernel would.
+    fn settle(&mut self, closed_normally: bool, mut buf: Vec<u8>) {
+        self.recorder.update(|r| r.partition.ended += 1);
+        while self.recorder.wait(Duration::from_millis(50), |r| r.partition.released).is_err() {
+            if self.run.is_stopped() {
+                return;
+            }
+        }
+        if closed_normally {
+            buf.append(&mut self.held);
+            while let Parsed::Complete { message, len } = wire::parse_request(&buf) {
+                buf.drain(..len);
+                self.handle(message);
+            }
+        }
+        self.recorder.update(|r| {
+            if closed_normally {
+                r.partition.delivered += 1;
+            } else {
+                r.partition.discarded += 1;
+            }
+        });
     }
 
     /// Records the request and queues its reply; returns whether to read on.

@@ -31,9 +31,9 @@ pub use self::{
         fcu, hash, new_payload, post_request, quantity, rpc_body, rpc_body_with_id, sample, Bn, HttpResponse,
         KeyOrder, ReadError,
     },
-    mock_el::{Behaviour, MockEl},
+    mock_el::{Behaviour, LateDelivery, MockEl},
     proxy::{run_bin_expect_exit, run_proxy_expect_exit, Exited, Launch, Proxy, SYNC_PROXY},
-    received::Received,
+    received::{without_repeats, Received},
     reply::{
         default_reply, default_result, reply_status, rpc_error, rpc_result, sequence, Framing, Reply,
         ZERO_HASH,

@@ -180,3 +180,15 @@ fn skip_nested(body: &[u8], start: usize) -> Option<usize> {
         pos += 1;
     }
 }
+
+/// `ids` with each run of one id counted once: an ordered call whose answer was lost is sent
+/// again right after itself, which is harmless, unlike a gap or a call out of order.
+pub fn without_repeats(ids: &[u64]) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for &id in ids {
+        if out.last() != Some(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
