@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::downstream::Expired;
 use crate::policy::Class;
 use crate::upstream::Failure;
 
@@ -84,6 +85,8 @@ pub struct Metrics {
     disagreements: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
+    closed: [u64; Expired::ALL.len()],
     beacons: Vec<Beacon>,
     out: String,
 }
@@ -107,6 +110,7 @@ impl Metrics {
             disagreements: 0,
             bytes_in: 0,
             bytes_out: 0,
+            closed: [0; Expired::ALL.len()],
             beacons: Vec::new(),
             out: String::new(),
         }
@@ -150,6 +154,13 @@ impl Metrics {
     pub fn set_up(&mut self, el: usize, up: bool) {
         if let Some(m) = self.els.get_mut(el) {
             m.up = up;
+        }
+    }
+
+    /// A beacon node connection was closed by one of its deadlines.
+    pub fn connection_closed(&mut self, why: Expired) {
+        if let Some(i) = Expired::ALL.iter().position(|&e| e == why) {
+            self.closed[i] += 1;
         }
     }
 
@@ -328,6 +339,20 @@ impl Metrics {
         let _ = writeln!(out, "sync_proxy_sent_bytes_total {}", self.bytes_out);
         family(&mut out, "sync_proxy_open_connections", "gauge", "Beacon node connections open now.");
         let _ = writeln!(out, "sync_proxy_open_connections {}", snap.open_connections);
+        family(
+            &mut out,
+            "sync_proxy_connections_closed_total",
+            "counter",
+            "Beacon node connections closed by a deadline (read, idle, write, lingering close).",
+        );
+        for (i, why) in Expired::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sync_proxy_connections_closed_total{{reason=\"{}\"}} {}",
+                why.reason(),
+                self.closed[i]
+            );
+        }
         family(&mut out, "sync_proxy_uptime_seconds", "gauge", "Seconds since start-up.");
         let _ = writeln!(
             out,
@@ -412,6 +437,7 @@ mod tests {
         m.request(Class::NewPayload, RequestOutcome::Forwarded);
         m.answered(0, Duration::from_millis(3), Some("VALID"));
         m.failed(1, Failure::Timeout);
+        m.connection_closed(Expired::Write);
         let text = m.render_prometheus(&snapshot(), now).to_string();
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -435,6 +461,8 @@ mod tests {
         assert!(text.contains("sync_proxy_el_errors_total{el=\"b\\\"2\",kind=\"timeout\"} 1"));
         assert!(text.contains("sync_proxy_el_last_status{el=\"a:1\",status=\"VALID\"} 1"));
         assert!(text.contains("sync_proxy_el_backlog_bytes{el=\"a:1\"} 100"));
+        assert!(text.contains("sync_proxy_connections_closed_total{reason=\"write_timeout\"} 1"));
+        assert!(text.contains("sync_proxy_connections_closed_total{reason=\"idle_timeout\"} 0"));
     }
 
     #[test]

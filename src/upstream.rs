@@ -134,14 +134,14 @@ pub enum Outcome {
 }
 
 impl Conn {
-    fn new(stream: mio::net::TcpStream, now: Instant) -> Self {
+    fn new(stream: mio::net::TcpStream, answer_limits: Limits, now: Instant) -> Self {
         Conn {
             stream,
             state: ConnState::Connecting,
             job: None,
             out: Vec::new(),
             written: 0,
-            reader: ResponseReader::new(Limits::default()),
+            reader: ResponseReader::new(answer_limits),
             served: 0,
             deadline: now + CONNECT_TIMEOUT,
             sent_at: now,
@@ -232,7 +232,7 @@ impl Conn {
             self.dead = true;
         }
         self.served += 1;
-        self.reader = ResponseReader::new(Limits::default());
+        self.reader = ResponseReader::new(self.reader.limits());
         self.out.clear();
         self.written = 0;
         self.state = ConnState::Idle;
@@ -306,6 +306,9 @@ pub struct Upstream {
     /// Whether a call older than the clients' 60 s `iat` window was replayed with the beacon
     /// node's token during the current outage (warned once per outage).
     pub warned_stale_token: bool,
+    /// The caps on this client's answers (`--max-body-bytes`): a larger or endless answer is
+    /// this client's failure, and the call falls back to the next one.
+    pub answer_limits: Limits,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -345,6 +348,7 @@ impl Upstream {
             unreported_drops: 0,
             last_drop_report: None,
             warned_stale_token: false,
+            answer_limits: Limits::default(),
         }
     }
 
@@ -534,7 +538,7 @@ impl Upstream {
         match mio::net::TcpStream::connect(addr) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                self.conns[slot] = Some(Conn::new(stream, now));
+                self.conns[slot] = Some(Conn::new(stream, self.answer_limits, now));
                 result.opened.push(slot);
                 Some(slot)
             }
