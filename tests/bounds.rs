@@ -231,9 +231,11 @@ fn regression_announced_bodies_do_not_commit_memory_before_they_arrive() {
     scrape(addr);
     let (data_before, rss_before) = (vm_kib(&proxy, "VmData"), vm_kib(&proxy, "VmRSS"));
     let read_before = received_bytes(addr);
-    let mut request =
-        format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 16 * MIB)
-            .into_bytes();
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        16 * MIB
+    )
+    .into_bytes();
     request.extend_from_slice(&[b' '; 1024]);
     let senders: Vec<TcpStream> = (0..16).map(|_| non_reader(addr, &request)).collect();
     let sent = 16 * request.len() as u64;
@@ -280,9 +282,11 @@ fn regression_an_http_1_1_request_without_host_is_400() {
     let el = MockEl::start();
     let proxy = Proxy::start(&["--builders", &el.url()]);
     let body = chain_id(1);
-    let mut request =
-        format!("POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+    let mut request = format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     request.extend_from_slice(&body);
     let mut bn = proxy.bn();
     bn.send_raw(&request);
@@ -290,9 +294,11 @@ fn regression_an_http_1_1_request_without_host_is_400() {
     assert_eq!(answer.status, 400, "{}", answer.text());
     assert!(answer.text().contains("Host"), "{}", answer.text());
     // HTTP/1.0 may leave it out.
-    let mut request =
-        format!("POST / HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())
-            .into_bytes();
+    let mut request = format!(
+        "POST / HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     request.extend_from_slice(&body);
     let mut bn = proxy.bn();
     bn.send_raw(&request);
