@@ -1145,7 +1145,8 @@ impl Proxy {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let downs = self.downs.iter().flatten().filter_map(|d| d.deadline(&self.timeouts()));
+        let timeouts = self.timeouts();
+        let downs = self.downs.iter().flatten().filter_map(|d| d.deadline(&timeouts));
         let ups = self.ups.iter().filter_map(Upstream::next_deadline);
         downs
             .chain(ups)
