@@ -135,8 +135,10 @@ fn regression_pipelined_gets_in_one_write_do_not_grow_memory() {
     let read_before = received_bytes(addr);
     let pipelined = GET_METRICS.repeat(64 * 1024 / GET_METRICS.len());
     let hog = non_reader(addr, &pipelined);
-    // Either the proxy read all of it (as it did: everything parsed in the same pass), or it
-    // stopped reading and the write timeout closed the socket.
+    // The proxy has read it (one read of up to 64 KiB, parsed in the same pass as the read:
+    // it used to be parsed whole, now only up to the pipeline bound, the rest kept unparsed),
+    // or it stopped reading part-way and the write timeout has closed the socket. Either way
+    // nothing more is parsed while the socket is not read, so the peak is reached by now.
     wait_until("the proxy read all the requests or closed the non-reader", TIMEOUT, || {
         thread::sleep(Duration::from_millis(20));
         let text = scrape(addr);
