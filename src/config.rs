@@ -69,6 +69,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// `--read-timeout`: a request must arrive whole within this of its first byte.
     pub read_timeout: Duration,
+    /// `--write-timeout`: a client owed answers that takes no byte of them for this long is
+    /// closed.
+    pub write_timeout: Duration,
     /// `--backlog-requests`: bound on each EL's ordered backlog (count).
     pub backlog_requests: usize,
     /// `--backlog-bytes`: bound on each EL's ordered backlog (bytes).
@@ -137,6 +140,7 @@ impl Config {
             max_connections: count("max-connections"),
             idle_timeout: millis("idle-timeout"),
             read_timeout: millis("read-timeout"),
+            write_timeout: millis("write-timeout"),
             backlog_requests: count("backlog-requests"),
             backlog_bytes: count("backlog-bytes"),
             beacon_expiry: millis("beacon-expiry"),
@@ -337,6 +341,13 @@ const PROXY_FLAGS: &[Flag] = &[
         default: "30000",
         env: "",
         help: "a request must arrive whole within this of its first byte",
+    },
+    Flag {
+        name: "write-timeout",
+        value: Some("MS"),
+        default: "10000",
+        env: "",
+        help: "close a connection that takes no byte of the answers it is owed for this long",
     },
     Flag {
         name: "backlog-requests",
@@ -764,6 +775,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         max_connections: count_setting(raw, "max-connections")?,
         idle_timeout: millis_setting(raw, "idle-timeout")?,
         read_timeout: millis_setting(raw, "read-timeout")?,
+        write_timeout: millis_setting(raw, "write-timeout")?,
         backlog_requests: count_setting(raw, "backlog-requests")?,
         backlog_bytes: count_setting(raw, "backlog-bytes")?,
         beacon_expiry,
@@ -1345,6 +1357,7 @@ mod tests {
         assert_eq!(config.max_connections, 1024);
         assert_eq!(config.idle_timeout, Duration::from_millis(60_000));
         assert_eq!(config.read_timeout, Duration::from_millis(30_000));
+        assert_eq!(config.write_timeout, Duration::from_millis(10_000));
         assert_eq!(config.backlog_requests, 512);
         assert_eq!(config.backlog_bytes, 268_435_456);
         assert_eq!(config.beacon_expiry, Duration::from_millis(12_000));
@@ -1372,6 +1385,7 @@ mod tests {
             ("max-connections", "7", |c| c.max_connections == 7),
             ("idle-timeout", "5000", |c| c.idle_timeout == Duration::from_millis(5000)),
             ("read-timeout", "4000", |c| c.read_timeout == Duration::from_millis(4000)),
+            ("write-timeout", "3000", |c| c.write_timeout == Duration::from_millis(3000)),
             ("backlog-requests", "9", |c| c.backlog_requests == 9),
             ("backlog-bytes", "4096", |c| c.backlog_bytes == 4096),
             ("beacon-expiry", "6000", |c| c.beacon_expiry == Duration::from_millis(6000)),
@@ -1698,8 +1712,14 @@ mod tests {
 
     #[test]
     fn bad_timeouts_and_counts() {
-        let millis =
-            ["request-timeout", "proxy-request-timeout", "idle-timeout", "read-timeout", "beacon-expiry"];
+        let millis = [
+            "request-timeout",
+            "proxy-request-timeout",
+            "idle-timeout",
+            "read-timeout",
+            "write-timeout",
+            "beacon-expiry",
+        ];
         let counts = ["max-body-bytes", "max-connections", "backlog-requests", "backlog-bytes"];
         for flag in millis.iter().chain(counts.iter()) {
             for bad in ["0", "abc", "-1", "1.5", "", "1e3", "99999999999999999999999"] {
@@ -2038,6 +2058,7 @@ mod tests {
             ("max-connections", "1024"),
             ("idle-timeout", "60000"),
             ("read-timeout", "30000"),
+            ("write-timeout", "10000"),
             ("backlog-requests", "512"),
             ("backlog-bytes", "268435456"),
             ("beacon-expiry", "12000"),

@@ -10,6 +10,13 @@
 //! connection reads and drops what the client still sends, for at most `LINGER_TIME` and
 //! `LINGER_BYTES`, before it is closed. It stays a connection meanwhile, counted against
 //! `--max-connections`, so lingering cannot be used to hold more connections open.
+//!
+//! What a connection may hold is bounded, and each bound has an answer: at most
+//! `MAX_PIPELINE` answers or `MAX_QUEUED_BYTES` of ready answers are queued before the
+//! connection stops being read (and the rest of the read that filled it waits, unparsed, in
+//! `pending`: at most one read); and a client that takes no byte of what it is owed for
+//! `--write-timeout` is closed (`Expired::Write`), so clients that stop reading cannot hold
+//! the connection cap, and the beacon nodes with it, for longer than that.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,6 +29,11 @@ use crate::http::{self, Limits, RequestReader};
 /// Most requests one connection may have in flight; beyond that the proxy stops reading from
 /// it until answers have gone out (pipelining backpressure).
 pub const MAX_PIPELINE: usize = 32;
+/// Most bytes of ready answers queued for one connection before it stops being read: a few
+/// large answers (`/metrics`, payload bodies) fill it before `MAX_PIPELINE` does. One answer
+/// may cross it; the ones still being waited for are bounded by `MAX_PIPELINE` and the
+/// answer cap (`--max-body-bytes`).
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// Longest a lingering close reads and drops what the client still sends (nginx:
 /// `lingering_time`, whose 30 s suits browsers uploading files; a beacon node's request is sent
 /// at loopback or LAN speed, and a connection held longer only holds the budget).
@@ -48,17 +60,38 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// A complete answer with the proxy's own head.
+    /// A complete answer with the proxy's own head. A status that has no body (1xx, 204, 304:
+    /// `http::status_has_body`) is written without one, whatever `body` holds, so an answer
+    /// relayed from an execution client never desynchronises the beacon node's connection.
     pub fn answer(
         status: u16,
         content_type: Option<&[u8]>,
-        body: Vec<u8>,
+        mut body: Vec<u8>,
         keep_alive: bool,
         minor: u8,
     ) -> Self {
+        if !http::status_has_body(status) {
+            body = Vec::new();
+        }
         let mut head = Vec::with_capacity(128);
         http::write_response_head(&mut head, status, content_type, body.len(), keep_alive, minor);
         Outgoing { head, body, close: !keep_alive }
+    }
+
+    /// The same answer without its body, as a `HEAD` request is answered: the head still says
+    /// the length a `GET` would have carried (RFC 9110 §9.3.2).
+    pub fn without_body(mut self) -> Self {
+        self.body = Vec::new();
+        self
+    }
+
+    /// Bytes this answer puts on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A JSON answer.
@@ -97,23 +130,51 @@ impl Linger {
     }
 }
 
-/// Which deadline closed a connection (`Downstream::on_timeout`), for the log line.
+/// The connection deadlines the command line sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `--read-timeout`: a request must arrive whole within this of its first byte.
+    pub read: Duration,
+    /// `--idle-timeout`: a connection with nothing in flight lasts this long.
+    pub idle: Duration,
+    /// `--write-timeout`: a client owed answers must take at least one byte within this.
+    pub write: Duration,
+}
+
+/// Which deadline closed a connection (`Downstream::on_timeout`), for the log line and the
+/// `sync_proxy_connections_closed_total` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
     /// A request did not arrive whole within `--read-timeout` of its first byte.
     Read,
     /// Nothing happened for `--idle-timeout`.
     Idle,
+    /// The client took no byte of the answers it is owed for `--write-timeout`.
+    Write,
     /// A lingering close reached `LINGER_TIME`.
     Linger,
 }
 
 impl Expired {
+    /// Every variant, in the order metrics are kept.
+    pub const ALL: [Expired; 4] = [Expired::Read, Expired::Idle, Expired::Write, Expired::Linger];
+
     pub fn label(self) -> &'static str {
         match self {
             Expired::Read => "request not read whole within --read-timeout",
             Expired::Idle => "idle for --idle-timeout",
+            Expired::Write => "took no byte of its answers for --write-timeout",
             Expired::Linger => "still sending when its lingering close timed out",
+        }
+    }
+
+    /// The `reason` label of `sync_proxy_connections_closed_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Expired::Read => "read_timeout",
+            Expired::Idle => "idle_timeout",
+            Expired::Write => "write_timeout",
+            Expired::Linger => "linger_timeout",
         }
     }
 }
@@ -127,8 +188,17 @@ pub struct Downstream<S = mio::net::TcpStream> {
     pub peer: SocketAddr,
     pub reader: RequestReader,
     out: VecDeque<Slot>,
+    /// Bytes of the ready answers in `out` (`MAX_QUEUED_BYTES`).
+    queued_bytes: usize,
     /// Bytes of the front slot already written.
     written: usize,
+    /// Since when ready answers have waited for a client that takes none of their bytes (the
+    /// last write that moved a byte, or the first that moved none); `None` while nothing
+    /// ready is blocked.
+    stalled_since: Option<Instant>,
+    /// The unparsed rest of a read that filled the pipeline: parsed before anything more is
+    /// read, once answers have gone out. At most one read's worth.
+    pending: Vec<u8>,
     /// No more requests will be read: the peer closed its side, or an answer ends the connection.
     pub no_more_requests: bool,
     /// Set once the connection must be dropped; the event loop reaps it after the event batch.
@@ -167,7 +237,10 @@ impl<S: io::Write> Downstream<S> {
             peer,
             reader: RequestReader::new(limits),
             out: VecDeque::new(),
+            queued_bytes: 0,
             written: 0,
+            stalled_since: None,
+            pending: Vec::new(),
             no_more_requests: false,
             dead: false,
             peer_closed: false,
@@ -180,9 +253,29 @@ impl<S: io::Write> Downstream<S> {
         }
     }
 
-    /// Whether reading must pause until answers have gone out.
+    /// Whether reading (and parsing) must pause until answers have gone out.
     pub fn backpressured(&self) -> bool {
-        self.out.len() >= MAX_PIPELINE
+        self.out.len() >= MAX_PIPELINE || self.queued_bytes >= MAX_QUEUED_BYTES
+    }
+
+    /// Keeps the unparsed rest of a read that filled the pipeline (see `pending`).
+    pub fn stash(&mut self, rest: &[u8]) {
+        self.pending.extend_from_slice(rest);
+    }
+
+    /// Whether bytes already read wait to be parsed; nothing more is read until they are.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Hands over the bytes waiting to be parsed.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Bytes of ready answers queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     pub fn owes_answers(&self) -> bool {
@@ -201,6 +294,9 @@ impl<S: io::Write> Downstream<S> {
     }
 
     pub fn push(&mut self, slot: Slot) {
+        if let Slot::Ready(out) = &slot {
+            self.queued_bytes += out.len();
+        }
         self.out.push_back(slot);
     }
 
@@ -208,7 +304,7 @@ impl<S: io::Write> Downstream<S> {
     /// last (its head says `Connection: close`), and the connection lingers after it (see the
     /// module's doc).
     pub fn answer_early(&mut self, status: u16, body: Vec<u8>, minor: u8) {
-        self.out.push_back(Slot::Ready(Outgoing::json(status, body, false, minor)));
+        self.push(Slot::Ready(Outgoing::json(status, body, false, minor)));
         self.no_more_requests = true;
         self.linger_after_close = true;
     }
@@ -242,6 +338,7 @@ impl<S: io::Write> Downstream<S> {
     pub fn fill(&mut self, exchange: ExchangeRef, answer: Outgoing) -> bool {
         for slot in self.out.iter_mut() {
             if matches!(slot, Slot::Waiting(e) if *e == exchange) {
+                self.queued_bytes += answer.len();
                 *slot = Slot::Ready(answer);
                 return true;
             }
@@ -263,20 +360,29 @@ impl<S: io::Write> Downstream<S> {
             // Everything was written and the write side is shut.
             return Ok(Flushed::Drained);
         }
+        let mut moved_any = false;
         while let Some(Slot::Ready(out)) = self.out.front() {
             let (moved, done) =
                 http::write_head_body(&mut self.stream, &out.head, &out.body, &mut self.written)?;
             self.sent += moved as u64;
+            moved_any |= moved > 0;
             if !done {
+                // The write deadline runs from the last byte the client took.
+                if moved_any || self.stalled_since.is_none() {
+                    self.stalled_since = Some(now);
+                }
                 return Ok(Flushed::Blocked);
             }
             let close = out.close;
+            self.queued_bytes = self.queued_bytes.saturating_sub(out.len());
             self.out.pop_front();
             self.written = 0;
+            self.stalled_since = None;
             self.last_activity = now;
             if close {
                 self.no_more_requests = true;
                 self.out.clear();
+                self.queued_bytes = 0;
                 if self.linger_after_close && !self.peer_closed {
                     self.linger = Some(Linger::start(now));
                     return Ok(Flushed::Linger);
@@ -292,41 +398,34 @@ impl<S: io::Write> Downstream<S> {
     }
 
     /// When this connection must next be looked at: a request must arrive whole within
-    /// `read_timeout` of its first byte, an idle connection lasts `idle_timeout`, and a
-    /// lingering close `LINGER_TIME`.
-    pub fn deadline(&self, read_timeout: Duration, idle_timeout: Duration) -> Option<Instant> {
+    /// `--read-timeout` of its first byte, a client owed ready answers must take a byte of
+    /// them within `--write-timeout`, an idle connection lasts `--idle-timeout`, and a
+    /// lingering close `LINGER_TIME`. Answers still being waited for are bounded by their
+    /// exchanges' own deadlines.
+    pub fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        self.due(timeouts).map(|(at, _)| at)
+    }
+
+    /// The earliest deadline, and which it is.
+    fn due(&self, timeouts: &Timeouts) -> Option<(Instant, Expired)> {
         if let Some(linger) = self.linger.as_ref() {
-            return Some(linger.deadline());
+            return Some((linger.deadline(), Expired::Linger));
         }
-        if let Some(started) = self.request_started {
-            return Some(started + read_timeout);
-        }
-        if self.out.is_empty() {
-            return Some(self.last_activity + idle_timeout);
-        }
-        // Answers are owed: the exchanges' own deadlines bound the wait.
-        None
+        let read = self.request_started.map(|t| (t + timeouts.read, Expired::Read));
+        let write = self.stalled_since.map(|t| (t + timeouts.write, Expired::Write));
+        let idle = (self.out.is_empty() && read.is_none())
+            .then(|| (self.last_activity + timeouts.idle, Expired::Idle));
+        [write, read, idle].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
 
     /// Closes the connection if its deadline has passed, and says which one did.
-    pub fn on_timeout(
-        &mut self,
-        now: Instant,
-        read_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Option<Expired> {
-        let due = self.deadline(read_timeout, idle_timeout).is_some_and(|d| d <= now);
-        if !due || self.dead {
+    pub fn on_timeout(&mut self, now: Instant, timeouts: &Timeouts) -> Option<Expired> {
+        let (at, expired) = self.due(timeouts)?;
+        if at > now || self.dead {
             return None;
         }
         self.dead = true;
-        Some(if self.lingering() {
-            Expired::Linger
-        } else if self.request_started.is_some() {
-            Expired::Read
-        } else {
-            Expired::Idle
-        })
+        Some(expired)
     }
 }
 
@@ -336,6 +435,8 @@ mod tests {
 
     const READ: Duration = Duration::from_secs(5);
     const IDLE: Duration = Duration::from_secs(60);
+    const WRITE: Duration = Duration::from_secs(10);
+    const T: Timeouts = Timeouts { read: READ, idle: IDLE, write: WRITE };
 
     /// A socket that takes at most `room` more bytes, then would block.
     #[derive(Default)]
@@ -383,13 +484,13 @@ mod tests {
         assert!(written.contains("Connection: close\r\n"), "an early answer always closes: {written}");
         assert!(down.lingering() && !down.dead && down.no_more_requests);
         // The linger deadline replaces the read deadline of the half-read request.
-        assert_eq!(down.deadline(READ, IDLE), Some(t0 + LINGER_TIME));
+        assert_eq!(down.deadline(&T), Some(t0 + LINGER_TIME));
         // Flushing again (a WRITABLE edge after the shutdown) changes nothing.
         assert_eq!(down.flush(t0 + Duration::from_millis(1)).expect("sink"), Flushed::Drained);
         assert!(!down.dead);
-        assert_eq!(down.on_timeout(t0 + LINGER_TIME - Duration::from_micros(1), READ, IDLE), None);
+        assert_eq!(down.on_timeout(t0 + LINGER_TIME - Duration::from_micros(1), &T), None);
         assert!(!down.dead);
-        assert_eq!(down.on_timeout(t0 + LINGER_TIME, READ, IDLE), Some(Expired::Linger));
+        assert_eq!(down.on_timeout(t0 + LINGER_TIME, &T), Some(Expired::Linger));
         assert!(down.dead);
     }
 
@@ -421,7 +522,7 @@ mod tests {
         down.stream.room = usize::MAX;
         assert_eq!(down.flush(t1).expect("sink"), Flushed::Linger);
         // The lingering time counts from the end of the answer, not from the request.
-        assert_eq!(down.deadline(READ, IDLE), Some(t1 + LINGER_TIME));
+        assert_eq!(down.deadline(&T), Some(t1 + LINGER_TIME));
     }
 
     #[test]
@@ -444,20 +545,151 @@ mod tests {
         assert!(down.dead && !down.lingering());
     }
 
+    /// A reference to a live exchange, for slots that wait for one.
+    fn exchange_ref(exchanges: &mut crate::exchange::Exchanges) -> ExchangeRef {
+        let head = http::RequestHead {
+            method: "POST".into(),
+            path: "/".into(),
+            minor: 1,
+            headers: Vec::new(),
+            keep_alive: true,
+            expect_continue: false,
+        };
+        let now = Instant::now();
+        let inbound = crate::exchange::Inbound {
+            head,
+            body: Vec::new(),
+            client: "127.0.0.1".into(),
+            method: None,
+            class: crate::policy::Class::NonEngine,
+            id: None,
+            timeout: Duration::from_secs(8),
+            received: now,
+            pool: None,
+        };
+        exchanges.insert(crate::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
+    }
+
+    /// A ready `GET` answer of `len` body bytes.
+    fn ready(len: usize) -> Slot {
+        Slot::Ready(Outgoing::answer(200, None, vec![b'x'; len], true, 1))
+    }
+
+    #[test]
+    fn regression_a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+        // `deadline` was None while answers were owed: a client that sent requests and read
+        // nothing kept its connection (and a share of --max-connections) for ever.
+        let t0 = Instant::now();
+        let mut down = connection(100, t0);
+        down.push(ready(1000));
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.deadline(&T), Some(t0 + WRITE), "the write deadline replaces the idle one");
+        // Taking a byte restarts the wait; a flush that moves nothing does not.
+        let t1 = t0 + Duration::from_secs(4);
+        down.stream.room = 1;
+        assert_eq!(down.flush(t1).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.flush(t1 + Duration::from_secs(1)).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.deadline(&T), Some(t1 + WRITE));
+        assert_eq!(down.on_timeout(t1 + WRITE - Duration::from_micros(1), &T), None);
+        assert!(!down.dead);
+        assert_eq!(down.on_timeout(t1 + WRITE, &T), Some(Expired::Write));
+        assert!(down.dead);
+        assert_eq!(Expired::Write.reason(), "write_timeout");
+    }
+
+    #[test]
+    fn the_write_deadline_runs_only_while_ready_answers_are_blocked() {
+        let t0 = Instant::now();
+        let exchange = exchange_ref(&mut Default::default());
+        let mut down = connection(usize::MAX, t0);
+        // Waiting for an exchange is not the client's doing: its own deadline bounds that.
+        down.push(Slot::Waiting(exchange));
+        down.push(ready(10));
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert_eq!(down.deadline(&T), None);
+        // Once everything is written the connection is idle again.
+        let mut down = connection(50, t0);
+        down.push(ready(100));
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        let t1 = t0 + Duration::from_secs(3);
+        down.stream.room = usize::MAX;
+        assert_eq!(down.flush(t1).expect("sink"), Flushed::Drained);
+        assert_eq!(down.deadline(&T), Some(t1 + IDLE));
+        // A request arriving meanwhile keeps its own read deadline; the earlier one wins.
+        let mut down = connection(0, t0);
+        down.push(ready(10));
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        down.reader.advance(b"POST / HTTP/1.1\r\n");
+        down.after_read(t0 + Duration::from_secs(8));
+        assert_eq!(down.deadline(&T), Some(t0 + WRITE));
+        assert_eq!(down.on_timeout(t0 + WRITE, &T), Some(Expired::Write));
+    }
+
+    #[test]
+    fn regression_the_pipeline_is_bounded_in_answers_and_bytes() {
+        // Only the count was bounded, and only between reads.
+        let t0 = Instant::now();
+        let mut down = connection(0, t0);
+        for _ in 0..MAX_PIPELINE - 1 {
+            down.push(ready(10));
+        }
+        assert!(!down.backpressured());
+        down.push(ready(10));
+        assert!(down.backpressured(), "{MAX_PIPELINE} answers");
+        let exchange = exchange_ref(&mut Default::default());
+        let mut down = connection(0, t0);
+        down.push(ready(MAX_QUEUED_BYTES / 2));
+        assert!(!down.backpressured());
+        down.push(Slot::Waiting(exchange));
+        assert!(!down.backpressured(), "an answer still awaited holds no bytes here");
+        assert!(down.fill(exchange, Outgoing::answer(200, None, vec![0; MAX_QUEUED_BYTES / 2], true, 1)));
+        assert!(down.backpressured(), "{} bytes queued", down.queued_bytes());
+        // Writing them lifts it, byte count and all.
+        down.stream.room = usize::MAX;
+        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert!(!down.backpressured());
+        assert_eq!(down.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_rest_of_a_read_that_filled_the_pipeline_waits_unparsed() {
+        let mut down = connection(0, Instant::now());
+        assert!(!down.has_pending());
+        down.stash(b"GET / HTTP/1.1\r\n");
+        down.stash(b"Host: x\r\n\r\n");
+        assert!(down.has_pending());
+        assert_eq!(down.take_pending(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(!down.has_pending());
+    }
+
+    #[test]
+    fn regression_answers_without_a_body_carry_none() {
+        // An EL's 204 was relayed with its Content-Length (and any body it had).
+        for status in [204, 304] {
+            let out = Outgoing::answer(status, Some(b"application/json"), b"{}".to_vec(), true, 1);
+            let head = String::from_utf8_lossy(&out.head).into_owned();
+            assert!(out.body.is_empty() && !head.contains("Content-Length"), "{status}: {head}");
+        }
+        // A HEAD answer keeps the length a GET would carry, and no body.
+        let out = Outgoing::answer(200, None, b"12345".to_vec(), true, 1).without_body();
+        assert!(String::from_utf8_lossy(&out.head).contains("Content-Length: 5\r\n"));
+        assert!(out.body.is_empty());
+    }
+
     #[test]
     fn read_and_idle_deadlines_say_which_expired() {
         let t0 = Instant::now();
         let mut down = connection(usize::MAX, t0);
-        assert_eq!(down.deadline(READ, IDLE), Some(t0 + IDLE));
+        assert_eq!(down.deadline(&T), Some(t0 + IDLE));
         let t1 = t0 + Duration::from_secs(1);
         down.reader.advance(b"POST / HTTP/1.1\r\n");
         down.after_read(t1);
-        assert_eq!(down.deadline(READ, IDLE), Some(t1 + READ));
-        assert_eq!(down.on_timeout(t1 + READ, READ, IDLE), Some(Expired::Read));
+        assert_eq!(down.deadline(&T), Some(t1 + READ));
+        assert_eq!(down.on_timeout(t1 + READ, &T), Some(Expired::Read));
         let mut idle = connection(usize::MAX, t0);
-        assert_eq!(idle.on_timeout(t0 + IDLE - Duration::from_micros(1), READ, IDLE), None);
-        assert_eq!(idle.on_timeout(t0 + IDLE, READ, IDLE), Some(Expired::Idle));
+        assert_eq!(idle.on_timeout(t0 + IDLE - Duration::from_micros(1), &T), None);
+        assert_eq!(idle.on_timeout(t0 + IDLE, &T), Some(Expired::Idle));
         // A dead connection is not reported twice.
-        assert_eq!(idle.on_timeout(t0 + IDLE * 2, READ, IDLE), None);
+        assert_eq!(idle.on_timeout(t0 + IDLE * 2, &T), None);
     }
 }

@@ -26,7 +26,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
-use crate::downstream::{Downstream, Flushed, Outgoing, Slot};
+use crate::downstream::{Downstream, Flushed, Outgoing, Slot, Timeouts};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
 use crate::jwt::{self, TokenCache};
@@ -49,6 +49,12 @@ const WORKER: Token = Token(2);
 const UP_BASE: usize = 16;
 /// Downstream connection tokens: `DOWN_BASE + slot`.
 const DOWN_BASE: usize = 1 << 24;
+/// Most connections open at once on `--metrics-addr`: a few scrapers and an operator's curl.
+/// They are never counted against `--max-connections`, so `/metrics` answers exactly when
+/// the beacon node side is saturated.
+pub const METRICS_MAX_CONNECTIONS: usize = 8;
+/// Largest request head read from a beacon node, and largest answer head from a client.
+const MAX_HEAD: usize = 64 * 1024;
 /// Reads per connection per wakeup before others get their turn.
 const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
@@ -91,7 +97,12 @@ pub struct Proxy {
     cfg: Config,
     downs: Vec<Option<Downstream>>,
     free_downs: Vec<usize>,
+    /// Beacon node connections open (`--max-connections`)…
     live_downs: usize,
+    /// …and connections open on `--metrics-addr` (`METRICS_MAX_CONNECTIONS`), each with its
+    /// own accept hysteresis.
+    live_metrics: usize,
+    metrics_accepting: bool,
     next_serial: u64,
     ups: Vec<Upstream>,
     /// How many of `ups` are `--builders` (the rest are `--proxies` peers).
@@ -217,6 +228,7 @@ impl Proxy {
                 Upstream::new(endpoint.clone(), true, None, cfg.backlog_requests, cfg.backlog_bytes);
             peer.refresh = live_config::refresh_for(endpoint, now);
             peer.tls = tls.clone().filter(|_| endpoint.is_https());
+            peer.answer_limits = live_config::answer_limits(&cfg);
             ups.push(peer);
         }
         let worker = if ups.is_empty() {
@@ -237,6 +249,8 @@ impl Proxy {
             downs: Vec::new(),
             free_downs: Vec::new(),
             live_downs: 0,
+            live_metrics: 0,
+            metrics_accepting: true,
             next_serial: 0,
             ups,
             exchanges: Exchanges::default(),
@@ -367,7 +381,7 @@ impl Proxy {
                         log::info!("accepting connections again");
                         self.accept_failing = false;
                     }
-                    self.adopt(stream, peer, now);
+                    self.adopt(stream, peer, false, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -388,25 +402,29 @@ impl Proxy {
         }
     }
 
-    /// Connections on `--metrics-addr`: few, short, and counted against the same cap.
+    /// Connections on `--metrics-addr`: few and short, with their own cap
+    /// (`METRICS_MAX_CONNECTIONS`), never counted against `--max-connections`.
     fn accept_metrics(&mut self, now: Instant) {
-        loop {
+        while self.metrics_accepting && self.accept_paused_until.is_none() {
             let Some(listener) = self.metrics_listener.as_ref() else { return };
-            if self.live_downs >= self.cfg.max_connections {
+            if self.live_metrics >= METRICS_MAX_CONNECTIONS {
+                log::debug!(
+                    "{} metrics connections open: not accepting more until some close",
+                    self.live_metrics
+                );
+                self.metrics_accepting = false;
                 return;
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Some(slot) = self.adopt(stream, peer, now) {
-                        if let Some(down) = self.downs[slot].as_mut() {
-                            down.metrics_only = true;
-                        }
-                    }
+                    self.adopt(stream, peer, true, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // As for the main listener: out of file descriptors, retried after a pause.
                     log::warn!("metrics accept failed: {e}");
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }
             }
@@ -418,6 +436,7 @@ impl Proxy {
         &mut self,
         mut stream: mio::net::TcpStream,
         peer: std::net::SocketAddr,
+        metrics_only: bool,
         now: Instant,
     ) -> Option<usize> {
         let _ = stream.set_nodelay(true);
@@ -431,7 +450,7 @@ impl Proxy {
             self.free_downs.push(slot);
             return None;
         }
-        let limits = Limits { max_head: 64 * 1024, max_body: self.cfg.max_body_bytes };
+        let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
         self.next_serial += 1;
         let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
@@ -441,8 +460,13 @@ impl Proxy {
             down.reader.hold_heads();
         }
         down.reader.use_pool(self.pool.clone());
+        down.metrics_only = metrics_only;
         self.downs[slot] = Some(down);
-        self.live_downs += 1;
+        if metrics_only {
+            self.live_metrics += 1;
+        } else {
+            self.live_downs += 1;
+        }
         Some(slot)
     }
 
@@ -451,9 +475,19 @@ impl Proxy {
             self.down_discard(slot);
             return;
         }
+        // The rest of a read that filled the pipeline is parsed before anything more is read.
+        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        if down.has_pending() {
+            if down.dead || down.no_more_requests || down.backpressured() {
+                return;
+            }
+            let pending = down.take_pending();
+            self.feed(slot, &pending, now);
+            self.down_flush(slot, now);
+        }
         for _ in 0..READS_PER_WAKEUP {
             let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-            if down.dead || down.no_more_requests || down.backpressured() {
+            if down.dead || down.no_more_requests || down.backpressured() || down.has_pending() {
                 return;
             }
             let n = match down.stream.read(&mut self.scratch) {
@@ -470,30 +504,45 @@ impl Proxy {
                 }
             };
             self.metrics.bytes_in += n as u64;
-            let mut pos = 0;
-            while pos < n {
-                let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-                if down.no_more_requests {
-                    break;
-                }
-                let step = down.reader.advance(&self.scratch[pos..n]);
-                pos += step.consumed;
-                match step.event {
-                    Some(Ok(RequestEvent::Head)) => self.on_head(slot),
-                    Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
-                    Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
-                    Some(Err(e)) => self.on_bad_request(slot, e),
-                    None if step.consumed == 0 => break,
-                    None => {}
-                }
-            }
-            if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
-                down.after_read(now);
-            }
+            // The scratch buffer is lent out while its bytes are parsed (nothing reached from
+            // `feed` reads a socket into it), so the parser and the handlers can share `self`.
+            let scratch = std::mem::take(&mut self.scratch);
+            self.feed(slot, &scratch[..n], now);
+            self.scratch = scratch;
             self.down_flush(slot, now);
         }
         // More may be waiting; come back after the others had their turn.
         self.again.push(slot);
+    }
+
+    /// Parses `input`, read from connection `slot`, into requests and handles them, until the
+    /// connection's pipeline is full: the rest then waits in the connection, unparsed, until
+    /// answers have gone out (real backpressure, even within one read).
+    fn feed(&mut self, slot: usize, input: &[u8], now: Instant) {
+        let mut pos = 0;
+        while pos < input.len() {
+            let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+            if down.no_more_requests {
+                break;
+            }
+            if down.backpressured() {
+                down.stash(&input[pos..]);
+                break;
+            }
+            let step = down.reader.advance(&input[pos..]);
+            pos += step.consumed;
+            match step.event {
+                Some(Ok(RequestEvent::Head)) => self.on_head(slot),
+                Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
+                Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
+                Some(Err(e)) => self.on_bad_request(slot, e),
+                None if step.consumed == 0 => break,
+                None => {}
+            }
+        }
+        if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
+            down.after_read(now);
+        }
     }
 
     /// A connection in its lingering close: what the client still sends is read and dropped
@@ -1294,12 +1343,13 @@ impl Proxy {
 
     // ---------------------------------------------------------------- time
 
+    fn timeouts(&self) -> Timeouts {
+        Timeouts { read: self.cfg.read_timeout, idle: self.cfg.idle_timeout, write: self.cfg.write_timeout }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
-        let downs = self
-            .downs
-            .iter()
-            .flatten()
-            .filter_map(|d| d.deadline(self.cfg.read_timeout, self.cfg.idle_timeout));
+        let timeouts = self.timeouts();
+        let downs = self.downs.iter().flatten().filter_map(|d| d.deadline(&timeouts));
         let ups = self.ups.iter().filter_map(Upstream::next_deadline);
         downs
             .chain(ups)
@@ -1314,6 +1364,7 @@ impl Proxy {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             self.accept(now);
+            self.accept_metrics(now);
         }
         let freed = self.pool.borrow_mut().tick(now);
         if let Some(freed) = freed {
@@ -1321,10 +1372,11 @@ impl Proxy {
                 "freed the spare body buffer ({freed} bytes) after {SPARE_KEEP:?} without large bodies"
             );
         }
-        let (read_timeout, idle_timeout) = (self.cfg.read_timeout, self.cfg.idle_timeout);
+        let timeouts = self.timeouts();
         for down in self.downs.iter_mut().flatten() {
-            if let Some(expired) = down.on_timeout(now, read_timeout, idle_timeout) {
+            if let Some(expired) = down.on_timeout(now, &timeouts) {
                 log::debug!("closing connection from {}: {}", down.peer, expired.label());
+                self.metrics.connection_closed(expired);
             }
         }
         // The list of exchanges is only gathered (an allocation) when one is actually due.
@@ -1375,7 +1427,11 @@ impl Proxy {
                 }
                 let _ = self.poll.registry().deregister(&mut down.stream);
                 self.free_downs.push(slot);
-                self.live_downs -= 1;
+                if down.metrics_only {
+                    self.live_metrics -= 1;
+                } else {
+                    self.live_downs -= 1;
+                }
             }
         }
         for up in self.ups.iter_mut() {
@@ -1394,6 +1450,12 @@ impl Proxy {
         {
             self.accepting = true;
             self.accept(Instant::now());
+        }
+        // The metrics listener is resumed the same way (an edge-triggered listener would not
+        // say again that connections are waiting).
+        if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
+            self.metrics_accepting = true;
+            self.accept_metrics(Instant::now());
         }
     }
 }

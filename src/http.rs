@@ -24,8 +24,11 @@ pub const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Most bytes of trailer fields accepted after the last chunk.
 const MAX_TRAILERS: usize = 8 * 1024;
-/// When the whole declared body cannot be reserved at once, it starts with this much room.
-const FALLBACK_BODY_CAPACITY: usize = 1 << 20;
+/// Most room reserved for a body before its bytes arrive: a declared `Content-Length` is a
+/// claim, not bytes, so a larger body grows (by doubling, never past its declared length) as
+/// its bytes come in. Sixteen clients announcing 16 MiB and sending 1 KiB hold 16 MiB, not
+/// 256 MiB.
+pub const BODY_RESERVE: usize = 1 << 20;
 /// A refused body (see `RequestReader::refuse_body`) at most this long is read and dropped so
 /// the connection can carry the next request; a longer one ends the connection.
 pub const MAX_DISCARD: u64 = 64 * 1024;
@@ -362,6 +365,11 @@ impl ResponseReader {
         ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false }
     }
 
+    /// The caps this reader was made with (a connection's next answer is read with the same).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub fn started(&self) -> bool {
         self.started
     }
@@ -570,6 +578,20 @@ fn parse_request_head(bytes: &[u8], limits: &Limits) -> Result<(RequestHead, Fra
     let expect_continue = minor >= 1
         && find_header(&headers, "expect")
             .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    // RFC 9112 §3.2: an HTTP/1.1 request names exactly one Host (an HTTP/1.0 one may omit it).
+    match headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() {
+        0 if minor >= 1 => return Err(HttpError::Malformed("HTTP/1.1 request without Host")),
+        0 | 1 => {}
+        _ => return Err(HttpError::Malformed("more than one Host")),
+    }
+    // RFC 9112 §6.1: a request with both is how requests are smuggled past a proxy that reads
+    // one and a server that reads the other; it is refused, and the connection closed (every
+    // framing error ends the connection).
+    if find_header(&headers, "transfer-encoding").is_some()
+        && find_header(&headers, "content-length").is_some()
+    {
+        return Err(HttpError::Malformed("both Transfer-Encoding and Content-Length"));
+    }
     // A request without Content-Length or Transfer-Encoding has no body (RFC 9112 §6.3).
     let framing = framing_of(&headers)?.unwrap_or(Framing::Length(0));
     if matches!(framing, Framing::Chunked) && minor == 0 {
@@ -609,7 +631,7 @@ fn parse_response_head(bytes: &[u8], limits: &Limits) -> Result<(ResponseHead, F
         0 => connection.is_some_and(|v| has_token(v, "keep-alive")),
         _ => !connection.is_some_and(|v| has_token(v, "close")),
     };
-    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+    let framing = if !status_has_body(status) {
         Framing::Length(0)
     } else {
         framing_of(&headers)?.unwrap_or(Framing::UntilClose)
@@ -682,7 +704,9 @@ impl BodyReader {
     fn advance(&mut self, input: &[u8]) -> (usize, BodyProgress) {
         match self {
             BodyReader::Length { remaining, body } => {
-                let take = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                let left = usize::try_from(*remaining).unwrap_or(usize::MAX);
+                let take = input.len().min(left);
+                grow_for(body, take, left);
                 body.extend_from_slice(&input[..take]);
                 *remaining -= take as u64;
                 (take, if *remaining == 0 { BodyProgress::Done } else { BodyProgress::More })
@@ -719,7 +743,9 @@ impl BodyReader {
                         ChunkState::Data(left) => {
                             let take = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                             if body.capacity() - body.len() < take {
-                                body.reserve(take.max(body.len() / 2).min(*max - body.len()));
+                                // Exact, so the buffer never holds more room than `max`.
+                                let room = take.max(body.len() / 2).min(max.saturating_sub(body.len()));
+                                body.reserve_exact(room.max(take));
                             }
                             body.extend_from_slice(&rest[..take]);
                             used += take;
@@ -764,17 +790,27 @@ impl BodyReader {
     }
 }
 
-/// Room for a body of `n` declared bytes (already checked against `max_body`), reserved at
-/// once so it is never copied by growing: untouched pages cost no memory, so a client that
-/// declares more than it sends costs address space only. If even that cannot be had, the
-/// buffer starts small and grows instead of aborting the process.
+/// The buffer of a body of `n` declared bytes (already checked against `max_body`): room for
+/// at most `BODY_RESERVE` of them up front; the rest is grown as the bytes arrive
+/// (`grow_for`). If even that cannot be had, the buffer starts empty rather than aborting the
+/// process.
 fn body_buffer(n: u64) -> Vec<u8> {
-    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let n = usize::try_from(n).unwrap_or(usize::MAX).min(BODY_RESERVE);
     let mut body = Vec::new();
-    if body.try_reserve_exact(n).is_err() {
-        body = Vec::with_capacity(n.min(FALLBACK_BODY_CAPACITY));
-    }
+    let _ = body.try_reserve_exact(n);
     body
+}
+
+/// Makes room in `body` for `take` more bytes of a body that has `left` bytes still to come
+/// (`take <= left`): the room doubles, so a body is copied by growing a logarithmic number of
+/// times, and never exceeds the declared length, so a body that arrives whole fits exactly.
+fn grow_for(body: &mut Vec<u8>, take: usize, left: usize) {
+    if body.capacity() - body.len() >= take {
+        return;
+    }
+    let wanted = body.capacity().saturating_mul(2).max(body.len() + take);
+    let ceiling = body.len().saturating_add(left);
+    body.reserve_exact(wanted.min(ceiling) - body.len());
 }
 
 /// Appends to `line` up to and including the next LF. Returns bytes used and whether the line
@@ -837,7 +873,14 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Whether an answer with this status carries a body: 1xx, 204 and 304 never do (RFC 9112 §6.3),
+/// whatever their head says.
+pub fn status_has_body(status: u16) -> bool {
+    !((100..200).contains(&status) || status == 204 || status == 304)
+}
+
 /// Writes the head of an answer to a beacon node. `minor` is the request's HTTP version.
+/// The head has no `Content-Length` when the status has no body (`status_has_body`).
 pub fn write_response_head(
     out: &mut Vec<u8>,
     status: u16,
@@ -869,9 +912,13 @@ pub fn write_response_head_with(
         out.extend_from_slice(ct);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Content-Length: ");
-    push_decimal(out, content_length as u64);
-    out.extend_from_slice(b"\r\n");
+    // RFC 9110 §8.6: never on 1xx and 204; on 304 it could only repeat the length of a 200
+    // the proxy never saw, so it is left out there too.
+    if status_has_body(status) {
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(out, content_length as u64);
+        out.extend_from_slice(b"\r\n");
+    }
     match (keep_alive, minor) {
         (false, 1) => out.extend_from_slice(b"Connection: close\r\n"),
         (true, 0) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -1076,8 +1123,129 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_request_with_both_transfer_encoding_and_content_length_is_400() {
+        // RFC 9112 §6.1: it was served by Transfer-Encoding and the connection kept.
+        for order in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let events = read_all(order, 4096);
+            assert_eq!(
+                events,
+                [Err(HttpError::Malformed("both Transfer-Encoding and Content-Length"))],
+                "{}",
+                String::from_utf8_lossy(order)
+            );
+        }
+    }
+
+    #[test]
+    fn regression_an_http_1_1_request_without_exactly_one_host_is_400() {
+        // RFC 9112 §3.2: it was served.
+        let cases: [(&[u8], bool); 5] = [
+            (b"GET / HTTP/1.1\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHOST: a\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\n\r\n", true),
+        ];
+        for (input, ok) in cases {
+            let events = read_all(input, 4096);
+            let served = matches!(events.as_slice(), [Ok(RequestEvent::Request(_))]);
+            assert_eq!(served, ok, "{}: {events:?}", String::from_utf8_lossy(input));
+            if !ok {
+                assert!(matches!(events.as_slice(), [Err(e)] if e.status() == 400), "{events:?}");
+            }
+        }
+    }
+
+    /// Room reserved by the body being read now.
+    fn body_capacity(reader: &RequestReader) -> usize {
+        match reader.body.as_ref() {
+            Some((_, BodyReader::Length { body, .. })) => body.capacity(),
+            other => panic!("no Content-Length body in progress: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn regression_a_declared_body_is_not_reserved_whole_before_it_arrives() {
+        // 16 sockets announcing 16 MiB and sending 1 KiB each had 256 MiB reserved.
+        let declared = 16 << 20;
+        let mut reader = RequestReader::new(Limits { max_head: 1024, max_body: declared });
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n");
+        assert_eq!(reader.advance(head.as_bytes()), Step { consumed: head.len(), event: None });
+        assert_eq!(reader.advance(&[7; 1024]).consumed, 1024);
+        assert_eq!(body_capacity(&reader), BODY_RESERVE, "reserved up front");
+        // The room grows (by doubling) as bytes arrive, and ends exactly at the declared length.
+        let mut sent = 1024;
+        let mut grew = 0;
+        let mut last = body_capacity(&reader);
+        while sent < declared {
+            let piece = (declared - sent).min(64 * 1024);
+            let step = reader.advance(&vec![7; piece]);
+            sent += step.consumed;
+            if let Some(event) = step.event {
+                let Ok(RequestEvent::Request(request)) = event else { panic!("{event:?}") };
+                assert_eq!(request.body.len(), declared);
+                assert_eq!(request.body.capacity(), declared, "no room past the declared length");
+                break;
+            }
+            let now = body_capacity(&reader);
+            assert!(now <= (2 * last).max(sent), "grew from {last} to {now} with {sent} bytes in");
+            assert!(now < 2 * sent.max(BODY_RESERVE), "{now} of room for {sent} bytes");
+            grew += usize::from(now != last);
+            last = now;
+        }
+        assert_eq!(grew, 4, "1 -> 2 -> 4 -> 8 -> 16 MiB");
+    }
+
+    #[test]
+    fn regression_an_endless_chunked_answer_fails_at_max_body_with_bounded_memory() {
+        // The chunked reader's room could grow to twice `max_body` (amortized doubling past
+        // it); with the fixed 128 MiB answer cap that was 256 MiB for one endless answer.
+        let max_body = 1_500_000;
+        let mut reader = ResponseReader::new(Limits { max_head: 1024, max_body });
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(reader.advance(head).event, None);
+        let chunk = [&b"4000\r\n"[..], &[b'x'; 0x4000], b"\r\n"].concat();
+        let mut fed = 0;
+        let error = loop {
+            assert!(fed <= max_body + chunk.len(), "still reading after {fed} bytes");
+            let mut rest = &chunk[..];
+            let mut error = None;
+            while !rest.is_empty() && error.is_none() {
+                let step = reader.advance(rest);
+                rest = &rest[step.consumed..];
+                fed += step.consumed;
+                error = step.event;
+            }
+            if let Some((_, BodyReader::Chunked { body, .. })) = reader.body.as_ref() {
+                assert!(body.capacity() <= max_body, "{} bytes of room", body.capacity());
+            }
+            if let Some(event) = error {
+                break event;
+            }
+        };
+        assert_eq!(error, Err(HttpError::BodyTooLarge));
+        assert_eq!(ResponseReader::new(Limits { max_head: 1024, max_body }).limits().max_body, max_body);
+    }
+
+    #[test]
+    fn regression_no_content_length_on_answers_without_a_body() {
+        // An EL's 204 was relayed with `Content-Length: 0` (RFC 9110 §8.6: never on 1xx/204).
+        for status in [100, 204, 304] {
+            let mut out = Vec::new();
+            write_response_head(&mut out, status, None, 5, true, 1);
+            let text = String::from_utf8(out).expect("ascii");
+            assert!(!text.contains("Content-Length"), "{text}");
+            assert!(!status_has_body(status));
+        }
+        assert!(status_has_body(200) && status_has_body(404));
+    }
+
+    #[test]
     fn content_length_requests_in_any_split() {
-        let input = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
         for split in [1, 2, 3, 7, 64, 4096] {
             let events = read_all(input, split);
             assert_eq!(bodies(&events), vec![b"hello".to_vec(), b"abc".to_vec()], "split {split}");
@@ -1086,7 +1254,7 @@ mod tests {
 
     #[test]
     fn chunked_body_with_extensions_and_trailers() {
-        let input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET /h HTTP/1.1\r\n\r\n";
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: y\r\n\r\nGET /h HTTP/1.1\r\nHost: x\r\n\r\n";
         for split in [1, 2, 5, 4096] {
             let events = read_all(input, split);
             assert_eq!(bodies(&events), vec![b"hello world".to_vec(), Vec::new()], "split {split}");
@@ -1103,14 +1271,15 @@ mod tests {
         let mut reader = RequestReader::new(Limits { max_head: 64 * 1024, max_body: 4 * MIN_POOLED });
         reader.use_pool(pool.clone());
         // A small body allocates its own buffer and leaves the spare alone.
-        let small = b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok";
+        let small = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok";
         let events: Vec<_> =
             read_with(&mut reader, small, 64 * 1024).into_iter().map(|e| e.expect("no HTTP error")).collect();
         assert!(matches!(events.as_slice(), [RequestEvent::Request(r)] if r.body == b"ok"));
         assert_eq!(pool.borrow().spare_bytes(), 2 * MIN_POOLED);
         // A large one is read into the spare, byte for byte.
         let body: Vec<u8> = (0..MIN_POOLED + 5).map(|i| (i % 251) as u8).collect();
-        let mut wire = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        let mut wire =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         wire.extend_from_slice(&body);
         let events: Vec<_> =
             read_with(&mut reader, &wire, 64 * 1024).into_iter().map(|e| e.expect("no HTTP error")).collect();
@@ -1135,7 +1304,7 @@ mod tests {
 
     #[test]
     fn held_heads_wait_for_a_decision_before_the_body_is_read() {
-        let head = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
         let mut reader = RequestReader::new(limits());
         reader.hold_heads();
         let input = [&head[..], b"ok"].concat();
@@ -1157,7 +1326,7 @@ mod tests {
         // Requests without a body are never held.
         let events = read_with(
             &mut reader,
-            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
             4096,
         );
         assert!(
@@ -1168,8 +1337,8 @@ mod tests {
 
     #[test]
     fn a_refused_short_body_is_dropped_and_the_next_request_read() {
-        let next = b"POST /next HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
-        let input = [&b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..], next].concat();
+        let next = b"POST /next HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc";
+        let input = [&b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..], next].concat();
         for split in [1, 3, 4096] {
             let mut reader = RequestReader::new(limits());
             reader.hold_heads();
@@ -1203,12 +1372,18 @@ mod tests {
     #[test]
     fn a_refused_body_ends_the_connection_when_long_unknown_or_maybe_never_sent() {
         let limits = Limits { max_head: 1024, max_body: 1 << 20 };
-        let long = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_DISCARD + 1);
+        let long = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", MAX_DISCARD + 1);
         let cases: [(&str, &[u8]); 4] = [
             ("longer than MAX_DISCARD", long.as_bytes()),
-            ("chunked", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            ("Expect: 100-continue", b"POST / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"),
-            ("Connection: close", b"POST / HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"),
+            ("chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (
+                "Expect: 100-continue",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            ),
+            (
+                "Connection: close",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+            ),
         ];
         for (case, head) in cases {
             let mut reader = RequestReader::new(limits);
@@ -1216,13 +1391,13 @@ mod tests {
             assert_eq!(reader.advance(head).event, Some(Ok(RequestEvent::Head)), "{case}");
             assert_eq!(reader.refuse_body(), Refusal::Close, "{case}");
             // Whatever follows is not a request.
-            let more = b"{}POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+            let more = b"{}POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
             assert_eq!(reader.advance(more), Step { consumed: more.len(), event: None }, "{case}");
         }
         // Within the limit and kept alive, the same body is dropped instead.
         let mut reader = RequestReader::new(limits);
         reader.hold_heads();
-        let head = format!("POST / HTTP/1.1\r\nContent-Length: {MAX_DISCARD}\r\n\r\n");
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_DISCARD}\r\n\r\n");
         assert_eq!(reader.advance(head.as_bytes()).event, Some(Ok(RequestEvent::Head)));
         assert_eq!(reader.refuse_body(), Refusal::Discard);
     }
@@ -1230,8 +1405,8 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         let cases: &[(&[u8], bool)] = &[
-            (b"GET / HTTP/1.1\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
         ];
@@ -1246,7 +1421,7 @@ mod tests {
 
     #[test]
     fn expect_continue_is_reported_before_the_body() {
-        let input = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok";
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok";
         let events = read_all(input, 4096);
         assert_eq!(events[0], Ok(RequestEvent::Continue));
         assert_eq!(bodies(&events), vec![b"ok".to_vec()]);
@@ -1254,23 +1429,27 @@ mod tests {
 
     #[test]
     fn errors_map_to_status_codes() {
-        let long_header = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
-        let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(MAX_HEADERS + 1));
+        let long_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        let many_headers = format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "A: b\r\n".repeat(MAX_HEADERS + 1));
         let cases: Vec<(Vec<u8>, u16)> = vec![
             (long_header.into_bytes(), 431),
             (many_headers.into_bytes(), 431),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec(), 413),
-            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(), 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_vec(), 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n".to_vec(), 400),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n".to_vec(), 413),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_vec(), 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n"
+                    .to_vec(),
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc".to_vec(), 400),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
             (b"\x00\x01garbage\r\n\r\n".to_vec(), 400),
-            (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(), 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_vec(), 400),
         ];
         for (input, status) in cases {
             let events = read_all(&input, 4096);
@@ -1283,7 +1462,7 @@ mod tests {
 
     #[test]
     fn head_split_across_reads_at_every_point() {
-        let input = b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+        let input = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
         for cut in 0..input.len() {
             let mut reader = RequestReader::new(limits());
             let (a, b) = input.split_at(cut);

@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::downstream::Expired;
 use crate::policy::Class;
 use crate::probes::ElProbe;
 use crate::sync_view::{hash_hex, SyncView};
@@ -91,6 +92,8 @@ pub struct Metrics {
     disagreements: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
+    closed: [u64; Expired::ALL.len()],
     beacons: Vec<Beacon>,
     /// Each `--builders` client's newest VALID payload and lag.
     pub sync: SyncView,
@@ -118,6 +121,7 @@ impl Metrics {
             disagreements: 0,
             bytes_in: 0,
             bytes_out: 0,
+            closed: [0; Expired::ALL.len()],
             beacons: Vec::new(),
             sync: SyncView::new(builders.min(els)),
             out: String::new(),
@@ -173,6 +177,13 @@ impl Metrics {
     pub fn set_up(&mut self, el: usize, up: bool) {
         if let Some(m) = self.els.get_mut(el) {
             m.up = up;
+        }
+    }
+
+    /// A beacon node connection was closed by one of its deadlines.
+    pub fn connection_closed(&mut self, why: Expired) {
+        if let Some(i) = Expired::ALL.iter().position(|&e| e == why) {
+            self.closed[i] += 1;
         }
     }
 
@@ -385,6 +396,20 @@ impl Metrics {
         let _ = writeln!(out, "sync_proxy_sent_bytes_total {}", self.bytes_out);
         family(&mut out, "sync_proxy_open_connections", "gauge", "Beacon node connections open now.");
         let _ = writeln!(out, "sync_proxy_open_connections {}", snap.open_connections);
+        family(
+            &mut out,
+            "sync_proxy_connections_closed_total",
+            "counter",
+            "Beacon node connections closed by a deadline (read, idle, write, lingering close).",
+        );
+        for (i, why) in Expired::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "sync_proxy_connections_closed_total{{reason=\"{}\"}} {}",
+                why.reason(),
+                self.closed[i]
+            );
+        }
         family(&mut out, "sync_proxy_uptime_seconds", "gauge", "Seconds since start-up.");
         let _ = writeln!(
             out,
@@ -527,6 +552,7 @@ mod tests {
         m.rpc_error(1);
         m.sync.payload_seen(130);
         m.sync.valid(0, crate::rpc::PayloadHead { number: 9, hash: [1; 32], timestamp: 100 });
+        m.connection_closed(Expired::Write);
         let text = m.render_prometheus(&snapshot(), now).to_string();
         let mut declared = Vec::new();
         for line in text.lines() {
@@ -558,6 +584,8 @@ mod tests {
         assert!(text.contains("sync_proxy_el_behind{el=\"a:1\"} 0\n"));
         // The peer (b"2) has no sync view at all.
         assert!(!text.contains("sync_proxy_el_behind{el=\"b"), "{text}");
+        assert!(text.contains("sync_proxy_connections_closed_total{reason=\"write_timeout\"} 1"));
+        assert!(text.contains("sync_proxy_connections_closed_total{reason=\"idle_timeout\"} 0"));
     }
 
     #[test]

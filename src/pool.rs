@@ -1,9 +1,11 @@
 //! One spare body buffer, so that large request bodies arriving one after another reuse the
 //! same memory instead of each being fresh pages.
 //!
-//! A large body is one allocation of its declared length (see `http`). With musl's allocator
-//! (the static build) every such allocation is a new mapping, so each byte of each body costs a
-//! page fault and the kernel's zeroing before the proxy can copy into it, and the mapping is
+//! A large body grows, by doubling, to its declared length as its bytes arrive (see `http`),
+//! unless the spare below has room for all of it: then it is read into the spare and never
+//! grows. With musl's allocator (the static build) every such allocation is a new mapping, so
+//! each byte of each body costs a page fault and the kernel's zeroing before the proxy can
+//! copy into it, and the mapping is
 //! torn down when the body is freed: about a sixth of the proxy's CPU on 8 MiB bodies. glibc
 //! keeps freed memory and reuses it, but not always the right block. So the last large body
 //! freed is kept here and handed to the next large body that fits. At most one buffer is kept,

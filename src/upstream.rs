@@ -159,14 +159,14 @@ pub enum Outcome {
 }
 
 impl Conn {
-    fn new(stream: mio::net::TcpStream, now: Instant) -> Self {
+    fn new(stream: mio::net::TcpStream, answer_limits: Limits, now: Instant) -> Self {
         Conn {
             stream,
             state: ConnState::Connecting,
             job: None,
             out: Vec::new(),
             written: 0,
-            reader: ResponseReader::new(Limits::default()),
+            reader: ResponseReader::new(answer_limits),
             served: 0,
             deadline: now + CONNECT_TIMEOUT,
             sent_at: now,
@@ -278,7 +278,7 @@ impl Conn {
             self.dead = true;
         }
         self.served += 1;
-        self.reader = ResponseReader::new(Limits::default());
+        self.reader = ResponseReader::new(self.reader.limits());
         self.out.clear();
         self.written = 0;
         self.state = ConnState::Idle;
@@ -372,6 +372,9 @@ pub struct Upstream {
     pub refresh: Option<Refresh>,
     /// For an `https://` client: the TLS settings each new connection's session starts from.
     pub tls: Option<tls::Settings>,
+    /// The caps on this client's answers (`--max-body-bytes`): a larger or endless answer is
+    /// this client's failure, and the call falls back to the next one.
+    pub answer_limits: Limits,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -413,6 +416,7 @@ impl Upstream {
             warned_stale_token: false,
             refresh: None,
             tls: None,
+            answer_limits: Limits::default(),
         }
     }
 
@@ -661,7 +665,7 @@ impl Upstream {
         match mio::net::TcpStream::connect(addr) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let mut conn = Conn::new(stream, now);
+                let mut conn = Conn::new(stream, self.answer_limits, now);
                 conn.tls = session;
                 self.conns[slot] = Some(conn);
                 result.opened.push(slot);

@@ -5,6 +5,7 @@ mod util;
 mod util_selftest;
 
 mod auth_metrics;
+mod bounds;
 mod combined_errors;
 mod hostile;
 mod http_cli;

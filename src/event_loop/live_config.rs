@@ -11,6 +11,7 @@ use mio::Interest;
 
 use super::Proxy;
 use crate::config::{Config, Endpoint, Reloaded};
+use crate::http::Limits;
 use crate::jwt::{Secret, TokenCache};
 use crate::metrics::ElMetrics;
 use crate::reload::{self, Origin};
@@ -30,9 +31,16 @@ pub(super) fn builder_upstream(
     let https = endpoint.is_https();
     let mut upstream = Upstream::new(endpoint, false, None, cfg.backlog_requests, cfg.backlog_bytes);
     upstream.tls = tls.filter(|_| https).cloned();
+    upstream.answer_limits = answer_limits(cfg);
     set_tokens(&mut upstream, cfg, own);
     upstream.refresh = refresh_for(&upstream.endpoint, now);
     upstream
+}
+
+/// The caps on an execution client's answers: like requests, so an oversized or endless answer
+/// fails that client and the call falls back to the next one.
+pub(super) fn answer_limits(cfg: &Config) -> Limits {
+    Limits { max_head: super::MAX_HEAD, max_body: cfg.max_body_bytes }
 }
 
 /// The lookup schedule of an endpoint whose host is a name (None for an IP literal).
