@@ -7,5 +7,6 @@ mod util_selftest;
 mod auth_metrics;
 mod hostile;
 mod http_cli;
+mod payload;
 mod realnet;
 mod routing;
