@@ -231,12 +231,18 @@ devnet() {
     sleep 1
   done
 
+  # Stop the beacon node first, so that the chain holds still while the ELs are read (each
+  # read is a node process; blocks would land in between), and give the proxy a moment to
+  # deliver the node's last calls.
+  stop_pid "${PIDS[-1]}"; unset 'PIDS[-1]'
+  sleep 2
+  local heights=()
   for k in 1 2; do
-    n1=$(rpc "${EL_RPC[k - 1]}" blocknum)
-    echo "el$k eth_blockNumber=$n1 head=$(rpc "${EL_RPC[k - 1]}" head) dead_balance=$(rpc "${EL_RPC[k - 1]}" balance 0x000000000000000000000000000000000000dEaD)"
-    [ "$n1" -ge $MIN_BLOCKS ] || { echo "el$k has $n1 blocks (need >= $MIN_BLOCKS)"; ok=0; }
+    heights+=("$(rpc "${EL_RPC[k - 1]}" blocknum)")
+    echo "el$k eth_blockNumber=${heights[k - 1]} head=$(rpc "${EL_RPC[k - 1]}" head) dead_balance=$(rpc "${EL_RPC[k - 1]}" balance 0x000000000000000000000000000000000000dEaD)"
+    [ "${heights[k - 1]}" -ge $MIN_BLOCKS ] || { echo "el$k has ${heights[k - 1]} blocks (need >= $MIN_BLOCKS)"; ok=0; }
   done
-  n2=$(rpc "${EL_RPC[1]}" blocknum); n1=$(rpc "${EL_RPC[0]}" blocknum); d=$((n1 - n2))
+  n1=${heights[0]} n2=${heights[1]} d=$((heights[0] - heights[1]))
   a=$(rpc "${EL_RPC[0]}" hash "$n2"); b=$(rpc "${EL_RPC[1]}" hash "$n2")
   if [ "$n2" -ge 1 ] && [ -n "$a" ] && [ "$a" = "$b" ]; then echo "el2 block $n2 hash matches el1"
   else echo "el2 block $n2 hash MISMATCH el1=$a el2=$b"; ok=0; fi
@@ -305,7 +311,7 @@ check_dead_el() {
 
 for SC in $SCENARIOS; do
   DIR=$OUT/$SC; t=$SECONDS
-  rm -rf "$DIR" && mkdir -p "$DIR"
+  rm -rf "$DIR" && mkdir -p "$DIR" && cd "$DIR" || exit 1  # Lodestar writes genesis.ssz and more into its cwd
   secs=$RUN_S; [ "$SC" = restart ] && secs=$RESTART_RUN_S
   say "[$SC] devnet for $secs s"
   # in this shell (not a pipeline's subshell), so that stop_all sees the processes it started

@@ -5,8 +5,10 @@ mod util;
 mod util_selftest;
 
 mod auth_metrics;
+mod engine_api;
 mod hostile;
 mod http_cli;
 mod payload;
+mod payload_selftest;
 mod realnet;
 mod routing;

@@ -82,7 +82,7 @@ pub const CELLS_PER_EXT_BLOB: usize = 128;
 pub const GENESIS_TIME: u64 = 1_606_824_023;
 pub const SLOT: u64 = 10_000_000;
 /// Below this a block is built without withdrawals, blobs or requests.
-const BIG: usize = 16 << 10;
+pub const BIG: usize = 16 << 10;
 
 /// `"1k"`, `"128k"`, `"1m"`, `"8m"`, `"300"` → bytes.
 pub fn parse_size(text: &str) -> Option<usize> {
@@ -104,7 +104,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5eed_0f_5e_ed_0f)
+        Rng(seed ^ 0x5eed_0f5e_ed0f)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -161,7 +161,7 @@ fn tx_size(rng: &mut Rng) -> usize {
 
 /// Appends `"0x…"`: `n` bytes (n >= 3) of `type || RLP list header || random payload`, the
 /// shape of an EIP-2718 typed transaction (or, with type 0xf9… absent, any RLP blob).
-fn typed_into(rng: &mut Rng, out: &mut String, kind: u8, n: usize) {
+pub fn typed_into(rng: &mut Rng, out: &mut String, kind: u8, n: usize) {
     let body_and_header = n - 1;
     // The list header's length depends on the body's, which depends on the header's; for the
     // one size with no canonical framing (58 bytes) a 2-byte header over 55 bytes will do.
@@ -307,10 +307,22 @@ impl NewPayload {
 
 /// An execution payload of `fork` without its closing brace, split around `transactions`:
 /// (everything up to `"transactions":`, everything after the array).
-fn payload_parts(rng: &mut Rng, fork: Fork, slot: u64, big: bool, blobs: usize, size: usize) -> (String, String) {
+fn payload_parts(
+    rng: &mut Rng,
+    fork: Fork,
+    slot: u64,
+    big: bool,
+    blobs: usize,
+    size: usize,
+) -> (String, String) {
     let mut head = String::with_capacity(2048);
-    let fields: [(&str, usize); 5] =
-        [("parentHash", 32), ("feeRecipient", 20), ("stateRoot", 32), ("receiptsRoot", 32), ("logsBloom", 256)];
+    let fields: [(&str, usize); 5] = [
+        ("parentHash", 32),
+        ("feeRecipient", 20),
+        ("stateRoot", 32),
+        ("receiptsRoot", 32),
+        ("logsBloom", 256),
+    ];
     head.push('{');
     for (i, (name, n)) in fields.into_iter().enumerate() {
         if i > 0 {
@@ -391,7 +403,10 @@ fn transactions_into(rng: &mut Rng, out: &mut String, room: usize) {
 /// for the slot after `slot`, 16 withdrawals.
 pub fn forkchoice_updated(fork: Fork, id: u64, slot: u64, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed ^ 0xfc);
-    let mut out = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{}\",\"params\":[{{", fork.forkchoice_method());
+    let mut out = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{}\",\"params\":[{{",
+        fork.forkchoice_method()
+    );
     for (i, name) in ["headBlockHash", "safeBlockHash", "finalizedBlockHash"].into_iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -424,7 +439,8 @@ pub fn get_payload_answer(fork: Fork, id: u64, size: usize, blobs: usize, seed: 
     let mut rng = Rng::new(seed ^ 0x9e7);
     let big = size >= BIG;
     let (head, tail) = payload_parts(&mut rng, fork, 0, big, blobs, size);
-    let mut out = String::with_capacity(size + blobs * (2 * BLOB_BYTES + 110 * fork.proofs_per_blob() + 110) + 4096);
+    let mut out =
+        String::with_capacity(size + blobs * (2 * BLOB_BYTES + 110 * fork.proofs_per_blob() + 110) + 4096);
     write!(out, "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"executionPayload\":{head}").unwrap();
     let room = size.saturating_sub(head.len() + tail.len() + 100);
     transactions_into(&mut rng, &mut out, room);
@@ -459,97 +475,4 @@ pub fn get_payload_answer(fork: Fork, id: u64, size: usize, blobs: usize, seed: 
     }
     out.push_str("}}");
     out.into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn json(body: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(body).expect("generated bodies are JSON")
-    }
-
-    #[test]
-    fn new_payload_has_the_size_asked_for_and_the_fork_shape() {
-        for fork in [Fork::Deneb, Fork::Electra, Fork::Osaka, Fork::Amsterdam] {
-            for size in [2 << 10, 16 << 10, 128 << 10, 1 << 20] {
-                let body = NewPayload::new(fork, size).body();
-                assert_eq!(body.len(), size, "{fork:?} {size}");
-                let v = json(&body);
-                assert_eq!(v["method"], fork.new_payload_method());
-                let params = v["params"].as_array().unwrap();
-                assert_eq!(params.len(), if fork == Fork::Deneb { 3 } else { 4 }, "{fork:?}");
-                let payload = &params[0];
-                assert_eq!(payload["timestamp"], format!("0x{:x}", slot_timestamp(0)));
-                for tx in payload["transactions"].as_array().unwrap() {
-                    assert!(tx.as_str().unwrap().starts_with("0x02"), "{tx}");
-                }
-                let big = size >= BIG;
-                assert_eq!(payload["withdrawals"].as_array().unwrap().len(), if big { 16 } else { 0 });
-                assert_eq!(params[1].as_array().unwrap().len(), if big { 3 } else { 0 });
-                if fork != Fork::Deneb {
-                    let requests = params[3].as_array().unwrap();
-                    assert_eq!(requests.len(), if big { 3 } else { 0 });
-                    for (i, r) in requests.iter().enumerate() {
-                        assert!(r.as_str().unwrap().starts_with(&format!("0x0{i}")), "{r}");
-                    }
-                }
-                assert_eq!(payload.get("blockAccessList").is_some(), fork == Fork::Amsterdam);
-            }
-        }
-    }
-
-    #[test]
-    fn same_seed_same_bytes_other_seed_other_bytes() {
-        let a = NewPayload::new(Fork::Electra, 64 << 10).seed(7).body();
-        assert_eq!(a, NewPayload::new(Fork::Electra, 64 << 10).seed(7).body());
-        assert_ne!(a, NewPayload::new(Fork::Electra, 64 << 10).seed(8).body());
-    }
-
-    #[test]
-    fn a_size_below_an_empty_block_gets_the_empty_block() {
-        let body = NewPayload::new(Fork::Deneb, 100).body();
-        assert!(body.len() > 1300 && body.len() < 1500, "{}", body.len());
-        assert!(json(&body)["params"][0]["transactions"].as_array().unwrap().is_empty());
-    }
-
-    #[test]
-    fn transactions_are_rlp_framed() {
-        let mut rng = Rng::new(3);
-        for n in [3, 56, 57, 58, 300, 70_000] {
-            let mut s = String::new();
-            typed_into(&mut rng, &mut s, 0x02, n);
-            assert_eq!(s.len(), 2 * n + 4, "{n}");
-        }
-    }
-
-    #[test]
-    fn get_payload_answers_carry_the_blob_bundle() {
-        let body = get_payload_answer(Fork::Osaka, 5, 32 << 10, 2, 1);
-        let v = json(&body);
-        let bundle = &v["result"]["blobsBundle"];
-        assert_eq!(bundle["blobs"].as_array().unwrap().len(), 2);
-        assert_eq!(bundle["blobs"][0].as_str().unwrap().len(), 2 + 2 * BLOB_BYTES);
-        assert_eq!(bundle["proofs"].as_array().unwrap().len(), 2 * CELLS_PER_EXT_BLOB);
-        assert_eq!(v["result"]["executionRequests"].as_array().unwrap().len(), 3);
-        let deneb = json(&get_payload_answer(Fork::Deneb, 5, 2 << 10, 1, 1));
-        assert_eq!(deneb["result"]["blobsBundle"]["proofs"].as_array().unwrap().len(), 1);
-        assert!(deneb["result"].get("executionRequests").is_none());
-    }
-
-    #[test]
-    fn forkchoice_updated_carries_the_next_timestamp() {
-        let v = json(&forkchoice_updated(Fork::Amsterdam, 2, 0, 1));
-        assert_eq!(v["method"], "engine_forkchoiceUpdatedV4");
-        assert_eq!(v["params"][1]["timestamp"], format!("0x{:x}", slot_timestamp(1)));
-        assert!(v["params"][1]["slotNumber"].is_string());
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("1k"), Some(1024));
-        assert_eq!(parse_size("8m"), Some(8 << 20));
-        assert_eq!(parse_size("300"), Some(300));
-        assert_eq!(parse_size("x"), None);
-    }
 }
