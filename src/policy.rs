@@ -423,6 +423,33 @@ mod tests {
         );
     }
 
+    /// The later forks' methods against execution-apis (amsterdam.md, osaka.md, bogota.md):
+    /// newPayloadV6 has 6 s like V5, forkchoiceUpdatedV4/V5 8 s, getPayloadV5–V7,
+    /// getInclusionListV1, updatePayloadWithInclusionListV1 and getBlobsV2/V3 1 s, the V2
+    /// payload-bodies calls 10 s. Matching by prefix must keep giving these to new versions.
+    #[test]
+    fn later_fork_timeouts_follow_the_spec() {
+        let t = |m: &str| timeout_for(Some(m), Class::of(Some(m)), None).as_secs();
+        let cases = [
+            ("engine_newPayloadV5", 6),
+            ("engine_newPayloadV6", 6),
+            ("engine_forkchoiceUpdatedV4", 8),
+            ("engine_forkchoiceUpdatedV5", 8),
+            ("engine_getPayloadV5", 1),
+            ("engine_getPayloadV6", 1),
+            ("engine_getPayloadV7", 1),
+            ("engine_getInclusionListV1", 1),
+            ("engine_updatePayloadWithInclusionListV1", 1),
+            ("engine_getBlobsV2", 1),
+            ("engine_getBlobsV3", 1),
+            ("engine_getPayloadBodiesByHashV2", 10),
+            ("engine_getPayloadBodiesByRangeV2", 10),
+        ];
+        for (method, secs) in cases {
+            assert_eq!(t(method), secs, "{method}");
+        }
+    }
+
     #[test]
     fn first_in_order_waits_only_for_earlier_clients() {
         use Standing::*;

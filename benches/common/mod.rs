@@ -1,53 +1,21 @@
-//! What the benchmarks share: the request bodies they run on. The bodies come from
-//! `../shared/tools/payloads` (deterministic with `--seed 1`) and are written once into
-//! `target/bench-payloads/`; without python3 or `../shared`, the 1 KiB and 128 KiB samples in
-//! `../shared/samples` are used and the larger sizes are skipped.
+//! What the benchmarks share: the request bodies they run on, made by the project's own
+//! generator (`tests/payload.rs`, deterministic: seed 1), so a benchmark needs nothing outside
+//! the repository.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../../tests/payload.rs"]
+mod payload;
 
-/// The body sizes the issue asks for, as the generator names them.
+/// The body sizes the benchmarks run on, as `payload::parse_size` reads them.
 pub const SIZES: [&str; 4] = ["1k", "128k", "1m", "8m"];
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Where the generated bodies live.
-pub fn payload_dir() -> PathBuf {
-    manifest_dir().join("target").join("bench-payloads")
-}
-
-/// Generates the bodies once; later runs reuse them.
-fn generate(dir: &Path) {
-    if SIZES.iter().all(|s| dir.join(format!("newpayload-{s}.json")).exists()) {
-        return;
-    }
-    let tool = manifest_dir().join("../shared/tools/payloads");
-    let status = Command::new("python3")
-        .arg(&tool)
-        .arg(dir)
-        .args(SIZES)
-        .args(["--seed", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("note: {} could not run; using ../shared/samples where it has the size", tool.display());
-    }
-}
-
 /// The `engine_newPayloadV3` body of the given size (`"1k"`, `"128k"`, `"1m"`, `"8m"`), keys in
-/// the order Lodestar and Prysm send (`jsonrpc, id, method, params`). None when it cannot be had.
+/// the order Lodestar and Prysm send (`jsonrpc, id, method, params`). None for a size that does
+/// not parse.
 pub fn new_payload(size: &str) -> Option<Vec<u8>> {
-    let dir = payload_dir();
-    generate(&dir);
-    let name = format!("newpayload-{size}.json");
-    std::fs::read(dir.join(&name))
-        .or_else(|_| std::fs::read(manifest_dir().join("../shared/samples").join(&name)))
-        .ok()
+    let bytes = payload::parse_size(size)?;
+    Some(payload::NewPayload::new(payload::Fork::Deneb, bytes).seed(1).body())
 }
 
 /// The same request with its top-level members in reverse order (`params, method, id,
