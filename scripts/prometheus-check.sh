@@ -129,39 +129,9 @@ echo "--- building the proxy (debug)"
 cargo build --quiet --bin sync-proxy
 PROXY_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/sync-proxy
 
-# Free ephemeral ports on 127.0.0.1, all held open at once so that they differ.
-read -r P_EL P_PROXY P_METRICS P_PROM < <(python3 - <<'PY'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-)
-
-wait_port() {  # wait_port PORT PID: until 127.0.0.1:PORT accepts, failing if PID died
-  local port=$1 pid=$2
-  for _ in $(seq 200); do
-    if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()' "$port" 2>/dev/null; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { echo "process $pid died before 127.0.0.1:$port opened"; return 1; }
-    sleep 0.05
-  done
-  echo "127.0.0.1:$port never opened"
-  return 1
-}
-
-start() {  # start NAME PORT COMMAND...: runs COMMAND in the background, logs to $work/NAME.log
-  local name=$1 port=$2
-  shift 2
-  "$@" >"$work/$name.log" 2>&1 &
-  local pid=$!
-  pids+=("$pid")
-  wait_port "$port" "$pid" || { echo "FAIL: $name did not start:"; cat "$work/$name.log"; exit 1; }
-}
+# shellcheck source=scripts/lib/loopback.sh
+. scripts/lib/loopback.sh  # (the working directory is the repository root)
+read -r P_EL P_PROXY P_METRICS P_PROM < <(free_ports 4)
 
 start el "$P_EL" python3 scripts/mock_el.py --port "$P_EL" --name el --record "$work/el.jsonl"
 start proxy "$P_PROXY" "$PROXY_BIN" --addr "127.0.0.1:$P_PROXY" --builders "127.0.0.1:$P_EL" \
