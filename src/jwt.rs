@@ -431,6 +431,42 @@ impl Scanner<'_> {
     }
 }
 
+/// The optional identity claims of an Engine API token (authentication spec: `id`, the client's
+/// identifier; `clv`, its client version), each only when it is a JSON string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub id: Option<String>,
+    pub clv: Option<String>,
+}
+
+/// The claims of a token WITHOUT checking its signature: only for choosing which secret must then
+/// verify it (see `beacons::authenticate`), never to be trusted as they are. None when the token
+/// is not three parts or its claims are not a base64url JSON object.
+#[must_use]
+pub fn peek_claims(token: &[u8]) -> Option<Claims> {
+    let mut parts = token.split(|&b| b == b'.');
+    let (Some(_), Some(claims_b64), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    claims_of(&decode_part(claims_b64).ok()?)
+}
+
+/// `verify`, then the token's identity claims: once this returns them, they were signed with
+/// `secret`.
+pub fn verify_claims(secret: &Secret, token: &[u8], now: u64, leeway_secs: u64) -> Result<Claims, JwtError> {
+    verify(secret, token, now, leeway_secs)?;
+    peek_claims(token).ok_or(JwtError::BadClaims)
+}
+
+fn claims_of(claims: &[u8]) -> Option<Claims> {
+    let Ok(Value::Object(members)) = serde_json::from_slice::<Value>(claims) else {
+        return None;
+    };
+    let text = |name: &str| members.get(name).and_then(Value::as_str).map(str::to_owned);
+    Some(Claims { id: text("id"), clv: text("clv") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,5 +1158,53 @@ mod tests {
             let _ = Secret::from_hex(&text);
             let _ = parse_secret_map(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod claims_tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn secret(byte: u8) -> Secret {
+        Secret::from_bytes([byte; SECRET_LEN])
+    }
+
+    /// A token with the given raw claims JSON, signed with `secret`.
+    fn token(secret: &Secret, claims: &str) -> String {
+        let input = format!("{HEADER_B64}.{}", URL_SAFE_NO_PAD.encode(claims.as_bytes()));
+        let signature = URL_SAFE_NO_PAD.encode(sign(&secret.0, input.as_bytes()));
+        format!("{input}.{signature}")
+    }
+
+    #[test]
+    fn verified_claims_carry_id_and_clv() {
+        let t = token(&secret(1), &format!(r#"{{"iat":{NOW},"id":"bn-a","clv":"Lodestar/v1.2.3"}}"#));
+        let claims = verify_claims(&secret(1), t.as_bytes(), NOW, IAT_LEEWAY_SECS).expect("valid");
+        assert_eq!(claims, Claims { id: Some("bn-a".into()), clv: Some("Lodestar/v1.2.3".into()) });
+        let minted = mint(&secret(1), NOW, Some("x"));
+        assert_eq!(
+            verify_claims(&secret(1), minted.as_bytes(), NOW, IAT_LEEWAY_SECS).map(|c| c.id),
+            Ok(Some("x".into()))
+        );
+    }
+
+    #[test]
+    fn claims_of_a_token_signed_with_another_secret_are_refused() {
+        let t = token(&secret(2), &format!(r#"{{"iat":{NOW},"id":"bn-a"}}"#));
+        assert_eq!(verify_claims(&secret(1), t.as_bytes(), NOW, 60), Err(JwtError::BadSignature));
+        // Peeking reads them anyway: it is only for choosing the secret.
+        assert_eq!(peek_claims(t.as_bytes()).and_then(|c| c.id), Some("bn-a".into()));
+    }
+
+    #[test]
+    fn claims_that_are_not_strings_are_absent() {
+        let t = token(&secret(1), &format!(r#"{{"iat":{NOW},"id":7,"clv":null}}"#));
+        assert_eq!(verify_claims(&secret(1), t.as_bytes(), NOW, 60), Ok(Claims::default()));
+        for bad in [&b"a.b"[..], b"a.!!.c", b"", b"a.e30.c.d"] {
+            assert_eq!(peek_claims(bad), None, "{bad:?}");
+        }
+        assert_eq!(peek_claims(b"x.e30.y"), Some(Claims::default()), "{{}} is an object");
     }
 }

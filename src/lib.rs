@@ -17,6 +17,8 @@
 //! `https://` execution client's connection.
 #![forbid(unsafe_code)]
 
+pub mod answer_policy;
+pub mod beacons;
 pub mod config;
 pub mod downstream;
 pub mod event_loop;
@@ -25,6 +27,7 @@ pub mod http;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod payload_choice;
 pub mod policy;
 pub mod pool;
 pub mod probes;
