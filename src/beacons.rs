@@ -276,7 +276,11 @@ pub const PENDING_TTL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Confirmation {
     /// VALID, SYNCING or ACCEPTED (the rule): anything but INVALID,
-    /// INVALID_BLOCK_HASH or an error.
+    /// INVALID_BLOCK_HASH or an error. What it leaves open: a client that may send requests
+    /// can make up a payload on an unknown parent (its block hash is only a hash it can
+    /// compute), which ELs answer SYNCING or ACCEPTED; with a timestamp up to
+    /// `MAX_AHEAD_SECS` ahead it stays the best for as long as it keeps doing so. Per-BN
+    /// secrets (who may send at all) are the defence there, or `ValidOnly`.
     #[default]
     NotInvalid,
     /// Only VALID switches to another BN (SYNCING/ACCEPTED still advance the best BN's own

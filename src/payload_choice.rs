@@ -251,8 +251,17 @@ pub enum Got {
 
 /// What an EL's getPayload answer body is, for `choose`.
 pub fn answer_of(body: &[u8]) -> Got {
-    let Ok(scan) = rpc::scan_response(body) else { return Got::Error };
-    let Some(result) = scan.result.filter(|_| scan.error_code.is_none()).and_then(|r| body.get(r)) else {
+    match rpc::scan_response(body) {
+        Ok(scan) => answer_from(body, &scan),
+        Err(_) => Got::Error,
+    }
+}
+
+/// `answer_of` for an answer the caller has already scanned (the event loop scans every
+/// answer), so the megabytes of a payload are not validated twice.
+pub fn answer_from(body: &[u8], scan: &rpc::Response) -> Got {
+    let Some(result) = scan.result.clone().filter(|_| scan.error_code.is_none()).and_then(|r| body.get(r))
+    else {
         return Got::Error;
     };
     let value = member(result, b"blockValue")
@@ -461,6 +470,20 @@ mod tests {
         // Escaped quotes and brackets inside strings do not confuse the skipper.
         let tricky = br#"{"jsonrpc":"2.0","id":1,"result":{"x":"\"}]\\","y":[{"blockValue":"0x1"}],"blockValue":"0x2"}}"#;
         assert_eq!(answer_of(tricky), Got::Payload(Some(wei(2))));
+    }
+
+    #[test]
+    fn the_member_finder_never_panics_on_cut_or_broken_text() {
+        let whole = answer("0x10");
+        for end in (0..whole.len()).step_by(5) {
+            let _ = member(&whole[..end], b"blockValue");
+        }
+        for text in [&b"{\"a\":}"[..], b"{\"a\"", b"{,,}", b"{\"a\":]", b"{\"a\":\"\\", b"{\"\\\"", b"}"] {
+            assert_eq!(member(text, b"blockValue"), None, "{}", String::from_utf8_lossy(text));
+        }
+        let result = br#"{"a":1,"blockValue":"0x5"}"#;
+        assert_eq!(member(result, b"blockValue"), Some(&b"\"0x5\""[..]));
+        assert_eq!(member(result, b"a"), Some(&b"1"[..]));
     }
 
     #[test]
