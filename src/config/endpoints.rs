@@ -2,7 +2,11 @@
 //! (with the `tls` feature) `https://`, resolved at start-up with IPv4 first. Knows no files
 //! beyond splitting a builders file's text into entries.
 
-use super::*;
+use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+
+use super::files::{read_file, show_path};
+use super::{BuilderList, ConfigError};
+use crate::tls;
 
 /// One `--builders` or `--proxies` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +42,9 @@ impl Endpoint {
 }
 
 /// Go's `http` scheme default, used when an entry has no port.
-pub(super) const DEFAULT_HTTP_PORT: u16 = 80;
+const DEFAULT_HTTP_PORT: u16 = 80;
 /// The same for `https://`.
-pub(super) const DEFAULT_HTTPS_PORT: u16 = 443;
+const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Why a build without the cargo feature `tls` refuses `https://` and `--builder-ca`.
 pub(super) const NO_TLS: &str = "this build has no TLS (it was built without the cargo feature `tls`)";
 
@@ -87,8 +91,38 @@ pub(super) fn parse_endpoint_list(list: &str, flag: &str) -> Result<Vec<Endpoint
     list.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
-        .map(|entry| parse_endpoint(entry).map_err(|e| ConfigError(format!("{flag}: {}", e.0))))
+        .map(|entry| parse_endpoint(entry).map_err(|e| e.context(flag)))
         .collect()
+}
+
+/// The builders of `--builders` or of a `--builders-file` (blocking: file read and name
+/// lookups); at least one.
+pub(super) fn read_builders(list: &BuilderList) -> Result<Vec<Endpoint>, ConfigError> {
+    let (builders, none) = match list {
+        BuilderList::Flag(text) => (
+            parse_endpoint_list(text, "--builders")?,
+            "no builders given: use --builders host:port[,host:port…]".to_owned(),
+        ),
+        BuilderList::File(path) => {
+            let text = read_file(path, "--builders-file")?;
+            let path = show_path(path);
+            let builders = builders_file_entries(&text)
+                .into_iter()
+                .map(|(line, entry)| {
+                    parse_endpoint(entry)
+                        .map_err(|e| e.context(format!("--builders-file {path} line {line}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (
+                builders,
+                format!("--builders-file {path} lists no execution client (one host:port or URL per line)"),
+            )
+        }
+    };
+    if builders.is_empty() {
+        return Err(ConfigError(none));
+    }
+    Ok(builders)
 }
 
 /// An endpoint entry taken apart, before any DNS.
@@ -102,8 +136,8 @@ pub(super) struct EndpointParts {
     pub(super) url: String,
 }
 
-pub(super) fn bad_endpoint(entry: &str, why: &str) -> ConfigError {
-    ConfigError(format!("bad URL {entry:?}: {why}"))
+fn bad_endpoint(entry: &str, why: &str) -> ConfigError {
+    err!("bad URL {entry:?}: {why}")
 }
 
 pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
@@ -120,7 +154,7 @@ pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> 
         Some((scheme, rest)) if is_scheme(scheme) => {
             https = scheme.eq_ignore_ascii_case("https");
             if https && !tls::ENABLED {
-                return Err(ConfigError(format!("https is not supported: {entry:?}: {NO_TLS}; use http://")));
+                return Err(err!("https is not supported: {entry:?}: {NO_TLS}; use http://"));
             }
             if !https && !scheme.eq_ignore_ascii_case("http") {
                 return Err(bad("only http:// and https:// are supported"));

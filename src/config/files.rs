@@ -1,21 +1,26 @@
 //! The files the command line names: `--jwt-secret`, `--builder-jwt-secrets` (matched to the
-//! builders), `--builder-ca` and the tokens service's `--config`. Each is read with a size cap,
-//! and an error names the file and the flag but never repeats its content.
+//! builders), `--builder-ca`, `--builders-file` and the tokens service's `--config`. Each is read
+//! with a size cap, and an error names the file and the flag but never repeats its content.
 
-use super::*;
+use std::fmt::Display;
+use std::path::Path;
+
+use super::endpoints::{split_endpoint, Endpoint, NO_TLS};
+use super::ConfigError;
+use crate::jwt::{self, Secret};
+use crate::tls;
+
+/// Secret and config files are small; reading at most this much means a wrong path such as
+/// `/dev/zero` fails with a clear error instead of filling memory.
+const MAX_FILE_BYTES: u64 = 1 << 20;
 
 pub(super) fn show_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// Secret and config files are small; reading at most this much means a wrong path such as
-/// `/dev/zero` fails with a clear error instead of filling memory.
-pub(super) const MAX_FILE_BYTES: u64 = 1 << 20;
-
 pub(super) fn read_file(path: &Path, flag: &str) -> Result<String, ConfigError> {
     use std::io::Read;
-    let cannot =
-        |e: &dyn std::fmt::Display| ConfigError(format!("cannot read {flag} file {}: {e}", show_path(path)));
+    let cannot = |e: &dyn Display| err!("cannot read {flag} file {}: {e}", show_path(path));
     let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
     let mut text = String::new();
     file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| cannot(&e))?;
@@ -25,20 +30,32 @@ pub(super) fn read_file(path: &Path, flag: &str) -> Result<String, ConfigError> 
     Ok(text)
 }
 
-/// `--builder-ca`: the certificates of a PEM file, read and checked at start-up.
-pub(super) fn read_builder_ca(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
-    const FLAG: &str = "--builder-ca";
-    if !tls::ENABLED {
-        return Err(ConfigError(format!("{FLAG}: {NO_TLS}")));
-    }
-    let text = read_file(path, FLAG)?;
-    tls::parse_pem_certificates(text.as_bytes())
-        .map_err(|why| ConfigError(format!("invalid {FLAG} file {}: {why}", show_path(path))))
+/// Reads a file and parses its text; an error names the flag and the file, and only says why
+/// `parse` refused it (never the content).
+fn read_parsed<T, E: Display>(
+    path: &Path,
+    flag: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, ConfigError> {
+    parse(&read_file(path, flag)?).map_err(|why| err!("invalid {flag} file {}: {why}", show_path(path)))
 }
 
+/// A file with one hex secret (`--jwt-secret`).
 pub(super) fn read_secret_file(path: &Path, flag: &str) -> Result<Secret, ConfigError> {
-    let text = read_file(path, flag)?;
-    Secret::from_hex(&text).map_err(|e| ConfigError(format!("invalid {flag} file {}: {e}", show_path(path))))
+    read_parsed(path, flag, Secret::from_hex)
+}
+
+/// A JSON object of name to hex secret (`--builder-jwt-secrets`, the tokens service's `--config`).
+pub(super) fn read_secret_map(path: &Path, flag: &str) -> Result<Vec<(String, Secret)>, ConfigError> {
+    read_parsed(path, flag, jwt::parse_secret_map)
+}
+
+/// `--builder-ca`: the certificates of a PEM file, read and checked at start-up.
+pub(super) fn read_builder_ca(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
+    if !tls::ENABLED {
+        return Err(err!("--builder-ca: {NO_TLS}"));
+    }
+    read_parsed(path, "--builder-ca", |text| tls::parse_pem_certificates(text.as_bytes()))
 }
 
 /// Gives each builder the secret whose key is its name as written or its URL (compared after
@@ -49,11 +66,8 @@ pub(super) fn assign_builder_secrets(
     path: &Path,
 ) -> Result<Vec<Option<Secret>>, ConfigError> {
     const FLAG: &str = "--builder-jwt-secrets";
-    let text = read_file(path, FLAG)?;
-    let entries = jwt::parse_secret_map(&text)
-        .map_err(|why| ConfigError(format!("invalid {FLAG} file {}: {why}", show_path(path))))?;
     let mut slots: Vec<Option<(String, Secret)>> = vec![None; builders.len()];
-    for (key, secret) in entries {
+    for (key, secret) in read_secret_map(path, FLAG)? {
         let key_url = split_endpoint(&key).ok().map(|parts| parts.url);
         let mut matched = false;
         for (builder, slot) in builders.iter().zip(slots.iter_mut()) {
@@ -62,19 +76,19 @@ pub(super) fn assign_builder_secrets(
             }
             matched = true;
             if let Some((earlier, _)) = slot {
-                return Err(ConfigError(format!(
-                    "{FLAG} file {}: builder {:?} is matched by both {earlier:?} and {key:?}",
-                    show_path(path),
-                    builder.name
-                )));
+                let builder = &builder.name;
+                let path = show_path(path);
+                return Err(err!(
+                    "{FLAG} file {path}: builder {builder:?} is matched by both {earlier:?} and {key:?}"
+                ));
             }
             *slot = Some((key.clone(), secret.clone()));
         }
         if !matched {
-            return Err(ConfigError(format!(
+            return Err(err!(
                 "{FLAG} file {}: key {key:?} matches no builder in --builders",
                 show_path(path)
-            )));
+            ));
         }
     }
     Ok(slots.into_iter().map(|slot| slot.map(|(_, secret)| secret)).collect())
@@ -82,7 +96,6 @@ pub(super) fn assign_builder_secrets(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::test_util::*;
 
     #[test]

@@ -6,214 +6,109 @@
 //! argument or after `=`; booleans follow Go's `flag` package (`-json`, `-json=true`,
 //! `-json=false`, but never `-json false`). Knows no environment, files or DNS.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
 
-/// One flag: the single source for parsing (which flags exist and which take a value), for
-/// defaults, and for the help text, so the three cannot drift apart.
+use super::{Command, ConfigError};
+
+/// One flag of a binary's table.
 pub(super) struct Flag {
-    name: &'static str,
+    pub(super) name: &'static str,
     /// Placeholder shown in the help; `None` marks a boolean flag.
-    value: Option<&'static str>,
+    pub(super) value: Option<&'static str>,
     /// The default as a flag value would spell it; empty when there is none.
-    default: &'static str,
+    pub(super) default: &'static str,
     /// The environment variable that supplies the default; empty when there is none.
-    env: &'static str,
+    pub(super) env: &'static str,
     help: &'static str,
 }
 
-impl Flag {
-    pub(super) fn takes_value(&self) -> bool {
-        self.value.is_some()
-    }
+/// A flag that takes a value.
+const fn value(
+    name: &'static str,
+    value: &'static str,
+    default: &'static str,
+    env: &'static str,
+    help: &'static str,
+) -> Flag {
+    Flag { name, value: Some(value), default, env, help }
+}
+
+/// A boolean flag; it is false unless given (or set by its environment variable).
+const fn boolean(name: &'static str, env: &'static str, help: &'static str) -> Flag {
+    Flag { name, value: None, default: "false", env, help }
 }
 
 /// The logging flags both binaries take.
-pub(super) const LOGLEVEL_FLAG: Flag = Flag {
-    name: "loglevel",
-    value: Some("LEVEL"),
-    default: "info",
-    env: "LOG_LEVEL",
-    help: "trace, debug, info, warn (or warning), error (fatal and panic mean error), off",
-};
-pub(super) const JSON_FLAG: Flag = Flag {
-    name: "json",
-    value: None,
-    default: "false",
-    env: "LOG_JSON",
-    help: "log JSON lines instead of text (any non-empty LOG_JSON turns it on)",
-};
+const LOGLEVEL_FLAG: Flag = value(
+    "loglevel",
+    "LEVEL",
+    "info",
+    "LOG_LEVEL",
+    "trace, debug, info, warn (or warning), error (fatal and panic mean error), off",
+);
+const JSON_FLAG: Flag =
+    boolean("json", "LOG_JSON", "log JSON lines instead of text (any non-empty LOG_JSON turns it on)");
 
+// One flag a line or two: the table reads better unwrapped.
+#[rustfmt::skip]
 pub(super) const PROXY_FLAGS: &[Flag] = &[
-    Flag {
-        name: "addr",
-        value: Some("HOST:PORT"),
-        default: "localhost:25590",
-        env: "PROXY_LISTEN_ADDR",
-        help: "address the beacon nodes connect to (\":PORT\" means every interface)",
-    },
-    Flag {
-        name: "builders",
-        value: Some("URL[,URL...]"),
-        default: "",
-        env: "",
-        help: "execution clients, comma-separated, as host:port or http://host:port/path; \
-               required; the first is the primary, whose answers go back to the beacon node",
-    },
-    Flag {
-        name: "builders-file",
-        value: Some("FILE"),
-        default: "",
-        env: "",
-        help: "execution clients, one per line (as in --builders; blank lines and # comments \
-               allowed), instead of --builders; read again on SIGHUP",
-    },
-    Flag {
-        name: "proxies",
-        value: Some("URL[,URL...]"),
-        default: "",
-        env: "",
-        help: "other sync-proxies that get a copy of every beacon node request",
-    },
-    Flag {
-        name: "request-timeout",
-        value: Some("MS"),
-        default: "",
-        env: "BUILDER_TIMEOUT_MS",
-        help: "one timeout for every request to a builder; without it each Engine API method \
-               gets its own timeout from the spec",
-    },
-    Flag {
-        name: "proxy-request-timeout",
-        value: Some("MS"),
-        default: "2000",
-        env: "BUILDER_TIMEOUT_MS",
-        help: "timeout for requests to --proxies",
-    },
+    value("addr", "HOST:PORT", "localhost:25590", "PROXY_LISTEN_ADDR",
+        "address the beacon nodes connect to (\":PORT\" means every interface)"),
+    value("builders", "URL[,URL...]", "", "",
+        "execution clients, comma-separated, as host:port or http://host:port/path; \
+         required; the first is the primary, whose answers go back to the beacon node"),
+    value("builders-file", "FILE", "", "",
+        "execution clients, one per line (as in --builders; blank lines and # comments \
+         allowed), instead of --builders; read again on SIGHUP"),
+    value("proxies", "URL[,URL...]", "", "", "other sync-proxies that get a copy of every beacon node request"),
+    value("request-timeout", "MS", "", "BUILDER_TIMEOUT_MS",
+        "one timeout for every request to a builder; without it each Engine API method \
+         gets its own timeout from the spec"),
+    value("proxy-request-timeout", "MS", "2000", "BUILDER_TIMEOUT_MS", "timeout for requests to --proxies"),
     LOGLEVEL_FLAG,
     JSON_FLAG,
-    Flag {
-        name: "mirror-mode",
-        value: None,
-        default: "false",
-        env: "MIRROR_MODE",
-        help: "acknowledge every request at once instead of waiting for the primary \
-               (for an nginx mirror); MIRROR_MODE takes true or false as Go spells them",
-    },
-    Flag {
-        name: "max-body-bytes",
-        value: Some("BYTES"),
-        default: "134217728",
-        env: "",
-        help: "largest request or answer body accepted",
-    },
-    Flag {
-        name: "max-connections",
-        value: Some("N"),
-        default: "1024",
-        env: "",
-        help: "most beacon node connections open at once",
-    },
-    Flag {
-        name: "idle-timeout",
-        value: Some("MS"),
-        default: "60000",
-        env: "",
-        help: "close a keep-alive connection idle this long",
-    },
-    Flag {
-        name: "read-timeout",
-        value: Some("MS"),
-        default: "30000",
-        env: "",
-        help: "a request must arrive whole within this of its first byte",
-    },
-    Flag {
-        name: "write-timeout",
-        value: Some("MS"),
-        default: "10000",
-        env: "",
-        help: "close a connection that takes no byte of the answers it is owed for this long",
-    },
-    Flag {
-        name: "backlog-requests",
-        value: Some("N"),
-        default: "512",
-        env: "",
-        help: "most ordered requests queued for one execution client",
-    },
-    Flag {
-        name: "backlog-bytes",
-        value: Some("BYTES"),
-        default: "268435456",
-        env: "",
-        help: "most bytes of ordered requests queued for one execution client",
-    },
-    Flag {
-        name: "beacon-expiry",
-        value: Some("MS"),
-        default: "12000",
-        env: "BEACON_EXPIRY_MS",
-        help: "forget the best beacon node after this long without a request from it",
-    },
-    Flag {
-        name: "jwt-secret",
-        value: Some("FILE"),
-        default: "",
-        env: "",
-        help: "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then carry a valid token; \
-               read again on SIGHUP",
-    },
-    Flag {
-        name: "builder-jwt-secrets",
-        value: Some("FILE"),
-        default: "",
-        env: "",
-        help: "JSON file mapping a builder (as written in --builders, or its URL) to its own \
-               hex JWT secret; read again on SIGHUP",
-    },
-    Flag {
-        name: "jwt-client-id",
-        value: Some("ID"),
-        default: "",
-        env: "",
-        help: "the JWT \"id\" claim sent to the execution clients",
-    },
-    Flag {
-        name: "metrics-addr",
-        value: Some("HOST:PORT"),
-        default: "",
-        env: "METRICS_ADDR",
-        help: "also serve /metrics, /status, /healthz and /readyz (and nothing else) on this address",
-    },
-    Flag {
-        name: "builder-ca",
-        value: Some("FILE"),
-        default: "",
-        env: "",
-        help: "PEM file of CA certificates trusted for https:// builders, besides the system's \
-               (for a private CA)",
-    },
+    boolean("mirror-mode", "MIRROR_MODE",
+        "acknowledge every request at once instead of waiting for the primary \
+         (for an nginx mirror); MIRROR_MODE takes true or false as Go spells them"),
+    value("max-body-bytes", "BYTES", "134217728", "", "largest request or answer body accepted"),
+    value("max-connections", "N", "1024", "", "most beacon node connections open at once"),
+    value("idle-timeout", "MS", "60000", "", "close a keep-alive connection idle this long"),
+    value("read-timeout", "MS", "30000", "", "a request must arrive whole within this of its first byte"),
+    value("write-timeout", "MS", "10000", "",
+        "close a connection that takes no byte of the answers it is owed for this long"),
+    value("backlog-requests", "N", "512", "", "most ordered requests queued for one execution client"),
+    value("backlog-bytes", "BYTES", "268435456", "", "most bytes of ordered requests queued for one execution client"),
+    value("beacon-expiry", "MS", "12000", "BEACON_EXPIRY_MS",
+        "forget the best beacon node after this long without a request from it"),
+    value("jwt-secret", "FILE", "", "",
+        "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then \
+         carry a valid token; read again on SIGHUP"),
+    value("builder-jwt-secrets", "FILE", "", "",
+        "JSON file mapping a builder (as written in --builders, or its URL) to its own \
+         hex JWT secret; read again on SIGHUP"),
+    value("jwt-client-id", "ID", "", "", "the JWT \"id\" claim sent to the execution clients"),
+    value("metrics-addr", "HOST:PORT", "", "METRICS_ADDR",
+        "also serve /metrics, /status, /healthz and /readyz (and nothing else) on this address"),
+    value("builder-ca", "FILE", "", "",
+        "PEM file of CA certificates trusted for https:// builders, besides the system's \
+         (for a private CA)"),
 ];
 
+#[rustfmt::skip]
 pub(super) const TOKENS_FLAGS: &[Flag] = &[
-    Flag {
-        name: "addr",
-        value: Some("HOST:PORT"),
-        default: "localhost:1337",
-        env: "",
-        help: "address to serve tokens on (\":PORT\" means every interface)",
-    },
-    Flag {
-        name: "config",
-        value: Some("FILE"),
-        default: "config.json",
-        env: "",
-        help: "JSON file mapping a name to its hex JWT secret",
-    },
-    Flag { name: "client-id", value: Some("ID"), default: "", env: "", help: "the JWT \"id\" claim" },
+    value("addr", "HOST:PORT", "localhost:1337", "", "address to serve tokens on (\":PORT\" means every interface)"),
+    value("config", "FILE", "config.json", "", "JSON file mapping a name to its hex JWT secret"),
+    value("client-id", "ID", "", "", "the JWT \"id\" claim"),
     LOGLEVEL_FLAG,
     JSON_FLAG,
 ];
+
+/// The flag of that name in a table.
+pub(super) fn find(flags: &'static [Flag], name: &str) -> Option<&'static Flag> {
+    flags.iter().find(|f| f.name == name)
+}
 
 /// Usage with every flag, its default and environment variable. It never sees a secret.
 pub fn help_text() -> String {
@@ -235,78 +130,70 @@ pub fn tokens_service_help_text() -> String {
     )
 }
 
-pub(super) enum Parsed {
-    Help,
-    Version,
-    Args(RawArgs),
-}
-
 /// Flag values as given, before validation; the last occurrence of a flag wins, as in Go.
 pub(super) struct RawArgs {
+    /// The table they were parsed against, which also gives their defaults.
+    pub(super) flags: &'static [Flag],
     values: BTreeMap<&'static str, OsString>,
 }
 
 impl RawArgs {
-    pub(super) fn os(&self, name: &str) -> Option<&OsString> {
-        self.values.get(name)
+    /// No flag given: every setting comes from its default.
+    pub(super) fn empty(flags: &'static [Flag]) -> RawArgs {
+        RawArgs { flags, values: BTreeMap::new() }
     }
 
     /// The flag's value as UTF-8 text, if it was given.
     pub(super) fn text(&self, name: &str) -> Result<Option<&str>, ConfigError> {
-        match self.os(name) {
-            None => Ok(None),
-            Some(value) => value
-                .to_str()
-                .map(Some)
-                .ok_or_else(|| ConfigError(format!("--{name}: the value is not valid UTF-8: {value:?}"))),
-        }
+        let Some(value) = self.values.get(name) else { return Ok(None) };
+        value.to_str().map(Some).ok_or_else(|| err!("--{name}: the value is not valid UTF-8: {value:?}"))
     }
 
     pub(super) fn path(&self, name: &str) -> Option<PathBuf> {
-        self.os(name).map(PathBuf::from)
+        self.values.get(name).map(PathBuf::from)
     }
 
-    /// A boolean flag's value; the parser stored it already checked.
+    /// A boolean flag's value; the parser stored it already checked, as `true` or `false`.
     pub(super) fn boolean(&self, name: &str) -> Option<bool> {
-        self.os(name).map(|value| value == "true")
+        self.values.get(name).map(|value| value == "true")
     }
 }
 
-pub(super) fn parse_raw(args: Vec<OsString>, flags: &'static [Flag]) -> Result<Parsed, ConfigError> {
+/// `args` (without argv[0]) → help, version or the raw flag values.
+pub(super) fn parse_raw(
+    args: Vec<OsString>,
+    flags: &'static [Flag],
+) -> Result<Command<RawArgs>, ConfigError> {
     use lexopt::Arg;
 
-    let args = single_dash_to_double(args, &|name| flags.iter().any(|f| f.name == name && f.takes_value()));
+    let args = single_dash_to_double(args, &|name| find(flags, name).is_some_and(|f| f.value.is_some()));
     let mut parser = lexopt::Parser::from_args(args);
-    let mut values = BTreeMap::new();
+    let mut raw = RawArgs::empty(flags);
     while let Some(arg) = parser.next().map_err(lexopt_error)? {
         let flag = match arg {
-            Arg::Short('h') | Arg::Long("h") | Arg::Long("help") => return Ok(Parsed::Help),
-            Arg::Long("version") => return Ok(Parsed::Version),
-            Arg::Long(name) => flags
-                .iter()
-                .find(|f| f.name == name)
-                .ok_or_else(|| ConfigError(format!("unknown flag --{name} (see --help)")))?,
-            Arg::Short(c) => return Err(ConfigError(format!("unknown flag -{c} (see --help)"))),
+            Arg::Short('h') | Arg::Long("h") | Arg::Long("help") => return Ok(Command::Help),
+            Arg::Long("version") => return Ok(Command::Version),
+            Arg::Long(name) => find(flags, name).ok_or_else(|| err!("unknown flag --{name} (see --help)"))?,
+            Arg::Short(c) => return Err(err!("unknown flag -{c} (see --help)")),
             Arg::Value(value) => {
-                return Err(ConfigError(format!(
-                    "unexpected argument {value:?}: every setting is a flag (see --help)"
-                )))
+                return Err(err!("unexpected argument {value:?}: every setting is a flag (see --help)"))
             }
         };
-        let value = if flag.takes_value() {
+        let value = if flag.value.is_some() {
             parser.value().map_err(lexopt_error)?
         } else {
             // Go's boolean flags take a value only after "=": "-json false" is "-json" followed
             // by a positional argument.
             let text = parser.optional_value().unwrap_or_else(|| "true".into());
-            let on = text.to_str().and_then(parse_go_bool).ok_or_else(|| {
-                ConfigError(format!("--{}: invalid boolean {text:?}: use true or false", flag.name))
-            })?;
+            let on = text
+                .to_str()
+                .and_then(parse_go_bool)
+                .ok_or_else(|| err!("--{}: invalid boolean {text:?}: use true or false", flag.name))?;
             OsString::from(if on { "true" } else { "false" })
         };
-        values.insert(flag.name, value);
+        raw.values.insert(flag.name, value);
     }
-    Ok(Parsed::Args(RawArgs { values }))
+    Ok(Command::Run(raw))
 }
 
 /// Rewrites Go-style `-flag` into `--flag` so that lexopt does not read it as a cluster of short
@@ -318,55 +205,34 @@ pub(super) fn single_dash_to_double(
     args: Vec<OsString>,
     takes_value: &dyn Fn(&str) -> bool,
 ) -> Vec<OsString> {
-    let mut out = Vec::with_capacity(args.len());
     let mut waiting_for_value = false;
     let mut terminated = false;
-    for arg in args {
-        if waiting_for_value || terminated {
-            waiting_for_value = false;
-            out.push(arg);
-            continue;
-        }
-        let Some(text) = arg.to_str() else {
-            out.push(arg);
-            continue;
+    let mut rewrite = |arg: OsString| {
+        let text = match arg.to_str() {
+            Some(text) if !waiting_for_value && !terminated => text,
+            _ => {
+                waiting_for_value = false;
+                return arg;
+            }
         };
-        if text == "--" {
-            terminated = true;
-            out.push(arg);
-            continue;
-        }
-        let long = if let Some(rest) = text.strip_prefix("--") {
-            Some(rest)
-        } else {
-            let rest = text.strip_prefix('-').unwrap_or("");
+        terminated = text == "--";
+        let long = text.strip_prefix("--").or_else(|| {
+            let rest = text.strip_prefix('-')?;
             let mut chars = rest.chars();
-            match (chars.next(), chars.next()) {
-                (Some(first), Some(_)) if first.is_ascii_alphabetic() => Some(rest),
-                _ => None,
-            }
-        };
-        match long {
-            Some(rest) => {
-                let (name, has_inline_value) = match rest.split_once('=') {
-                    Some((name, _)) => (name, true),
-                    None => (rest, false),
-                };
-                waiting_for_value = !has_inline_value && takes_value(name);
-                out.push(OsString::from(format!("--{rest}")));
-            }
-            None => out.push(arg),
-        }
-    }
-    out
+            (chars.next()?.is_ascii_alphabetic() && chars.next().is_some()).then_some(rest)
+        });
+        let Some(rest) = long else { return arg };
+        let name = rest.split_once('=').map_or(rest, |(name, _)| name);
+        waiting_for_value = !rest.contains('=') && takes_value(name);
+        OsString::from(format!("--{rest}"))
+    };
+    args.into_iter().map(&mut rewrite).collect()
 }
 
-pub(super) fn lexopt_error(error: lexopt::Error) -> ConfigError {
+fn lexopt_error(error: lexopt::Error) -> ConfigError {
     match error {
-        lexopt::Error::MissingValue { option: Some(option) } => {
-            ConfigError(format!("missing value for {option}"))
-        }
-        other => ConfigError(other.to_string()),
+        lexopt::Error::MissingValue { option: Some(option) } => err!("missing value for {option}"),
+        other => err!("{other}"),
     }
 }
 
@@ -379,15 +245,7 @@ pub(super) fn parse_go_bool(text: &str) -> Option<bool> {
     }
 }
 
-pub(super) fn default_of(flags: &[Flag], name: &str) -> &'static str {
-    flags.iter().find(|f| f.name == name).map(|f| f.default).unwrap_or("")
-}
-
-pub(super) fn env_of(flags: &[Flag], name: &str) -> &'static str {
-    flags.iter().find(|f| f.name == name).map(|f| f.env).unwrap_or("")
-}
-
-pub(super) fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> String {
+fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> String {
     let mut out = format!("{program} {}\n{about}\n\nUsage: {usage}\n\n", env!("CARGO_PKG_VERSION"));
     let mut intro = String::from(
         "Flags work with one dash or two, and take their value as the next argument or after \
@@ -400,20 +258,16 @@ pub(super) fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag
     wrap_into(&mut out, "", &intro);
     out.push_str("\nFlags:\n");
     for flag in flags {
-        match flag.value {
-            Some(value) => out.push_str(&format!("  --{} {value}\n", flag.name)),
-            None => out.push_str(&format!("  --{}\n", flag.name)),
-        }
+        let value = flag.value.map(|value| format!(" {value}")).unwrap_or_default();
+        out.push_str(&format!("  --{}{value}\n", flag.name));
         wrap_into(&mut out, "      ", flag.help);
-        let mut origin = String::new();
-        if !flag.default.is_empty() {
-            origin.push_str(&format!("[default: {}]", flag.default));
-        }
-        if !flag.env.is_empty() {
-            origin.push_str(&format!(" [env: {}]", flag.env));
-        }
+        let origin: Vec<String> = [("default", flag.default), ("env", flag.env)]
+            .iter()
+            .filter(|(_, text)| !text.is_empty())
+            .map(|(what, text)| format!("[{what}: {text}]"))
+            .collect();
         if !origin.is_empty() {
-            out.push_str(&format!("      {}\n", origin.trim_start()));
+            out.push_str(&format!("      {}\n", origin.join(" ")));
         }
     }
     out.push_str("  -h, --help\n      print this help\n  --version\n      print the version\n");
@@ -421,7 +275,7 @@ pub(super) fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag
 }
 
 /// Appends `text` word-wrapped to 80 columns, each line starting with `indent`.
-pub(super) fn wrap_into(out: &mut String, indent: &str, text: &str) {
+fn wrap_into(out: &mut String, indent: &str, text: &str) {
     const WIDTH: usize = 80;
     let mut line = String::from(indent);
     for word in text.split_whitespace() {
@@ -573,7 +427,7 @@ mod tests {
 
     #[test]
     fn missing_values_are_named() {
-        for flag in PROXY_FLAGS.iter().filter(|f| f.takes_value()) {
+        for flag in PROXY_FLAGS.iter().filter(|f| f.value.is_some()) {
             for dash in ["-", "--"] {
                 let last = format!("{dash}{}", flag.name);
                 let message = error(&["-builders", BUILDER, &last]);
@@ -662,7 +516,7 @@ mod tests {
             ("beacon-expiry", "12000"),
         ];
         for (name, default) in expected {
-            assert_eq!(default_of(PROXY_FLAGS, name), default, "{name}");
+            assert_eq!(find(PROXY_FLAGS, name).unwrap().default, default, "{name}");
         }
     }
 }

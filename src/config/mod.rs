@@ -1,23 +1,24 @@
 //! Raw command line and environment → validated, typed [`Config`] (and [`TokensServiceConfig`]
 //! for the `jwt-tokens-service` binary).
 //!
-//! Parsing happens in two steps, as in ripgrep: `lexopt` turns the arguments into raw flag values
-//! ([`RawArgs`]), then validation turns those, the environment and the flag table's defaults into
-//! typed values. Addresses are resolved here at start-up (blocking DNS is fine then), and
-//! secret files are read here; [`read_reloadable`] reads the builder list and the secret files again
-//! for a SIGHUP, on the helper thread of `resolve`, which also looks names up again while the
-//! proxy runs. The event loop itself never touches the file system or DNS.
+//! Parsing happens in two steps, as in ripgrep: `flags` turns the arguments into raw flag values
+//! with `lexopt`, then validation here turns those, the environment and the flag table's defaults
+//! (`settings`) into typed values. Addresses are resolved here at start-up (blocking DNS is fine
+//! then: `endpoints`), and secret files are read here (`files`); [`read_reloadable`] reads the
+//! builder list and the secret files again for a SIGHUP, on the helper thread of `resolve`, which
+//! also looks names up again while the proxy runs. The event loop itself never touches the file
+//! system or DNS.
 //!
-//! Knows no mio, no sockets beyond resolving addresses, no HTTP, no JWT minting.
-//!
-//! Compatibility with the Go flashbots/sync-proxy: every flag works as `-flag` and `--flag`, with
-//! its value as the next argument or after `=`; booleans follow Go's `flag` package (`-json`,
-//! `-json=true`, `-json=false`, but never `-json false`). Environment variables are defaults that
-//! flags override. Like Go, invalid integers in the environment (`BUILDER_TIMEOUT_MS=abc`) are
-//! silently ignored; zero and negative values are ignored too, because a zero timeout has no
-//! meaning here. Unlike Go, an empty environment variable counts as unset. `MIRROR_MODE` (newer
-//! upstream releases read it, as they read `METRICS_ADDR`) takes Go's boolean spellings; any
-//! other value is an error instead of a silent false.
+//! Knows no mio, no sockets beyond resolving addresses, no HTTP, no JWT minting. Compatibility
+//! with the Go flashbots/sync-proxy is described in `flags` (spellings) and `settings`
+//! (environment variables).
+
+/// A [`ConfigError`] from a format string.
+macro_rules! err {
+    ($($arg:tt)*) => {
+        $crate::config::ConfigError(format!($($arg)*))
+    };
+}
 
 mod endpoints;
 mod files;
@@ -26,29 +27,26 @@ mod settings;
 #[cfg(test)]
 mod test_util;
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::jwt::{self, Secret};
-use crate::tls;
-
-use endpoints::*;
+use crate::jwt::Secret;
 pub use endpoints::{parse_endpoint, Endpoint};
-use files::*;
-use flags::*;
+use endpoints::{parse_endpoint_list, read_builders};
+use files::{assign_builder_secrets, read_builder_ca, read_secret_file, read_secret_map, show_path};
 pub use flags::{help_text, tokens_service_help_text};
-use settings::*;
+use flags::{parse_raw, RawArgs, PROXY_FLAGS, TOKENS_FLAGS};
+use settings::{parse_millis, Env, Settings};
 
 /// What `sync-proxy` was asked to do.
 // Built once at start-up and moved into the event loop, so the size of `Run` costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Run(Config),
+pub enum Command<C = Config> {
+    Run(C),
     Help,
     Version,
 }
@@ -137,9 +135,9 @@ impl Config {
     /// The settings of a listener that forwards nothing (the `jwt-tokens-service` binary runs the
     /// same event loop with no execution clients): every limit at its default.
     pub fn serving_only(tokens: &TokensServiceConfig) -> Config {
-        let millis =
-            |name: &str| parse_millis(name, default_of(PROXY_FLAGS, name)).unwrap_or(Duration::from_secs(1));
-        let count = |name: &str| parse_count(name, default_of(PROXY_FLAGS, name)).unwrap_or(1);
+        let defaults = Settings::new(RawArgs::empty(PROXY_FLAGS), &|_| None);
+        let millis = |name: &str| defaults.millis(name).unwrap_or(Duration::from_secs(1));
+        let count = |name: &str| defaults.count(name).unwrap_or(1);
         Config {
             listen: tokens.listen,
             listen_text: tokens.listen_text.clone(),
@@ -184,17 +182,19 @@ pub struct TokensServiceConfig {
 }
 
 /// What `jwt-tokens-service` was asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokensCommand {
-    Run(TokensServiceConfig),
-    Help,
-    Version,
-}
+pub type TokensCommand = Command<TokensServiceConfig>;
 
 /// One clear line saying what is wrong. Never contains a secret: secret files are only ever
 /// described by their path and the reason they were rejected.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// The same error, said of `what` (a flag, a file's line).
+    fn context(self, what: impl fmt::Display) -> ConfigError {
+        err!("{what}: {}", self.0)
+    }
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,127 +204,73 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// `args` excludes argv[0]. `env` looks up environment variables (tests pass a closure over a map).
-pub fn parse(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
-    match parse_raw(args, PROXY_FLAGS)? {
-        Parsed::Help => Ok(Command::Help),
-        Parsed::Version => Ok(Command::Version),
-        Parsed::Args(raw) => build_config(&raw, env).map(Command::Run),
+impl<C> Command<C> {
+    /// Validates what `Run` carries; help and version need nothing more.
+    fn and_then<D>(self, build: impl FnOnce(C) -> Result<D, ConfigError>) -> Result<Command<D>, ConfigError> {
+        Ok(match self {
+            Command::Run(raw) => Command::Run(build(raw)?),
+            Command::Help => Command::Help,
+            Command::Version => Command::Version,
+        })
     }
+}
+
+/// `args` excludes argv[0]. `env` looks up environment variables (tests pass a closure over a map).
+pub fn parse(args: Vec<OsString>, env: Env) -> Result<Command, ConfigError> {
+    parse_raw(args, PROXY_FLAGS)?.and_then(|raw| build_config(&Settings::new(raw, env)))
 }
 
 /// jwt-tokens-service: flags -addr (default "localhost:1337"), -config (default "config.json": a
 /// JSON object name -> hex secret, parsed with jwt::parse_secret_map), -client-id, -loglevel,
 /// -json; same single/double dash handling. `LOG_LEVEL` and `LOG_JSON` supply defaults as for
 /// `sync-proxy`.
-pub fn parse_tokens_service(
-    args: Vec<OsString>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<TokensCommand, ConfigError> {
-    match parse_raw(args, TOKENS_FLAGS)? {
-        Parsed::Help => Ok(TokensCommand::Help),
-        Parsed::Version => Ok(TokensCommand::Version),
-        Parsed::Args(raw) => build_tokens_config(&raw, env).map(TokensCommand::Run),
-    }
+pub fn parse_tokens_service(args: Vec<OsString>, env: Env) -> Result<TokensCommand, ConfigError> {
+    parse_raw(args, TOKENS_FLAGS)?.and_then(|raw| build_tokens_config(&Settings::new(raw, env)))
 }
 
 /// Reads the builder list and the secret files (at start-up, and again on SIGHUP): blocking
 /// file reads and name lookups, so the running proxy calls it on its helper thread (`resolve`).
 pub fn read_reloadable(source: &ReloadSource) -> Result<Reloaded, ConfigError> {
-    let builders = match &source.builders {
-        BuilderList::Flag(text) => {
-            let builders = parse_endpoint_list(text, "--builders")?;
-            if builders.is_empty() {
-                return Err(ConfigError(
-                    "no builders given: use --builders host:port[,host:port…]".to_owned(),
-                ));
-            }
-            builders
-        }
-        BuilderList::File(path) => {
-            let text = read_file(path, "--builders-file")?;
-            let mut builders = Vec::new();
-            for (line, entry) in builders_file_entries(&text) {
-                let endpoint = parse_endpoint(entry).map_err(|e| {
-                    ConfigError(format!("--builders-file {} line {line}: {}", show_path(path), e.0))
-                })?;
-                builders.push(endpoint);
-            }
-            if builders.is_empty() {
-                return Err(ConfigError(format!(
-                    "--builders-file {} lists no execution client (one host:port or URL per line)",
-                    show_path(path)
-                )));
-            }
-            builders
-        }
-    };
+    let builders = read_builders(&source.builders)?;
     let builder_jwt_secrets = match &source.builder_jwt_secrets {
         Some(path) => assign_builder_secrets(&builders, path)?,
         None => vec![None; builders.len()],
     };
-    let jwt_secret = match &source.jwt_secret {
-        Some(path) => Some(read_secret_file(path, "--jwt-secret")?),
-        None => None,
-    };
+    let jwt_secret =
+        source.jwt_secret.as_deref().map(|path| read_secret_file(path, "--jwt-secret")).transpose()?;
     Ok(Reloaded { builders, jwt_secret, builder_jwt_secrets })
 }
 
-fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let (listen_text, listen) = listen_setting(raw, PROXY_FLAGS, env)?;
-
-    let builders_text = raw.text("builders")?.unwrap_or("");
-    let builders =
-        match raw.path("builders-file") {
-            Some(_) if !builders_text.trim().is_empty() => return Err(ConfigError(
+/// Settings are checked in a fixed order (address, builders and their secrets, proxies, timeouts,
+/// logging, metrics, mirror mode, CA, limits): a command line with several mistakes always names
+/// the same one.
+fn build_config(s: &Settings) -> Result<Config, ConfigError> {
+    let (listen_text, listen) = listen_addr(s)?;
+    let builders_text = s.text("builders")?.unwrap_or("");
+    let builders = match s.path("builders-file") {
+        Some(_) if !builders_text.trim().is_empty() => {
+            return Err(err!(
                 "--builders and --builders-file exclude each other: list the execution clients in one place"
-                    .to_owned(),
-            )),
-            Some(path) => BuilderList::File(path),
-            None => BuilderList::Flag(builders_text.to_owned()),
-        };
-    let source = ReloadSource {
+            ))
+        }
+        Some(path) => BuilderList::File(path),
+        None => BuilderList::Flag(builders_text.to_owned()),
+    };
+    let reload = ReloadSource {
         builders,
-        jwt_secret: raw.path("jwt-secret"),
-        builder_jwt_secrets: raw.path("builder-jwt-secrets"),
+        jwt_secret: s.path("jwt-secret"),
+        builder_jwt_secrets: s.path("builder-jwt-secrets"),
     };
-    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = read_reloadable(&source)?;
-    let proxies = parse_endpoint_list(raw.text("proxies")?.unwrap_or(""), "--proxies")?;
-
-    let builder_timeout_env = env_millis(env, "BUILDER_TIMEOUT_MS");
-    let request_timeout = match raw.text("request-timeout")? {
-        Some(text) => Some(parse_millis("request-timeout", text)?),
-        None => builder_timeout_env,
-    };
+    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = read_reloadable(&reload)?;
+    let proxies = parse_endpoint_list(s.text("proxies")?.unwrap_or(""), "--proxies")?;
+    let request_timeout = s.number("request-timeout", parse_millis)?;
     // Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS too, not only to 2000.
-    let proxy_request_timeout = match raw.text("proxy-request-timeout")? {
-        Some(text) => parse_millis("proxy-request-timeout", text)?,
-        None => match builder_timeout_env {
-            Some(timeout) => timeout,
-            None => parse_millis("proxy-request-timeout", default_of(PROXY_FLAGS, "proxy-request-timeout"))?,
-        },
-    };
-    let beacon_expiry = match raw.text("beacon-expiry")? {
-        Some(text) => parse_millis("beacon-expiry", text)?,
-        None => match env_millis(env, "BEACON_EXPIRY_MS") {
-            Some(expiry) => expiry,
-            None => parse_millis("beacon-expiry", default_of(PROXY_FLAGS, "beacon-expiry"))?,
-        },
-    };
-
-    let (log_level, log_json) = log_settings(raw, PROXY_FLAGS, env)?;
-
-    let metrics_addr = match string_setting(raw, PROXY_FLAGS, "metrics-addr", env)? {
-        (text, Source::Default) if text.is_empty() => None,
-        (text, source) => Some(resolve_listen(&text, &describe("metrics-addr", &source))?),
-    };
-    let mirror_mode = bool_setting(raw, PROXY_FLAGS, "mirror-mode", env)?;
-
-    let builder_ca = match raw.path("builder-ca") {
-        Some(path) => read_builder_ca(&path)?,
-        None => Vec::new(),
-    };
-
+    let proxy_request_timeout = s.millis("proxy-request-timeout")?;
+    let beacon_expiry = s.millis("beacon-expiry")?;
+    let (log_level, log_json) = s.log()?;
+    let metrics_addr = s.listen("metrics-addr")?.map(|(_, addr)| addr);
+    let mirror_mode = s.boolean("mirror-mode")?;
+    let builder_ca = s.path("builder-ca").map(|path| read_builder_ca(&path)).transpose()?.unwrap_or_default();
     Ok(Config {
         listen,
         listen_text,
@@ -335,47 +281,47 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         log_level,
         log_json,
         mirror_mode,
-        max_body_bytes: count_setting(raw, "max-body-bytes")?,
-        max_connections: count_setting(raw, "max-connections")?,
-        idle_timeout: millis_setting(raw, "idle-timeout")?,
-        read_timeout: millis_setting(raw, "read-timeout")?,
-        write_timeout: millis_setting(raw, "write-timeout")?,
-        backlog_requests: count_setting(raw, "backlog-requests")?,
-        backlog_bytes: count_setting(raw, "backlog-bytes")?,
+        max_body_bytes: s.count("max-body-bytes")?,
+        max_connections: s.count("max-connections")?,
+        idle_timeout: s.millis("idle-timeout")?,
+        read_timeout: s.millis("read-timeout")?,
+        write_timeout: s.millis("write-timeout")?,
+        backlog_requests: s.count("backlog-requests")?,
+        backlog_bytes: s.count("backlog-bytes")?,
         beacon_expiry,
         jwt_secret,
         builder_jwt_secrets,
-        jwt_client_id: non_empty(raw.text("jwt-client-id")?),
+        jwt_client_id: non_empty(s.text("jwt-client-id")?),
         metrics_addr,
-        reload: source,
+        reload,
         builder_ca,
     })
 }
 
-fn build_tokens_config(
-    raw: &RawArgs,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<TokensServiceConfig, ConfigError> {
-    let (listen_text, listen) = listen_setting(raw, TOKENS_FLAGS, env)?;
-    let path = raw.path("config").unwrap_or_else(|| PathBuf::from(default_of(TOKENS_FLAGS, "config")));
-    let text = read_file(&path, "--config")?;
-    let entries = jwt::parse_secret_map(&text)
-        .map_err(|why| ConfigError(format!("invalid --config file {}: {why}", show_path(&path))))?;
+fn build_tokens_config(s: &Settings) -> Result<TokensServiceConfig, ConfigError> {
+    let (listen_text, listen) = listen_addr(s)?;
+    let path = s.path("config").unwrap_or_else(|| PathBuf::from(s.default("config")));
+    let entries = read_secret_map(&path, "--config")?;
     if entries.is_empty() {
-        return Err(ConfigError(format!(
-            "--config file {} has no entries: it needs a JSON object of name to hex secret",
-            show_path(&path)
-        )));
+        let path = show_path(&path);
+        return Err(err!(
+            "--config file {path} has no entries: it needs a JSON object of name to hex secret"
+        ));
     }
-    let (log_level, log_json) = log_settings(raw, TOKENS_FLAGS, env)?;
+    let (log_level, log_json) = s.log()?;
     Ok(TokensServiceConfig {
         listen,
         listen_text,
         entries,
-        client_id: non_empty(raw.text("client-id")?),
+        client_id: non_empty(s.text("client-id")?),
         log_level,
         log_json,
     })
+}
+
+/// `--addr`, which always has a default.
+fn listen_addr(s: &Settings) -> Result<(String, SocketAddr), ConfigError> {
+    s.listen("addr")?.ok_or_else(|| err!("--addr: no address to listen on"))
 }
 
 fn non_empty(text: Option<&str>) -> Option<String> {
@@ -477,8 +423,8 @@ mod tests {
         let config = tokens_run(&["-addr=127.0.0.1:0", "-config", file.arg()], &env);
         assert_eq!(config.log_level, log::LevelFilter::Trace);
         assert!(config.log_json);
-        assert_eq!(default_of(TOKENS_FLAGS, "addr"), "localhost:1337");
-        assert_eq!(default_of(TOKENS_FLAGS, "config"), "config.json");
+        assert_eq!(flags::find(TOKENS_FLAGS, "addr").unwrap().default, "localhost:1337");
+        assert_eq!(flags::find(TOKENS_FLAGS, "config").unwrap().default, "config.json");
     }
 
     #[test]

@@ -3,122 +3,167 @@
 //!
 //! Like Go, invalid integers in the environment (`BUILDER_TIMEOUT_MS=abc`) are silently ignored;
 //! zero and negative values are ignored too, because a zero timeout has no meaning here. Unlike
-//! Go, an empty environment variable counts as unset. `MIRROR_MODE` takes Go's boolean
-//! spellings; any other value is an error instead of a silent false.
+//! Go, an empty environment variable counts as unset. `MIRROR_MODE` (newer upstream releases read
+//! it, as they read `METRICS_ADDR`) takes Go's boolean spellings; any other value is an error
+//! instead of a silent false: a mistyped `MIRROR_MODE=yes` would otherwise quietly change how
+//! every request is answered.
 
-use super::*;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::flags::{find, parse_go_bool, RawArgs};
+use super::ConfigError;
+
+/// Looks up an environment variable (tests pass a closure over a map).
+pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Timeouts above a year are surely typos, and capping them keeps `Instant + timeout` far from
 /// overflow everywhere else.
-pub(super) const MAX_MILLIS: u64 = 365 * 24 * 60 * 60 * 1000;
+const MAX_MILLIS: u64 = 365 * 24 * 60 * 60 * 1000;
 
-/// An environment variable's value, with empty counting as unset.
-pub(super) fn env_text(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<String> {
-    if var.is_empty() {
-        return None;
-    }
-    env(var).filter(|value| !value.is_empty())
+/// The raw flag values and the environment that gives their defaults.
+pub(super) struct Settings<'a> {
+    raw: RawArgs,
+    env: Env<'a>,
 }
 
-/// A millisecond count from the environment; anything but a positive integer is ignored, as Go's
-/// `getEnvInt` ignores what `strconv.Atoi` rejects.
-pub(super) fn env_millis(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Option<Duration> {
-    env_text(env, var)
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .filter(|&ms| ms > 0 && ms <= MAX_MILLIS)
-        .map(Duration::from_millis)
-}
-
-/// A boolean setting: the flag, else its environment variable read as Go's `strconv.ParseBool`
-/// reads it (`1`, `t`, `true`, `TRUE`, `True`, and the same for false), else false. Any other
-/// value in the variable is a configuration error rather than silently false: a mistyped
-/// `MIRROR_MODE=yes` would otherwise quietly change how every request is answered.
-pub(super) fn bool_setting(
-    raw: &RawArgs,
-    flags: &[Flag],
-    name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<bool, ConfigError> {
-    if let Some(value) = raw.boolean(name) {
-        return Ok(value);
-    }
-    let var = env_of(flags, name);
-    match env_text(env, var) {
-        None => Ok(false),
-        Some(text) => parse_go_bool(&text).ok_or_else(|| {
-            ConfigError(format!(
-                "bad value {text:?} in {var} (the default of --{name}): use true or false \
-                 (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)"
-            ))
-        }),
-    }
-}
-
-/// Where a string setting came from, for error messages.
-pub(super) enum Source {
+/// Where a setting came from, for error messages.
+enum Source {
     Flag,
     Env(&'static str),
     Default,
 }
 
-/// A string setting: the flag, else its environment variable, else its default.
-pub(super) fn string_setting(
-    raw: &RawArgs,
-    flags: &[Flag],
-    name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, Source), ConfigError> {
-    if let Some(text) = raw.text(name)? {
-        return Ok((text.to_owned(), Source::Flag));
+impl<'a> Settings<'a> {
+    pub(super) fn new(raw: RawArgs, env: Env<'a>) -> Settings<'a> {
+        Settings { raw, env }
     }
-    let var = env_of(flags, name);
-    if let Some(text) = env_text(env, var) {
-        return Ok((text, Source::Env(var)));
+
+    /// The flag's value as given, without environment or default.
+    pub(super) fn text(&self, name: &str) -> Result<Option<&str>, ConfigError> {
+        self.raw.text(name)
     }
-    Ok((default_of(flags, name).to_owned(), Source::Default))
+
+    pub(super) fn path(&self, name: &str) -> Option<PathBuf> {
+        self.raw.path(name)
+    }
+
+    pub(super) fn default(&self, name: &str) -> &'static str {
+        find(self.raw.flags, name).map_or("", |flag| flag.default)
+    }
+
+    /// The flag's environment variable and its value, with empty counting as unset.
+    fn env(&self, name: &str) -> Option<(&'static str, String)> {
+        let var = find(self.raw.flags, name).map_or("", |flag| flag.env);
+        let value = if var.is_empty() { None } else { (self.env)(var) };
+        value.filter(|value| !value.is_empty()).map(|value| (var, value))
+    }
+
+    /// The flag, else its environment variable, else its default.
+    fn string(&self, name: &str) -> Result<(String, Source), ConfigError> {
+        if let Some(text) = self.text(name)? {
+            return Ok((text.to_owned(), Source::Flag));
+        }
+        Ok(match self.env(name) {
+            Some((var, text)) => (text, Source::Env(var)),
+            None => (self.default(name).to_owned(), Source::Default),
+        })
+    }
+
+    /// A boolean: the flag, else its environment variable read as Go's `strconv.ParseBool` reads
+    /// it, else false.
+    pub(super) fn boolean(&self, name: &str) -> Result<bool, ConfigError> {
+        let (text, source) = self.string(name)?;
+        parse_go_bool(&text).ok_or_else(|| {
+            err!(
+                "bad value {text:?} in {}: use true or false (also 1, t, T, TRUE, True, 0, f, F, FALSE, False)",
+                describe(name, &source)
+            )
+        })
+    }
+
+    /// A number: the flag (an error if `parse` refuses it), else its environment variable (ignored
+    /// if `parse` refuses it, as Go's `getEnvInt` ignores what `strconv.Atoi` rejects), else its
+    /// default, else `None`.
+    pub(super) fn number<T>(&self, name: &str, parse: Parse<T>) -> Result<Option<T>, ConfigError> {
+        if let Some(text) = self.text(name)? {
+            return parse(name, text).map(Some);
+        }
+        if let Some(value) = self.env(name).and_then(|(_, text)| parse(name, text.trim()).ok()) {
+            return Ok(Some(value));
+        }
+        match self.default(name) {
+            "" => Ok(None),
+            default => parse(name, default).map(Some),
+        }
+    }
+
+    /// A duration in milliseconds that always has a value.
+    pub(super) fn millis(&self, name: &str) -> Result<Duration, ConfigError> {
+        self.number(name, parse_millis)?.map_or_else(|| parse_millis(name, ""), Ok)
+    }
+
+    /// A positive count that always has a value.
+    pub(super) fn count(&self, name: &str) -> Result<usize, ConfigError> {
+        self.number(name, parse_count)?.map_or_else(|| parse_count(name, ""), Ok)
+    }
+
+    /// A listen address as written and resolved; `None` when the flag is unset and has no default.
+    pub(super) fn listen(&self, name: &str) -> Result<Option<(String, SocketAddr)>, ConfigError> {
+        match self.string(name)? {
+            (text, Source::Default) if text.is_empty() => Ok(None),
+            (text, source) => {
+                let addr = resolve_listen(&text, &describe(name, &source))?;
+                Ok(Some((text, addr)))
+            }
+        }
+    }
+
+    /// `--loglevel` and `--json`.
+    pub(super) fn log(&self) -> Result<(log::LevelFilter, bool), ConfigError> {
+        let (text, source) = self.string("loglevel")?;
+        let level = parse_log_level(&text).ok_or_else(|| {
+            err!(
+                "bad log level {text:?} in {}: use trace, debug, info, warn, warning, error, fatal, panic or off",
+                describe("loglevel", &source)
+            )
+        })?;
+        // As in Go, any non-empty LOG_JSON turns JSON logging on, even "false".
+        let json = self.raw.boolean("json").unwrap_or_else(|| self.env("json").is_some());
+        Ok((level, json))
+    }
 }
 
-pub(super) fn describe(name: &str, source: &Source) -> String {
+fn describe(name: &str, source: &Source) -> String {
     match source {
         Source::Flag | Source::Default => format!("--{name}"),
         Source::Env(var) => format!("{var} (the default of --{name})"),
     }
 }
 
-pub(super) fn listen_setting(
-    raw: &RawArgs,
-    flags: &[Flag],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(String, SocketAddr), ConfigError> {
-    let (text, source) = string_setting(raw, flags, "addr", env)?;
-    let listen = resolve_listen(&text, &describe("addr", &source))?;
-    Ok((text, listen))
+/// Parses a flag's text; the flag's name is for the error.
+pub(super) type Parse<T> = fn(&str, &str) -> Result<T, ConfigError>;
+
+pub(super) fn parse_millis(name: &str, text: &str) -> Result<Duration, ConfigError> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms > 0 && ms <= MAX_MILLIS => Ok(Duration::from_millis(ms)),
+        _ => Err(err!(
+            "--{name}: expected a whole number of milliseconds from 1 to {MAX_MILLIS}, got {text:?}"
+        )),
+    }
 }
 
-pub(super) fn log_settings(
-    raw: &RawArgs,
-    flags: &[Flag],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(log::LevelFilter, bool), ConfigError> {
-    let (text, source) = string_setting(raw, flags, "loglevel", env)?;
-    let level = parse_log_level(&text).ok_or_else(|| {
-        ConfigError(format!(
-            "bad log level {text:?} in {}: use trace, debug, info, warn, warning, error, \
-             fatal, panic or off",
-            describe("loglevel", &source)
-        ))
-    })?;
-    let json = match raw.boolean("json") {
-        Some(json) => json,
-        // As in Go, any non-empty LOG_JSON turns JSON logging on, even "false".
-        None => env_text(env, env_of(flags, "json")).is_some(),
-    };
-    Ok((level, json))
+fn parse_count(name: &str, text: &str) -> Result<usize, ConfigError> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(err!("--{name}: expected a positive whole number, got {text:?}")),
+    }
 }
 
 /// logrus's level names, case-insensitive, plus `off`. An empty level means the default, as
 /// Go's proxy skips setting the level then.
-pub(super) fn parse_log_level(text: &str) -> Option<log::LevelFilter> {
+fn parse_log_level(text: &str) -> Option<log::LevelFilter> {
     use log::LevelFilter;
     Some(match text.to_ascii_lowercase().as_str() {
         "trace" => LevelFilter::Trace,
@@ -132,53 +177,27 @@ pub(super) fn parse_log_level(text: &str) -> Option<log::LevelFilter> {
     })
 }
 
-pub(super) fn parse_millis(name: &str, text: &str) -> Result<Duration, ConfigError> {
-    match text.parse::<u64>() {
-        Ok(ms) if ms > 0 && ms <= MAX_MILLIS => Ok(Duration::from_millis(ms)),
-        _ => Err(ConfigError(format!(
-            "--{name}: expected a whole number of milliseconds from 1 to {MAX_MILLIS}, \
-             got {text:?}"
-        ))),
-    }
-}
-
-pub(super) fn parse_count(name: &str, text: &str) -> Result<usize, ConfigError> {
-    match text.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(ConfigError(format!("--{name}: expected a positive whole number, got {text:?}"))),
-    }
-}
-
-pub(super) fn millis_setting(raw: &RawArgs, name: &str) -> Result<Duration, ConfigError> {
-    let text = raw.text(name)?.unwrap_or(default_of(PROXY_FLAGS, name));
-    parse_millis(name, text)
-}
-
-pub(super) fn count_setting(raw: &RawArgs, name: &str) -> Result<usize, ConfigError> {
-    let text = raw.text(name)?.unwrap_or(default_of(PROXY_FLAGS, name));
-    parse_count(name, text)
-}
-
-/// Resolves a listen address, preferring the first IPv4 address. `:PORT` means every interface,
-/// as in Go; we pick 0.0.0.0 for it, in keeping with the IPv4 preference.
-pub(super) fn resolve_listen(text: &str, what: &str) -> Result<SocketAddr, ConfigError> {
-    let bad = |why: String| ConfigError(format!("bad address {text:?} for {what}: {why}"));
+/// Resolves a listen address, preferring the first IPv4 address, because Go's `localhost:25590`
+/// listens on 127.0.0.1. `:PORT` means every interface, as in Go; we pick 0.0.0.0 for it, in
+/// keeping with the IPv4 preference.
+fn resolve_listen(text: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: &str| err!("bad address {text:?} for {what}: {why}");
     if text.is_empty() {
-        return Err(bad("empty".to_owned()));
+        return Err(bad("empty"));
     }
     // Checked before resolving, so that such a typo never reaches DNS.
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad("it contains spaces or control characters".to_owned()));
+        return Err(bad("it contains spaces or control characters"));
     }
     let query = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_owned() };
     let addrs: Vec<SocketAddr> =
-        query.to_socket_addrs().map_err(|e| bad(format!("{e} (expected HOST:PORT)")))?.collect();
+        query.to_socket_addrs().map_err(|e| bad(&format!("{e} (expected HOST:PORT)")))?.collect();
     addrs
         .iter()
         .find(|addr| addr.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| bad("it resolved to no address".to_owned()))
+        .ok_or_else(|| bad("it resolved to no address"))
 }
 
 #[cfg(test)]
