@@ -244,8 +244,7 @@ mod tests {
     #[test]
     fn no_builders_is_an_error() {
         for args in [&[][..], &["--builders", ""], &["--builders", " , ,"], &["--proxies", BUILDER]] {
-            let message = error(args);
-            assert_eq!(message, "no builders given: use --builders host:port[,host:port…]", "{args:?}");
+            assert_eq!(error(args), "no builders given: use --builders host:port[,host:port…]", "{args:?}");
         }
     }
 
@@ -267,23 +266,37 @@ mod tests {
     #[test]
     fn endpoints() {
         for line in ENDPOINT_CASES.lines().filter(|l| !l.trim().is_empty()) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [entry, url, host, path, first] = fields[..] else {
+            let [entry, url, host, path, first] = line.split_whitespace().collect::<Vec<_>>()[..] else {
                 panic!("bad case {line:?}");
             };
             // "-" marks a host that would need DNS: check the syntax only.
             if first == "-" {
                 let parts = split_endpoint(entry).unwrap();
-                assert_eq!((parts.url.as_str(), parts.authority.as_str()), (url, host));
-                assert_eq!(parts.path, path, "{entry:?}");
+                assert_eq!(
+                    (parts.url.as_str(), parts.authority.as_str(), parts.path.as_str()),
+                    (url, host, path)
+                );
                 continue;
             }
             let endpoint = parse_endpoint(entry).unwrap();
-            assert_eq!(endpoint.name, entry);
-            assert_eq!(endpoint.url, url, "{entry:?}");
-            assert_eq!(endpoint.host, host, "{entry:?}");
-            assert_eq!(endpoint.path, path, "{entry:?}");
+            let got = (
+                endpoint.name.as_str(),
+                endpoint.url.as_str(),
+                endpoint.host.as_str(),
+                endpoint.path.as_str(),
+            );
+            assert_eq!(got, (entry, url, host, path), "{entry:?}");
             assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
+        }
+        // The name is trimmed; localhost resolves IPv4 first.
+        let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
+        assert_eq!((endpoint.name.as_str(), endpoint.host.as_str()), ("127.0.0.1:8551", "127.0.0.1:8551"));
+        let endpoint = parse_endpoint("localhost:8551").unwrap();
+        assert_eq!(endpoint.addrs[0], loopback(8551));
+        let first_v6 = endpoint.addrs.iter().position(SocketAddr::is_ipv6);
+        let last_v4 = endpoint.addrs.iter().rposition(SocketAddr::is_ipv4);
+        if let (Some(v6), Some(v4)) = (first_v6, last_v4) {
+            assert!(v4 < v6, "{:?}", endpoint.addrs);
         }
     }
 
@@ -298,8 +311,7 @@ mod tests {
         ];
         for (entry, url, server_name, first) in cases {
             let endpoint = parse_endpoint(entry).unwrap();
-            assert_eq!(endpoint.url, url, "{entry:?}");
-            assert!(endpoint.is_https(), "{entry:?}");
+            assert_eq!((endpoint.url.as_str(), endpoint.is_https()), (url, true), "{entry:?}");
             assert_eq!(endpoint.server_name(), server_name, "{entry:?}");
             assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
         }
@@ -315,26 +327,7 @@ mod tests {
             assert_mentions(&message, &["https is not supported", entry, "cargo feature `tls`"]);
         }
         let file = TempFile::new("-----BEGIN CERTIFICATE-----\n");
-        let message = error(&["--builders", BUILDER, "--builder-ca", file.arg()]);
-        assert_mentions(&message, &["--builder-ca", "cargo feature `tls`"]);
-    }
-
-    #[test]
-    fn endpoint_name_is_trimmed() {
-        let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
-        assert_eq!(endpoint.name, "127.0.0.1:8551");
-        assert_eq!(endpoint.host, "127.0.0.1:8551");
-    }
-
-    #[test]
-    fn localhost_resolves_ipv4_first() {
-        let endpoint = parse_endpoint("localhost:8551").unwrap();
-        assert_eq!(endpoint.addrs[0], loopback(8551));
-        let first_v6 = endpoint.addrs.iter().position(SocketAddr::is_ipv6);
-        let last_v4 = endpoint.addrs.iter().rposition(SocketAddr::is_ipv4);
-        if let (Some(v6), Some(v4)) = (first_v6, last_v4) {
-            assert!(v4 < v6, "{:?}", endpoint.addrs);
-        }
+        assert_errors(&[(&["--builder-ca", file.arg()], &["--builder-ca", "cargo feature `tls`"])]);
     }
 
     #[test]
@@ -361,54 +354,38 @@ mod tests {
         ];
         for (entry, fragment) in table {
             match parse_endpoint(entry) {
-                Err(ConfigError(message)) => {
-                    assert_mentions(&message, &[fragment, entry.trim()]);
-                }
+                Err(ConfigError(message)) => assert_mentions(&message, &[fragment, entry.trim()]),
                 Ok(endpoint) => panic!("{entry:?} parsed as {endpoint:?}"),
             }
         }
-    }
-
-    #[test]
-    fn bad_builder_and_proxy_entries_name_their_flag() {
-        let message = error(&["--builders", "127.0.0.1:1,ws://127.0.0.1:2"]);
-        assert_mentions(&message, &["--builders", "only http://", "ws://127.0.0.1:2"]);
-        let message = error(&["--builders", BUILDER, "--proxies", "127.0.0.1:x"]);
-        assert_mentions(&message, &["--proxies", "invalid port", "127.0.0.1:x"]);
-    }
-
-    #[test]
-    fn builders_file_lines_skip_blanks_and_comments() {
-        let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
-        assert_eq!(
-            builders_file_entries(text),
-            vec![
-                (2, "127.0.0.1:8551"),
-                (4, "http://127.0.0.1:8552/"),
-                (5, "127.0.0.1:8553"),
-                (5, "127.0.0.1:8554")
-            ]
+        // A bad entry names its flag.
+        assert_mentions(
+            &error(&["--builders", "127.0.0.1:1,ws://127.0.0.1:2"]),
+            &["--builders", "only http://", "ws://127.0.0.1:2"],
         );
+        assert_errors(&[(&["--proxies", "127.0.0.1:x"], &["--proxies", "invalid port", "127.0.0.1:x"])]);
     }
 
     #[test]
-    fn builders_file_gives_the_builders_in_order() {
+    fn builders_file() {
+        let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
+        let expected = [
+            (2, "127.0.0.1:8551"),
+            (4, "http://127.0.0.1:8552/"),
+            (5, "127.0.0.1:8553"),
+            (5, "127.0.0.1:8554"),
+        ];
+        assert_eq!(builders_file_entries(text), expected);
+
         let file = TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n");
         let config = run(&["--builders-file", file.arg()]);
         let names: Vec<&str> = config.builders.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, vec!["127.0.0.1:8552", "127.0.0.1:8551"]);
         assert_eq!(config.reload.builders, BuilderList::File(file.path.clone()));
-    }
+        let both = error(&["--builders", BUILDER, "--builders-file", file.arg()]);
+        assert_mentions(&both, &["--builders and --builders-file exclude each other"]);
 
-    #[test]
-    fn builders_and_builders_file_exclude_each_other() {
-        let file = TempFile::new("127.0.0.1:8552\n");
-        let message = error(&["--builders", BUILDER, "--builders-file", file.arg()]);
-        assert_mentions(&message, &["--builders and --builders-file exclude each other"]);
-    }
-
-    #[test]
-    fn a_bad_builders_file_names_its_line_and_an_empty_one_is_refused() {
+        // A bad file names its line; an empty or missing one is refused.
         let file = TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n");
         assert_mentions(&error(&["--builders-file", file.arg()]), &["--builders-file", "line 3", "https"]);
         let empty = TempFile::new("# nothing yet\n\n");

@@ -98,15 +98,19 @@ pub(super) fn assign_builder_secrets(
 mod tests {
     use crate::config::test_util::*;
 
+    /// A secrets map file: `{"key": "hex", ...}`.
+    fn secret_map(pairs: &[(&str, &str)]) -> TempFile {
+        let entries: Vec<String> = pairs.iter().map(|(key, hex)| format!("\"{key}\": \"{hex}\"")).collect();
+        TempFile::new(&format!("{{{}}}", entries.join(", ")))
+    }
+
     #[test]
     fn secret_flags_in_every_spelling() {
         let secret_file = TempFile::new(SECRET_HEX);
-        let map_file = TempFile::new(&format!("{{\"{BUILDER}\": \"{OTHER_SECRET_HEX}\"}}"));
+        let map_file = secret_map(&[(BUILDER, OTHER_SECRET_HEX)]);
         for (flag, file) in [("jwt-secret", &secret_file), ("builder-jwt-secrets", &map_file)] {
             for spelling in spellings(flag, file.arg()) {
-                let mut args = vec!["-builders".to_owned(), BUILDER.to_owned()];
-                args.extend(spelling);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let args = joined(&["-builders", BUILDER], &spelling);
                 let config = run(&args);
                 if flag == "jwt-secret" {
                     assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)), "{args:?}");
@@ -115,6 +119,9 @@ mod tests {
                 }
             }
         }
+        let file = TempFile::new(&format!("  0x{SECRET_HEX}\n"));
+        let config = run(&with_builder(&["-jwt-secret", file.arg()]));
+        assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)), "a 0x prefix and white space are fine");
     }
 
     #[cfg(feature = "tls")]
@@ -136,115 +143,84 @@ mod tests {
     }
 
     #[test]
-    fn jwt_secret_file_accepts_prefix_and_whitespace() {
-        let file = TempFile::new(&format!("  0x{SECRET_HEX}\n"));
-        let config = run(&["-builders", BUILDER, "-jwt-secret", file.arg()]);
-        assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)));
-    }
-
-    #[test]
-    fn unreadable_secret_files_are_named() {
+    fn bad_secret_files_are_named_without_their_content() {
         let missing =
             std::env::temp_dir().join(format!("sync-proxy-config-test-missing-{}", std::process::id()));
         let missing = missing.to_str().unwrap();
-        for flag in ["--jwt-secret", "--builder-jwt-secrets"] {
-            let message = error(&["-builders", BUILDER, flag, missing]);
-            assert_mentions(&message, &["cannot read", flag, missing]);
-        }
-    }
-
-    #[test]
-    fn invalid_secret_files_are_named_without_their_content() {
+        assert_errors(&[
+            (&["--jwt-secret", missing], &["cannot read", "--jwt-secret", missing]),
+            (&["--builder-jwt-secrets", missing], &["cannot read", "--builder-jwt-secrets", missing]),
+        ]);
         // Content that is almost a secret: it must never be echoed back.
         let almost = &SECRET_HEX[..60];
-        let jwt = TempFile::new(almost);
-        let message = error(&["-builders", BUILDER, "-jwt-secret", jwt.arg()]);
-        assert_mentions(&message, &["invalid --jwt-secret file", jwt.arg()]);
-        assert!(!message.contains(almost), "{message}");
-
-        let map = TempFile::new(&format!("{{\"{BUILDER}\": \"{almost}\"}}"));
-        let message = error(&["-builders", BUILDER, "-builder-jwt-secrets", map.arg()]);
-        assert_mentions(&message, &["invalid --builder-jwt-secrets file", map.arg()]);
-        assert!(!message.contains(almost), "{message}");
-
-        let not_json = TempFile::new(SECRET_HEX);
-        let message = error(&["-builders", BUILDER, "-builder-jwt-secrets", not_json.arg()]);
-        assert_mentions(&message, &["invalid --builder-jwt-secrets file", not_json.arg()]);
-        assert!(!message.contains(SECRET_HEX), "{message}");
+        let rows = [
+            ("-jwt-secret", TempFile::new(almost), almost),
+            ("-builder-jwt-secrets", secret_map(&[(BUILDER, almost)]), almost),
+            ("-builder-jwt-secrets", TempFile::new(SECRET_HEX), SECRET_HEX),
+        ];
+        for (flag, file, content) in &rows {
+            let message = error(&with_builder(&[flag, file.arg()]));
+            assert_mentions(&message, &[&format!("invalid -{flag} file"), file.arg()]);
+            assert!(!message.contains(content), "{message}");
+        }
     }
 
     #[test]
     fn builder_secrets_match_by_name_or_url() {
         let builders = "127.0.0.1:1,http://127.0.0.2:2/engine,127.0.0.3:3";
-        let map = TempFile::new(&format!(
-            "{{\"127.0.0.1:1\": \"{SECRET_HEX}\", \"127.0.0.2:2/engine\": \"{OTHER_SECRET_HEX}\"}}"
-        ));
-        let config = run(&["-builders", builders, "-builder-jwt-secrets", map.arg()]);
-        assert_eq!(
-            config.builder_jwt_secrets,
-            vec![Some(secret(SECRET_HEX)), Some(secret(OTHER_SECRET_HEX)), None]
-        );
-
+        let secrets = |pairs: &[(&str, &str)]| {
+            let map = secret_map(pairs);
+            run(&["-builders", builders, "-builder-jwt-secrets", map.arg()]).builder_jwt_secrets
+        };
+        let (one, other) = (Some(secret(SECRET_HEX)), Some(secret(OTHER_SECRET_HEX)));
+        let by_name = secrets(&[("127.0.0.1:1", SECRET_HEX), ("127.0.0.2:2/engine", OTHER_SECRET_HEX)]);
+        assert_eq!(by_name, vec![one.clone(), other, None]);
         // A key written as a URL finds a builder written as host:port, and vice versa.
-        let map = TempFile::new(&format!("{{\"http://127.0.0.3:3/\": \"{SECRET_HEX}\"}}"));
-        let config = run(&["-builders", builders, "-builder-jwt-secrets", map.arg()]);
-        assert_eq!(config.builder_jwt_secrets, vec![None, None, Some(secret(SECRET_HEX))]);
+        assert_eq!(secrets(&[("http://127.0.0.3:3/", SECRET_HEX)]), vec![None, None, one]);
     }
 
     #[test]
-    fn builder_secret_key_matching_no_builder_is_named() {
-        let map = TempFile::new(&format!(
-            "{{\"127.0.0.1:1\": \"{SECRET_HEX}\", \"typo:8551\": \"{OTHER_SECRET_HEX}\"}}"
-        ));
-        let message = error(&["-builders", "127.0.0.1:1", "-builder-jwt-secrets", map.arg()]);
-        assert_mentions(&message, &["\"typo:8551\"", "matches no builder", map.arg()]);
-        assert!(!message.contains(OTHER_SECRET_HEX));
-
-        // Proxies are not builders.
-        let map = TempFile::new(&format!("{{\"127.0.0.9:9\": \"{SECRET_HEX}\"}}"));
-        let message = error(&[
-            "-builders",
-            "127.0.0.1:1",
-            "-proxies",
-            "127.0.0.9:9",
-            "-builder-jwt-secrets",
-            map.arg(),
-        ]);
-        assert_mentions(&message, &["\"127.0.0.9:9\"", "matches no builder"]);
-    }
-
-    #[test]
-    fn builder_matched_by_two_keys_is_an_error() {
-        let map = TempFile::new(&format!(
-            "{{\"127.0.0.1:1\": \"{SECRET_HEX}\", \"http://127.0.0.1:1\": \"{OTHER_SECRET_HEX}\"}}"
-        ));
-        let message = error(&["-builders", "127.0.0.1:1", "-builder-jwt-secrets", map.arg()]);
-        assert_mentions(&message, &["matched by both", "127.0.0.1:1"]);
-    }
-
-    #[test]
-    fn debug_output_does_not_leak_secrets() {
-        let jwt = TempFile::new(SECRET_HEX);
-        let map = TempFile::new(&format!("{{\"{BUILDER}\": \"{OTHER_SECRET_HEX}\"}}"));
-        let config =
-            run(&["-builders", BUILDER, "-jwt-secret", jwt.arg(), "-builder-jwt-secrets", map.arg()]);
-        let debug = format!("{config:?} {:?}", Command::Run(config.clone()));
-        for leak in [&SECRET_HEX[..16], &OTHER_SECRET_HEX[..16], "[1, 35, 69", "[254, 220"] {
-            assert!(!debug.contains(leak), "Debug leaks {leak:?}: {debug}");
+    fn builder_secret_keys_must_match_exactly_one_builder() {
+        let typo = secret_map(&[("127.0.0.1:1", SECRET_HEX), ("typo:8551", OTHER_SECRET_HEX)]);
+        let proxy = secret_map(&[("127.0.0.9:9", SECRET_HEX)]);
+        let twice = secret_map(&[("127.0.0.1:1", SECRET_HEX), ("http://127.0.0.1:1", OTHER_SECRET_HEX)]);
+        let rows: &[(&[&str], &TempFile, &[&str])] = &[
+            (&[], &typo, &["\"typo:8551\"", "matches no builder", typo.arg()]),
+            // Proxies are not builders.
+            (&["-proxies", "127.0.0.9:9"], &proxy, &["\"127.0.0.9:9\"", "matches no builder"]),
+            (&[], &twice, &["matched by both", "127.0.0.1:1"]),
+        ];
+        for (more, map, needles) in rows {
+            let message =
+                error(&[&["-builders", "127.0.0.1:1", "-builder-jwt-secrets", map.arg()], *more].concat());
+            assert_mentions(&message, needles);
+            assert!(!message.contains(OTHER_SECRET_HEX));
         }
     }
 
     #[test]
     fn reload_reads_the_secret_files_again() {
         let jwt = TempFile::new(SECRET_HEX);
-        let config = run(&["--builders", BUILDER, "--jwt-secret", jwt.arg()]);
+        let config = run(&with_builder(&["--jwt-secret", jwt.arg()]));
         assert_eq!(config.jwt_secret, Some(secret(SECRET_HEX)));
         std::fs::write(&jwt.path, OTHER_SECRET_HEX).unwrap();
         let reloaded = read_reloadable(&config.reload).unwrap();
-        assert_eq!(reloaded.jwt_secret, Some(secret(OTHER_SECRET_HEX)));
-        assert_eq!(reloaded.builders, config.builders);
+        assert_eq!(
+            (reloaded.jwt_secret, reloaded.builders),
+            (Some(secret(OTHER_SECRET_HEX)), config.builders)
+        );
         std::fs::write(&jwt.path, "not hex").unwrap();
-        let message = read_reloadable(&config.reload).unwrap_err().0;
-        assert_mentions(&message, &["--jwt-secret"]);
+        assert_mentions(&read_reloadable(&config.reload).unwrap_err().0, &["--jwt-secret"]);
+    }
+
+    #[test]
+    fn debug_output_does_not_leak_secrets() {
+        let jwt = TempFile::new(SECRET_HEX);
+        let map = secret_map(&[(BUILDER, OTHER_SECRET_HEX)]);
+        let config = run(&with_builder(&["-jwt-secret", jwt.arg(), "-builder-jwt-secrets", map.arg()]));
+        let debug = format!("{config:?} {:?}", Command::Run(config.clone()));
+        for leak in [&SECRET_HEX[..16], &OTHER_SECRET_HEX[..16], "[1, 35, 69", "[254, 220"] {
+            assert!(!debug.contains(leak), "Debug leaks {leak:?}: {debug}");
+        }
     }
 }

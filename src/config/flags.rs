@@ -325,9 +325,7 @@ mod tests {
         ];
         for (flag, value, check) in table {
             for spelling in spellings(flag, value) {
-                let mut args = vec!["--builders".to_owned(), BUILDER.to_owned()];
-                args.extend(spelling);
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let args = joined(&["--builders", BUILDER], &spelling);
                 let config = run(&args);
                 assert!(check(&config), "{args:?} gave {config:?}");
             }
@@ -336,57 +334,26 @@ mod tests {
 
     #[test]
     fn boolean_flags_follow_go() {
-        let table: &[(&str, bool)] = &[
-            ("-json", true),
-            ("--json", true),
-            ("-json=true", true),
-            ("--json=true", true),
-            ("-json=false", false),
-            ("--json=false", false),
-            ("-json=1", true),
-            ("-json=0", false),
-            ("-json=t", true),
-            ("-json=F", false),
-            ("-json=TRUE", true),
-            ("-json=False", false),
-        ];
-        for (arg, expected) in table {
-            assert_eq!(run(&["-builders", BUILDER, arg]).log_json, *expected, "{arg}");
+        let on = ["-json", "--json", "-json=true", "--json=true", "-json=1", "-json=t", "-json=TRUE"];
+        let off = ["-json=false", "--json=false", "-json=0", "-json=F", "-json=False"];
+        for (arg, expected) in on.iter().map(|arg| (arg, true)).chain(off.iter().map(|arg| (arg, false))) {
+            assert_eq!(run(&with_builder(&[arg])).log_json, expected, "{arg}");
             let mirror = arg.replace("json", "mirror-mode");
-            assert_eq!(run(&["-builders", BUILDER, &mirror]).mirror_mode, *expected, "{mirror}");
+            assert_eq!(run(&with_builder(&[&mirror])).mirror_mode, expected, "{mirror}");
         }
     }
 
     #[test]
-    fn boolean_flag_rejects_other_values() {
-        for arg in ["-json=maybe", "--json=", "--mirror-mode=yes"] {
-            let message = error(&["-builders", BUILDER, arg]);
-            assert_mentions(&message, &["invalid boolean"]);
-        }
-    }
-
-    #[test]
-    fn boolean_flag_does_not_take_the_next_argument() {
-        // Go reads "-json false" as -json followed by a positional argument.
-        let message = error(&["-builders", BUILDER, "-json", "false"]);
-        assert_mentions(&message, &["unexpected argument", "false"]);
-    }
-
-    #[test]
-    fn the_last_occurrence_of_a_flag_wins() {
-        let config = run(&[
-            "-builders",
-            "127.0.0.1:1",
-            "--loglevel=error",
-            "-builders=127.0.0.1:2",
-            "-loglevel",
-            "trace",
-            "-json",
-            "-json=false",
-        ]);
+    fn values_are_read_as_go_reads_them() {
+        // The last occurrence of a flag wins.
+        let args = ["-builders", "127.0.0.1:1", "--loglevel=error", "-builders=127.0.0.1:2"];
+        let config = run(&[&args[..], &["-loglevel", "trace", "-json", "-json=false"]].concat());
         assert_eq!(config.builders[0].name, "127.0.0.1:2");
         assert_eq!(config.log_level, log::LevelFilter::Trace);
         assert!(!config.log_json);
+        // A value that looks like a flag is kept; an empty client id means none.
+        assert_eq!(run(&with_builder(&["-jwt-client-id", "-abc"])).jwt_client_id.as_deref(), Some("-abc"));
+        assert_eq!(run(&with_builder(&["-jwt-client-id="])).jwt_client_id, None);
     }
 
     #[test]
@@ -403,51 +370,35 @@ mod tests {
             (&["-version", "positional"], Command::Version),
         ];
         for (args, expected) in table {
-            assert_eq!(&parse(os_args(args), &no_env).unwrap(), expected, "{args:?}");
+            assert_eq!(&parse_env(args, &[]).unwrap(), expected, "{args:?}");
         }
     }
 
     #[test]
-    fn unknown_flags_are_named() {
-        let table: &[(&[&str], &str)] = &[
-            (&["-bogus"], "--bogus"),
-            (&["--bogus=1"], "--bogus"),
-            (&["-x"], "-x"),
-            (&["--builder", BUILDER], "--builder"),
+    fn bad_command_lines_are_named() {
+        assert_errors(&[
+            (&["-json=maybe"], &["invalid boolean"]),
+            (&["--json="], &["invalid boolean"]),
+            (&["--mirror-mode=yes"], &["invalid boolean"]),
+            // Go reads "-json false" as -json followed by a positional argument.
+            (&["-json", "false"], &["unexpected argument", "false"]),
+            (&["-bogus"], &["unknown flag", "--bogus"]),
+            (&["--bogus=1"], &["unknown flag", "--bogus"]),
+            (&["-x"], &["unknown flag", "-x"]),
+            (&["--builder", BUILDER], &["unknown flag", "--builder"]),
             // A jwt-tokens-service flag is not a sync-proxy flag.
-            (&["-config", "x"], "--config"),
-        ];
-        for (args, name) in table {
-            let mut all = vec!["-builders", BUILDER];
-            all.extend_from_slice(args);
-            let message = error(&all);
-            assert_mentions(&message, &["unknown flag", name]);
-        }
-    }
-
-    #[test]
-    fn missing_values_are_named() {
+            (&["-config", "x"], &["unknown flag", "--config"]),
+            (&["stray"], &["unexpected argument"]),
+            (&["-"], &["unexpected argument"]),
+            (&["--", "--addr", "127.0.0.1:0"], &["unexpected argument"]),
+            // "-5" is a short option to lexopt.
+            (&["-5"], &["unknown flag -5"]),
+        ]);
         for flag in PROXY_FLAGS.iter().filter(|f| f.value.is_some()) {
             for dash in ["-", "--"] {
-                let last = format!("{dash}{}", flag.name);
-                let message = error(&["-builders", BUILDER, &last]);
+                let message = error(&with_builder(&[&format!("{dash}{}", flag.name)]));
                 assert_mentions(&message, &["missing value", &format!("--{}", flag.name)]);
             }
-        }
-    }
-
-    #[test]
-    fn positional_arguments_are_errors() {
-        let table: &[&[&str]] = &[&["stray"], &["-"], &["--", "--addr", "127.0.0.1:0"], &["-5"]];
-        for args in table {
-            let mut all = vec!["-builders", BUILDER];
-            all.extend_from_slice(args);
-            let message = error(&all);
-            // "-5" is a short option to lexopt; either way it is rejected by name.
-            assert!(
-                message.contains("unexpected argument") || message.contains("unknown flag -5"),
-                "{args:?}: {message}"
-            );
         }
     }
 
@@ -466,15 +417,8 @@ mod tests {
             (&["positional", "-json"], &["positional", "--json"]),
         ];
         for (input, expected) in table {
-            let output = single_dash_to_double(os_args(input), &takes_value);
-            assert_eq!(output, os_args(expected), "{input:?}");
+            assert_eq!(single_dash_to_double(os_args(input), &takes_value), os_args(expected), "{input:?}");
         }
-    }
-
-    #[test]
-    fn a_value_that_looks_like_a_flag_is_kept() {
-        let config = run(&["-builders", BUILDER, "-jwt-client-id", "-abc"]);
-        assert_eq!(config.jwt_client_id.as_deref(), Some("-abc"));
     }
 
     #[test]
@@ -482,41 +426,30 @@ mod tests {
         for (help, flags) in [(help_text(), PROXY_FLAGS), (tokens_service_help_text(), TOKENS_FLAGS)] {
             for flag in flags {
                 assert!(help.contains(&format!("--{}", flag.name)), "--{}", flag.name);
-                if !flag.default.is_empty() {
-                    assert!(help.contains(&format!("[default: {}]", flag.default)), "{}", flag.name);
-                }
-                if !flag.env.is_empty() {
-                    assert!(help.contains(&format!("[env: {}]", flag.env)), "{}", flag.name);
+                for (what, text) in [("default", flag.default), ("env", flag.env)] {
+                    assert!(text.is_empty() || help.contains(&format!("[{what}: {text}]")), "{}", flag.name);
                 }
             }
             assert_mentions(&help, &["--help", "--version", env!("CARGO_PKG_VERSION")]);
             assert!(!help.contains("0x"), "help has secret-like content");
         }
-        assert_mentions(
-            &help_text(),
-            &["PROXY_LISTEN_ADDR", "BUILDER_TIMEOUT_MS", "LOG_LEVEL", "LOG_JSON", "BEACON_EXPIRY_MS"],
-        );
+        let vars = ["PROXY_LISTEN_ADDR", "BUILDER_TIMEOUT_MS", "LOG_LEVEL", "LOG_JSON", "BEACON_EXPIRY_MS"];
+        assert_mentions(&help_text(), &vars);
     }
 
     #[test]
     fn help_defaults_are_the_parsed_defaults() {
         // The table's defaults feed both the help and the parser; check the numbers agree with
         // the documented ones so a typo in the table cannot go unnoticed.
-        let expected = [
-            ("addr", "localhost:25590"),
-            ("proxy-request-timeout", "2000"),
-            ("loglevel", "info"),
-            ("max-body-bytes", "134217728"),
-            ("max-connections", "1024"),
-            ("idle-timeout", "60000"),
-            ("read-timeout", "30000"),
-            ("write-timeout", "10000"),
-            ("backlog-requests", "512"),
-            ("backlog-bytes", "268435456"),
-            ("beacon-expiry", "12000"),
-        ];
-        for (name, default) in expected {
-            assert_eq!(find(PROXY_FLAGS, name).unwrap().default, default, "{name}");
+        let expected =
+            "addr=localhost:25590 proxy-request-timeout=2000 loglevel=info max-body-bytes=134217728 \
+                        max-connections=1024 idle-timeout=60000 read-timeout=30000 write-timeout=10000 \
+                        backlog-requests=512 backlog-bytes=268435456 beacon-expiry=12000";
+        let tokens = [(TOKENS_FLAGS, "addr", "localhost:1337"), (TOKENS_FLAGS, "config", "config.json")];
+        let proxy = expected.split_whitespace().filter_map(|pair| pair.split_once('='));
+        for (flags, name, default) in proxy.map(|(name, default)| (PROXY_FLAGS, name, default)).chain(tokens)
+        {
+            assert_eq!(find(flags, name).map(|f| f.default), Some(default), "{name}");
         }
     }
 }

@@ -335,47 +335,32 @@ mod tests {
 
     #[test]
     fn defaults_without_environment() {
-        let config = run(&["--builders", BUILDER]);
-        assert_eq!(config.listen, loopback(25590));
-        assert_eq!(config.listen_text, "localhost:25590");
-        assert_eq!(config.builders.len(), 1);
-        assert_eq!(config.builders[0].name, BUILDER);
-        assert!(config.proxies.is_empty());
-        assert_eq!(config.request_timeout, None);
-        assert_eq!(config.proxy_request_timeout, Duration::from_millis(2000));
-        assert_eq!(config.log_level, log::LevelFilter::Info);
-        assert!(!config.log_json);
-        assert!(!config.mirror_mode);
-        assert_eq!(config.max_body_bytes, 134_217_728);
-        assert_eq!(config.max_connections, 1024);
-        assert_eq!(config.idle_timeout, Duration::from_millis(60_000));
-        assert_eq!(config.read_timeout, Duration::from_millis(30_000));
-        assert_eq!(config.write_timeout, Duration::from_millis(10_000));
-        assert_eq!(config.backlog_requests, 512);
-        assert_eq!(config.backlog_bytes, 268_435_456);
-        assert_eq!(config.beacon_expiry, Duration::from_millis(12_000));
-        assert_eq!(config.jwt_secret, None);
-        assert_eq!(config.builder_jwt_secrets, vec![None]);
-        assert_eq!(config.jwt_client_id, None);
-        assert_eq!(config.metrics_addr, None);
+        let c = run(&["--builders", BUILDER]);
+        let ms = Duration::from_millis;
+        assert_eq!((c.listen, c.listen_text.as_str()), (loopback(25590), "localhost:25590"));
+        assert_eq!((c.builders.len(), c.builders[0].name.as_str(), c.proxies.len()), (1, BUILDER, 0));
+        assert_eq!(
+            (c.request_timeout, c.proxy_request_timeout, c.beacon_expiry),
+            (None, ms(2000), ms(12_000))
+        );
+        assert_eq!((c.idle_timeout, c.read_timeout, c.write_timeout), (ms(60_000), ms(30_000), ms(10_000)));
+        let limits = (c.max_body_bytes, c.max_connections, c.backlog_requests, c.backlog_bytes);
+        assert_eq!(limits, (134_217_728, 1024, 512, 268_435_456));
+        assert_eq!((c.log_level, c.log_json, c.mirror_mode), (log::LevelFilter::Info, false, false));
+        assert_eq!((c.jwt_secret, c.builder_jwt_secrets, c.jwt_client_id), (None, vec![None], None));
+        assert_eq!(c.metrics_addr, None);
     }
 
-    #[test]
-    fn empty_client_id_means_none() {
-        assert_eq!(run(&["-builders", BUILDER, "-jwt-client-id="]).jwt_client_id, None);
+    fn tokens(args: &[&str], env: &[(&str, &str)]) -> Result<TokensCommand, String> {
+        let env = |var: &str| env.iter().find(|(name, _)| *name == var).map(|(_, value)| value.to_string());
+        parse_tokens_service(os_args(args), &env).map_err(|e| e.0)
     }
 
-    fn tokens_run(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> TokensServiceConfig {
-        match parse_tokens_service(os_args(args), env) {
+    #[track_caller]
+    fn tokens_run(args: &[&str], env: &[(&str, &str)]) -> TokensServiceConfig {
+        match tokens(args, env) {
             Ok(TokensCommand::Run(config)) => config,
             other => panic!("{args:?}: expected a config, got {other:?}"),
-        }
-    }
-
-    fn tokens_error(args: &[&str]) -> String {
-        match parse_tokens_service(os_args(args), &no_env) {
-            Err(ConfigError(message)) => message,
-            Ok(other) => panic!("{args:?}: expected an error, got {other:?}"),
         }
     }
 
@@ -384,75 +369,66 @@ mod tests {
         let file =
             TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\", \"beta\": \"{OTHER_SECRET_HEX}\"}}"));
         let base = ["-addr", "127.0.0.1:0", "-config", file.arg()];
-        let config = tokens_run(&base, &no_env);
-        assert_eq!(config.listen, loopback(0));
-        assert_eq!(config.listen_text, "127.0.0.1:0");
+        let config = tokens_run(&base, &[]);
+        assert_eq!((config.listen, config.listen_text.as_str()), (loopback(0), "127.0.0.1:0"));
         let names: Vec<&str> = config.entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["alpha", "beta"]);
-        assert_eq!(config.client_id, None);
-        assert_eq!(config.log_level, log::LevelFilter::Info);
-        assert!(!config.log_json);
+        assert_eq!(
+            (config.client_id, config.log_level, config.log_json),
+            (None, log::LevelFilter::Info, false)
+        );
 
-        for spelling in spellings("client-id", "cl-1")
-            .into_iter()
-            .chain(spellings("loglevel", "debug"))
-            .chain(spellings("addr", "127.0.0.1:7"))
-            .chain(spellings("config", file.arg()))
-            .chain([vec!["-json".to_owned()], vec!["--json=true".to_owned()]])
-        {
-            let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
-            args.extend(spelling.iter().cloned());
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let config = tokens_run(&args, &no_env);
-            let ok = match spelling[0].trim_start_matches('-').split('=').next().unwrap() {
-                "client-id" => config.client_id.as_deref() == Some("cl-1"),
-                "loglevel" => config.log_level == log::LevelFilter::Debug,
-                "addr" => config.listen == loopback(7),
-                "config" => config.entries.len() == 2,
-                "json" => config.log_json,
-                other => panic!("{other}"),
-            };
-            assert!(ok, "{args:?} gave {config:?}");
+        type Check = fn(&TokensServiceConfig) -> bool;
+        let table: &[(&str, &str, Check)] = &[
+            ("client-id", "cl-1", |c| c.client_id.as_deref() == Some("cl-1")),
+            ("loglevel", "debug", |c| c.log_level == log::LevelFilter::Debug),
+            ("addr", "127.0.0.1:7", |c| c.listen == loopback(7)),
+            ("config", file.arg(), |c| c.entries.len() == 2),
+        ];
+        let json = [vec!["-json".to_owned()], vec!["--json=true".to_owned()]]
+            .map(|s| (s, (|c| c.log_json) as Check));
+        let spelled = table
+            .iter()
+            .flat_map(|(flag, value, check)| spellings(flag, value).into_iter().map(|s| (s, *check)));
+        for (spelling, check) in spelled.chain(json) {
+            let args = joined(&base, &spelling);
+            let config = tokens_run(&args, &[]);
+            assert!(check(&config), "{args:?} gave {config:?}");
         }
     }
 
     #[test]
     fn tokens_service_environment_and_defaults() {
         let file = TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\"}}"));
-        let env = env_map(&[("LOG_LEVEL", "trace"), ("LOG_JSON", "yes")]);
+        let env = [("LOG_LEVEL", "trace"), ("LOG_JSON", "yes")];
         let config = tokens_run(&["-addr=127.0.0.1:0", "-config", file.arg()], &env);
-        assert_eq!(config.log_level, log::LevelFilter::Trace);
-        assert!(config.log_json);
-        assert_eq!(flags::find(TOKENS_FLAGS, "addr").unwrap().default, "localhost:1337");
-        assert_eq!(flags::find(TOKENS_FLAGS, "config").unwrap().default, "config.json");
+        assert_eq!((config.log_level, config.log_json), (log::LevelFilter::Trace, true));
     }
 
     #[test]
     fn tokens_service_help_version_and_errors() {
-        for (args, expected) in [
-            (&["-h"][..], TokensCommand::Help),
-            (&["-help"], TokensCommand::Help),
-            (&["--version"], TokensCommand::Version),
-        ] {
-            assert_eq!(parse_tokens_service(os_args(args), &no_env).unwrap(), expected);
+        for (args, expected) in
+            [(&["-h"][..], Command::Help), (&["-help"], Command::Help), (&["--version"], Command::Version)]
+        {
+            assert_eq!(tokens(args, &[]).unwrap(), expected);
         }
         let file = TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\"}}"));
         let empty = TempFile::new("{}");
         let invalid = TempFile::new(&format!("{{\"alpha\": \"{}\"}}", &SECRET_HEX[..10]));
         let missing = format!("{}-missing", file.arg());
-        let table: Vec<(Vec<&str>, Vec<&str>)> = vec![
-            (vec!["-builders", "x", "-config", file.arg()], vec!["unknown flag", "--builders"]),
-            (vec!["-config", &missing], vec!["cannot read --config file", &missing]),
-            (vec!["-config", empty.arg()], vec!["no entries", empty.arg()]),
-            (vec!["-config", invalid.arg()], vec!["invalid --config file", invalid.arg()]),
-            (vec!["-config", file.arg(), "-addr", "nowhere"], vec!["bad address", "--addr"]),
-            (vec!["-config", file.arg(), "-loglevel=loud"], vec!["bad log level"]),
-            (vec!["-config", file.arg(), "stray"], vec!["unexpected argument"]),
-            (vec!["-config"], vec!["missing value", "--config"]),
+        let table: &[(&[&str], &[&str])] = &[
+            (&["-builders", "x", "-config", file.arg()], &["unknown flag", "--builders"]),
+            (&["-config", &missing], &["cannot read --config file", &missing]),
+            (&["-config", empty.arg()], &["no entries", empty.arg()]),
+            (&["-config", invalid.arg()], &["invalid --config file", invalid.arg()]),
+            (&["-config", file.arg(), "-addr", "nowhere"], &["bad address", "--addr"]),
+            (&["-config", file.arg(), "-loglevel=loud"], &["bad log level"]),
+            (&["-config", file.arg(), "stray"], &["unexpected argument"]),
+            (&["-config"], &["missing value", "--config"]),
         ];
         for (args, needles) in table {
-            let message = tokens_error(&args);
-            assert_mentions(&message, &needles);
+            let message = tokens(args, &[]).unwrap_err();
+            assert_mentions(&message, needles);
             assert!(!message.contains(&SECRET_HEX[..10]), "{message}");
         }
     }

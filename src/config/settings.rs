@@ -202,21 +202,20 @@ fn resolve_listen(text: &str, what: &str) -> Result<SocketAddr, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::test_util::*;
+
+    const ENV: &[(&str, &str)] = &[
+        ("PROXY_LISTEN_ADDR", "127.0.0.1:0"),
+        ("BUILDER_TIMEOUT_MS", "3000"),
+        ("LOG_LEVEL", "warning"),
+        ("LOG_JSON", "1"),
+        ("BEACON_EXPIRY_MS", "24000"),
+    ];
 
     #[test]
     fn environment_gives_defaults() {
-        let env = env_map(&[
-            ("PROXY_LISTEN_ADDR", "127.0.0.1:0"),
-            ("BUILDER_TIMEOUT_MS", "3000"),
-            ("LOG_LEVEL", "warning"),
-            ("LOG_JSON", "1"),
-            ("BEACON_EXPIRY_MS", "24000"),
-        ]);
-        let config = run_with(&["--builders", BUILDER], &env);
-        assert_eq!(config.listen, loopback(0));
-        assert_eq!(config.listen_text, "127.0.0.1:0");
+        let config = run_env(&["--builders", BUILDER], ENV);
+        assert_eq!((config.listen, config.listen_text.as_str()), (loopback(0), "127.0.0.1:0"));
         assert_eq!(config.request_timeout, Some(Duration::from_millis(3000)));
         // Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS as well.
         assert_eq!(config.proxy_request_timeout, Duration::from_millis(3000));
@@ -227,27 +226,12 @@ mod tests {
 
     #[test]
     fn flags_override_the_environment() {
-        let env = env_map(&[
-            ("PROXY_LISTEN_ADDR", "127.0.0.1:1"),
-            ("BUILDER_TIMEOUT_MS", "3000"),
-            ("LOG_LEVEL", "warning"),
-            ("LOG_JSON", "1"),
-            ("BEACON_EXPIRY_MS", "24000"),
-        ]);
-        let config = run_with(
-            &[
-                "--builders",
-                BUILDER,
-                "-addr=127.0.0.1:0",
-                "-request-timeout=100",
-                "-proxy-request-timeout=200",
-                "-loglevel=error",
-                "-json=false",
-                "-beacon-expiry=300",
-            ],
-            &env,
+        let flags = ["-addr=127.0.0.1:1", "-request-timeout=100", "-proxy-request-timeout=200"];
+        let config = run_env(
+            &[&with_builder(&flags)[..], &["-loglevel=error", "-json=false", "-beacon-expiry=300"]].concat(),
+            ENV,
         );
-        assert_eq!(config.listen, loopback(0));
+        assert_eq!(config.listen, loopback(1));
         assert_eq!(config.request_timeout, Some(Duration::from_millis(100)));
         assert_eq!(config.proxy_request_timeout, Duration::from_millis(200));
         assert_eq!(config.log_level, log::LevelFilter::Error);
@@ -258,8 +242,8 @@ mod tests {
     #[test]
     fn invalid_environment_numbers_are_ignored_as_in_go() {
         for bad in ["abc", "0", "-5", "1.5", ""] {
-            let env = env_map(&[("BUILDER_TIMEOUT_MS", bad), ("BEACON_EXPIRY_MS", bad)]);
-            let config = run_with(&["--builders", BUILDER], &env);
+            let config =
+                run_env(&with_builder(&[]), &[("BUILDER_TIMEOUT_MS", bad), ("BEACON_EXPIRY_MS", bad)]);
             assert_eq!(config.request_timeout, None, "{bad:?}");
             assert_eq!(config.proxy_request_timeout, Duration::from_millis(2000));
             assert_eq!(config.beacon_expiry, Duration::from_millis(12_000));
@@ -270,116 +254,94 @@ mod tests {
     fn mirror_mode_and_metrics_addr_come_from_the_environment_as_upstream_reads_them() {
         let truthy = ["1", "t", "T", "true", "TRUE", "True"];
         let falsy = ["0", "f", "F", "false", "FALSE", "False", ""];
-        for (values, expected) in [(&truthy[..], true), (&falsy[..], false)] {
-            for value in values {
-                let env = env_map(&[("MIRROR_MODE", value)]);
-                assert_eq!(run_with(&["--builders", BUILDER], &env).mirror_mode, expected, "{value:?}");
-            }
+        for (value, expected) in truthy.iter().map(|v| (v, true)).chain(falsy.iter().map(|v| (v, false))) {
+            assert_eq!(
+                run_env(&with_builder(&[]), &[("MIRROR_MODE", value)]).mirror_mode,
+                expected,
+                "{value:?}"
+            );
         }
-        let env = env_map(&[("METRICS_ADDR", "127.0.0.1:9551")]);
-        assert_eq!(run_with(&["--builders", BUILDER], &env).metrics_addr, Some(loopback(9551)));
-        let env = env_map(&[("METRICS_ADDR", "")]);
-        assert_eq!(run_with(&["--builders", BUILDER], &env).metrics_addr, None);
-    }
-
-    #[test]
-    fn flags_override_mirror_mode_and_metrics_addr_from_the_environment() {
-        let env = env_map(&[("MIRROR_MODE", "true"), ("METRICS_ADDR", "127.0.0.1:9551")]);
-        let config = run_with(
-            &["--builders", BUILDER, "-mirror-mode=false", "--metrics-addr", "127.0.0.1:9552"],
-            &env,
-        );
-        assert!(!config.mirror_mode);
-        assert_eq!(config.metrics_addr, Some(loopback(9552)));
-        let env = env_map(&[("MIRROR_MODE", "false")]);
-        assert!(run_with(&["--builders", BUILDER, "--mirror-mode"], &env).mirror_mode);
-    }
-
-    #[test]
-    fn bad_mirror_mode_or_metrics_addr_in_the_environment_is_an_error_naming_the_variable() {
-        for value in ["yes", "on", " true", "2"] {
-            let message = error_with(&["--builders", BUILDER], &env_map(&[("MIRROR_MODE", value)]));
-            assert_mentions(&message, &["MIRROR_MODE", "--mirror-mode", "true or false"]);
-        }
-        let message = error_with(&["--builders", BUILDER], &env_map(&[("METRICS_ADDR", "nowhere")]));
-        assert_mentions(&message, &["METRICS_ADDR", "--metrics-addr", "nowhere"]);
-        // A flag that overrides the variable makes its bad value harmless, as for every variable.
-        let env = env_map(&[("MIRROR_MODE", "yes")]);
-        assert!(!run_with(&["--builders", BUILDER, "-mirror-mode=false"], &env).mirror_mode);
+        let metrics = |env| run_env(&with_builder(&[]), &[("METRICS_ADDR", env)]).metrics_addr;
+        assert_eq!((metrics("127.0.0.1:9551"), metrics("")), (Some(loopback(9551)), None));
+        // Flags override the variables, which makes a bad value harmless, as for every variable.
+        let env = [("MIRROR_MODE", "true"), ("METRICS_ADDR", "127.0.0.1:9551")];
+        let config =
+            run_env(&with_builder(&["-mirror-mode=false", "--metrics-addr", "127.0.0.1:9552"]), &env);
+        assert_eq!((config.mirror_mode, config.metrics_addr), (false, Some(loopback(9552))));
+        assert!(run_env(&with_builder(&["--mirror-mode"]), &[("MIRROR_MODE", "false")]).mirror_mode);
+        assert!(!run_env(&with_builder(&["-mirror-mode=false"]), &[("MIRROR_MODE", "yes")]).mirror_mode);
     }
 
     #[test]
     fn log_json_is_on_for_any_non_empty_value_as_in_go() {
         for (value, expected) in [("true", true), ("false", true), ("x", true), ("", false)] {
-            let env = env_map(&[("LOG_JSON", value)]);
-            assert_eq!(run_with(&["--builders", BUILDER], &env).log_json, expected, "{value:?}");
+            assert_eq!(run_env(&with_builder(&[]), &[("LOG_JSON", value)]).log_json, expected, "{value:?}");
         }
     }
 
     #[test]
     fn empty_environment_strings_count_as_unset() {
-        let env = env_map(&[("PROXY_LISTEN_ADDR", ""), ("LOG_LEVEL", "")]);
-        let config = run_with(&["--builders", BUILDER], &env);
-        assert_eq!(config.listen_text, "localhost:25590");
-        assert_eq!(config.log_level, log::LevelFilter::Info);
+        let config = run_env(&with_builder(&[]), &[("PROXY_LISTEN_ADDR", ""), ("LOG_LEVEL", "")]);
+        assert_eq!(
+            (config.listen_text.as_str(), config.log_level),
+            ("localhost:25590", log::LevelFilter::Info)
+        );
     }
 
     #[test]
     fn log_levels() {
         use log::LevelFilter::*;
-        let table = [
-            ("trace", Trace),
-            ("debug", Debug),
-            ("info", Info),
-            ("INFO", Info),
-            ("", Info),
-            ("warn", Warn),
-            ("warning", Warn),
-            ("error", Error),
-            ("fatal", Error),
-            ("panic", Error),
-            ("off", Off),
-        ];
-        for (text, expected) in table {
-            let arg = format!("--loglevel={text}");
-            assert_eq!(run(&["--builders", BUILDER, &arg]).log_level, expected, "{text:?}");
+        let names =
+            ["trace", "debug", "info", "INFO", "", "warn", "warning", "error", "fatal", "panic", "off"];
+        for (text, expected) in
+            names.into_iter().zip([Trace, Debug, Info, Info, Info, Warn, Warn, Error, Error, Error, Off])
+        {
+            assert_eq!(run(&with_builder(&[&format!("--loglevel={text}")])).log_level, expected, "{text:?}");
         }
-    }
-
-    #[test]
-    fn bad_log_level_names_its_source() {
-        let message = error(&["--builders", BUILDER, "--loglevel", "loud"]);
-        assert_mentions(&message, &["bad log level", "\"loud\"", "--loglevel"]);
-
-        let env = env_map(&[("LOG_LEVEL", "loud")]);
-        let message = error_with(&["--builders", BUILDER], &env);
-        assert_mentions(&message, &["bad log level", "LOG_LEVEL"]);
-
         // A flag makes a bad LOG_LEVEL irrelevant, as in Go.
-        let config = run_with(&["--builders", BUILDER, "-loglevel=debug"], &env);
+        let config = run_env(&with_builder(&["-loglevel=debug"]), &[("LOG_LEVEL", "loud")]);
         assert_eq!(config.log_level, log::LevelFilter::Debug);
     }
 
     #[test]
-    fn bad_timeouts_and_counts() {
-        let millis = [
-            "request-timeout",
-            "proxy-request-timeout",
-            "idle-timeout",
-            "read-timeout",
-            "write-timeout",
-            "beacon-expiry",
+    fn bad_values_in_the_environment_name_their_variable() {
+        let rows: &[(&str, &str, &[&str])] = &[
+            ("LOG_LEVEL", "loud", &["bad log level", "LOG_LEVEL"]),
+            ("METRICS_ADDR", "nowhere", &["METRICS_ADDR", "--metrics-addr", "nowhere"]),
+            ("PROXY_LISTEN_ADDR", "127.0.0.1", &["bad address", "PROXY_LISTEN_ADDR"]),
+            ("MIRROR_MODE", "yes", &["MIRROR_MODE", "--mirror-mode", "true or false"]),
+            ("MIRROR_MODE", "on", &["MIRROR_MODE", "--mirror-mode", "true or false"]),
+            ("MIRROR_MODE", " true", &["MIRROR_MODE", "--mirror-mode", "true or false"]),
+            ("MIRROR_MODE", "2", &["MIRROR_MODE", "--mirror-mode", "true or false"]),
         ];
+        for (var, value, needles) in rows {
+            assert_mentions(&error_env(&with_builder(&[]), &[(var, value)]), needles);
+        }
+    }
+
+    #[test]
+    fn bad_flag_values_are_named() {
+        assert_errors(&[(&["--loglevel", "loud"], &["bad log level", "\"loud\"", "--loglevel"])]);
+        let millis =
+            ["request-timeout", "proxy-request-timeout", "idle-timeout", "read-timeout", "write-timeout"];
         let counts = ["max-body-bytes", "max-connections", "backlog-requests", "backlog-bytes"];
-        for flag in millis.iter().chain(counts.iter()) {
+        for flag in millis.iter().chain(&["beacon-expiry"]).chain(&counts) {
             for bad in ["0", "abc", "-1", "1.5", "", "1e3", "99999999999999999999999"] {
-                let arg = format!("--{flag}={bad}");
-                let message = error(&["-builders", BUILDER, &arg]);
+                let message = error(&with_builder(&[&format!("--{flag}={bad}")]));
                 assert_mentions(&message, &[&format!("--{flag}"), &format!("{bad:?}")]);
             }
         }
-        let message = error(&["-builders", BUILDER, "--idle-timeout=31536000001"]);
-        assert_mentions(&message, &["--idle-timeout", "31536000001"]);
+        assert_errors(&[(&["--idle-timeout=31536000001"], &["--idle-timeout", "31536000001"])]);
+        for bad in ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x", "::1:0", "a b:1"] {
+            assert_mentions(
+                &error(&with_builder(&["-addr", bad])),
+                &["bad address", &format!("{bad:?}"), "--addr"],
+            );
+            assert_mentions(
+                &error(&with_builder(&["-metrics-addr", bad])),
+                &["bad address", "--metrics-addr"],
+            );
+        }
     }
 
     #[test]
@@ -392,22 +354,8 @@ mod tests {
             ("0.0.0.0:25590", "0.0.0.0:25590".parse().unwrap()),
         ];
         for (text, expected) in table {
-            let config = run(&["-builders", BUILDER, "-addr", text]);
-            assert_eq!(config.listen, *expected, "{text}");
-            assert_eq!(config.listen_text, *text);
+            let config = run(&with_builder(&["-addr", text]));
+            assert_eq!((config.listen, config.listen_text.as_str()), (*expected, *text), "{text}");
         }
-    }
-
-    #[test]
-    fn bad_listen_addresses() {
-        for bad in ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x", "::1:0", "a b:1"] {
-            let message = error(&["-builders", BUILDER, "-addr", bad]);
-            assert_mentions(&message, &["bad address", &format!("{bad:?}"), "--addr"]);
-            let message = error(&["-builders", BUILDER, "-metrics-addr", bad]);
-            assert_mentions(&message, &["bad address", "--metrics-addr"]);
-        }
-        let env = env_map(&[("PROXY_LISTEN_ADDR", "127.0.0.1")]);
-        let message = error_with(&["-builders", BUILDER], &env);
-        assert_mentions(&message, &["bad address", "PROXY_LISTEN_ADDR"]);
     }
 }

@@ -1,10 +1,8 @@
-//! Helpers for the unit tests of the command line: run `parse` on string arguments and a map
-//! environment, temporary files, and the secrets to look for in leaks.
+//! Helpers for the unit tests of the command line: `parse` on string arguments and an
+//! environment given as pairs, temporary files, and secrets that are easy to spot in a leak.
 
-pub(super) use super::*;
-use std::collections::HashMap;
-pub(super) use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+pub(crate) use super::*;
+pub(crate) use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A secret whose hex and bytes are easy to spot in any output that leaks them.
@@ -16,18 +14,18 @@ pub(crate) fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-pub(crate) fn no_env(_: &str) -> Option<String> {
-    None
-}
-
-pub(crate) fn env_map(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    move |key| map.get(key).cloned()
+/// `parse` with `env` as the whole environment; an error must be one line.
+pub(crate) fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+    let env = |var: &str| env.iter().find(|(name, _)| *name == var).map(|(_, value)| value.to_string());
+    parse(os_args(args), &env).map_err(|ConfigError(message)| {
+        assert!(!message.contains('\n'), "not one line: {message:?}");
+        message
+    })
 }
 
 #[track_caller]
-pub(crate) fn run_with(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Config {
-    match parse(os_args(args), env) {
+pub(crate) fn run_env(args: &[&str], env: &[(&str, &str)]) -> Config {
+    match parse_env(args, env) {
         Ok(Command::Run(config)) => config,
         other => panic!("{args:?}: expected a config, got {other:?}"),
     }
@@ -35,23 +33,25 @@ pub(crate) fn run_with(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> C
 
 #[track_caller]
 pub(crate) fn run(args: &[&str]) -> Config {
-    run_with(args, &no_env)
+    run_env(args, &[])
 }
 
 #[track_caller]
-pub(crate) fn error_with(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> String {
-    match parse(os_args(args), env) {
-        Err(ConfigError(message)) => {
-            assert!(!message.contains('\n'), "not one line: {message:?}");
-            message
-        }
+pub(crate) fn error_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    match parse_env(args, env) {
+        Err(message) => message,
         Ok(other) => panic!("{args:?}: expected an error, got {other:?}"),
     }
 }
 
 #[track_caller]
 pub(crate) fn error(args: &[&str]) -> String {
-    error_with(args, &no_env)
+    error_env(args, &[])
+}
+
+/// `-builders BUILDER` followed by `args`.
+pub(crate) fn with_builder<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["-builders", BUILDER][..], args].concat()
 }
 
 #[track_caller]
@@ -61,8 +61,36 @@ pub(crate) fn assert_mentions(message: &str, needles: &[&str]) {
     }
 }
 
+/// Each row: arguments after `-builders BUILDER`, and what the error must mention.
+#[track_caller]
+pub(crate) fn assert_errors(rows: &[(&[&str], &[&str])]) {
+    for (args, needles) in rows {
+        assert_mentions(&error(&with_builder(args)), needles);
+    }
+}
+
 pub(crate) fn secret(hex: &str) -> Secret {
     Secret::from_hex(hex).unwrap()
+}
+
+pub(crate) fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+}
+
+/// The four spellings Go's flag package accepts for a flag with a value.
+pub(crate) fn spellings(flag: &str, value: &str) -> Vec<Vec<String>> {
+    let (one, two) = (format!("-{flag}"), format!("--{flag}"));
+    vec![
+        vec![one.clone(), value.to_owned()],
+        vec![two.clone(), value.to_owned()],
+        vec![format!("{one}={value}")],
+        vec![format!("{two}={value}")],
+    ]
+}
+
+/// `base` followed by `more`, as `&str`s.
+pub(crate) fn joined<'a>(base: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
+    base.iter().copied().chain(more.iter().map(String::as_str)).collect()
 }
 
 /// A file under the temp dir, removed when dropped, so failing tests clean up too.
@@ -73,11 +101,8 @@ pub(crate) struct TempFile {
 impl TempFile {
     pub(crate) fn new(content: &str) -> TempFile {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sync-proxy-config-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sync-proxy-config-test-{}-{n}", std::process::id()));
         std::fs::write(&path, content).unwrap();
         TempFile { path }
     }
@@ -91,18 +116,4 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// The four spellings Go's flag package accepts for a flag with a value.
-pub(crate) fn spellings(flag: &str, value: &str) -> Vec<Vec<String>> {
-    vec![
-        vec![format!("-{flag}"), value.to_owned()],
-        vec![format!("--{flag}"), value.to_owned()],
-        vec![format!("-{flag}={value}")],
-        vec![format!("--{flag}={value}")],
-    ]
-}
-
-pub(crate) fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
