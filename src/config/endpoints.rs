@@ -179,19 +179,13 @@ pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> 
         if literal.parse::<Ipv6Addr>().is_err() {
             return Err(bad("invalid IPv6 address in brackets"));
         }
-        let port = match tail {
-            "" => None,
-            _ => Some(
-                tail.strip_prefix(':')
-                    .ok_or_else(|| bad("unexpected text after the ] of the IPv6 address"))?,
-            ),
-        };
+        let after = "unexpected text after the ] of the IPv6 address";
+        let port =
+            if tail.is_empty() { None } else { Some(tail.strip_prefix(':').ok_or_else(|| bad(after))?) };
         (literal, port, true)
     } else {
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        };
+        let (host, port) =
+            authority.rsplit_once(':').map_or((authority, None), |(host, port)| (host, Some(port)));
         if host.contains(':') {
             return Err(bad("an IPv6 address needs brackets, as in [::1]:8551"));
         }
@@ -213,11 +207,8 @@ pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> 
     };
     let host = host.to_ascii_lowercase();
     let scheme = if https { "https" } else { "http" };
-    let url = if bracketed {
-        format!("{scheme}://[{host}]:{port}{path}")
-    } else {
-        format!("{scheme}://{host}:{port}{path}")
-    };
+    let shown = if bracketed { format!("[{host}]") } else { host.clone() };
+    let url = format!("{scheme}://{shown}:{port}{path}");
     Ok(EndpointParts { authority: authority.to_owned(), host, port, path, url })
 }
 

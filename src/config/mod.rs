@@ -39,7 +39,7 @@ use endpoints::{parse_endpoint_list, read_builders};
 use files::{assign_builder_secrets, read_builder_ca, read_secret_file, read_secret_map, show_path};
 pub use flags::{help_text, tokens_service_help_text};
 use flags::{parse_raw, RawArgs, PROXY_FLAGS, TOKENS_FLAGS};
-use settings::{parse_millis, Env, Settings};
+use settings::{parse_millis, Settings};
 
 /// What `sync-proxy` was asked to do.
 // Built once at start-up and moved into the event loop, so the size of `Run` costs nothing.
@@ -216,7 +216,7 @@ impl<C> Command<C> {
 }
 
 /// `args` excludes argv[0]. `env` looks up environment variables (tests pass a closure over a map).
-pub fn parse(args: Vec<OsString>, env: Env) -> Result<Command, ConfigError> {
+pub fn parse(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<Command, ConfigError> {
     parse_raw(args, PROXY_FLAGS)?.and_then(|raw| build_config(&Settings::new(raw, env)))
 }
 
@@ -224,7 +224,10 @@ pub fn parse(args: Vec<OsString>, env: Env) -> Result<Command, ConfigError> {
 /// JSON object name -> hex secret, parsed with jwt::parse_secret_map), -client-id, -loglevel,
 /// -json; same single/double dash handling. `LOG_LEVEL` and `LOG_JSON` supply defaults as for
 /// `sync-proxy`.
-pub fn parse_tokens_service(args: Vec<OsString>, env: Env) -> Result<TokensCommand, ConfigError> {
+pub fn parse_tokens_service(
+    args: Vec<OsString>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TokensCommand, ConfigError> {
     parse_raw(args, TOKENS_FLAGS)?.and_then(|raw| build_tokens_config(&Settings::new(raw, env)))
 }
 

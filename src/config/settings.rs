@@ -99,12 +99,12 @@ impl<'a> Settings<'a> {
         }
     }
 
-    /// A duration in milliseconds that always has a value.
+    /// A duration in milliseconds, for a flag that has a default.
     pub(super) fn millis(&self, name: &str) -> Result<Duration, ConfigError> {
         self.number(name, parse_millis)?.map_or_else(|| parse_millis(name, ""), Ok)
     }
 
-    /// A positive count that always has a value.
+    /// A positive count, for a flag that has a default.
     pub(super) fn count(&self, name: &str) -> Result<usize, ConfigError> {
         self.number(name, parse_count)?.map_or_else(|| parse_count(name, ""), Ok)
     }
