@@ -98,12 +98,6 @@ pub(super) fn assign_builder_secrets(
 mod tests {
     use crate::config::test_util::*;
 
-    /// A secrets map file: `{"key": "hex", ...}`.
-    fn secret_map(pairs: &[(&str, &str)]) -> TempFile {
-        let entries: Vec<String> = pairs.iter().map(|(key, hex)| format!("\"{key}\": \"{hex}\"")).collect();
-        TempFile::new(&format!("{{{}}}", entries.join(", ")))
-    }
-
     #[test]
     fn secret_flags_in_every_spelling() {
         let secret_file = TempFile::new(SECRET_HEX);

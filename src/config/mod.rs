@@ -354,25 +354,11 @@ mod tests {
         assert_eq!(c.metrics_addr, None);
     }
 
-    fn tokens(args: &[&str], env: &[(&str, &str)]) -> Result<TokensCommand, String> {
-        let env = |var: &str| env.iter().find(|(name, _)| *name == var).map(|(_, value)| value.to_string());
-        parse_tokens_service(os_args(args), &env).map_err(|e| e.0)
-    }
-
-    #[track_caller]
-    fn tokens_run(args: &[&str], env: &[(&str, &str)]) -> TokensServiceConfig {
-        match tokens(args, env) {
-            Ok(TokensCommand::Run(config)) => config,
-            other => panic!("{args:?}: expected a config, got {other:?}"),
-        }
-    }
-
     #[test]
     fn tokens_service_flags_in_every_spelling() {
-        let file =
-            TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\", \"beta\": \"{OTHER_SECRET_HEX}\"}}"));
+        let file = secret_map(&[("alpha", SECRET_HEX), ("beta", OTHER_SECRET_HEX)]);
         let base = ["-addr", "127.0.0.1:0", "-config", file.arg()];
-        let config = tokens_run(&base, &[]);
+        let config = ran(&base, tokens(&base, &[]));
         assert_eq!((config.listen, config.listen_text.as_str()), (loopback(0), "127.0.0.1:0"));
         let names: Vec<&str> = config.entries.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["alpha", "beta"]);
@@ -395,16 +381,17 @@ mod tests {
             .flat_map(|(flag, value, check)| spellings(flag, value).into_iter().map(|s| (s, *check)));
         for (spelling, check) in spelled.chain(json) {
             let args = joined(&base, &spelling);
-            let config = tokens_run(&args, &[]);
+            let config = ran(&args, tokens(&args, &[]));
             assert!(check(&config), "{args:?} gave {config:?}");
         }
     }
 
     #[test]
     fn tokens_service_environment_and_defaults() {
-        let file = TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\"}}"));
+        let file = secret_map(&[("alpha", SECRET_HEX)]);
         let env = [("LOG_LEVEL", "trace"), ("LOG_JSON", "yes")];
-        let config = tokens_run(&["-addr=127.0.0.1:0", "-config", file.arg()], &env);
+        let args = ["-addr=127.0.0.1:0", "-config", file.arg()];
+        let config = ran(&args, tokens(&args, &env));
         assert_eq!((config.log_level, config.log_json), (log::LevelFilter::Trace, true));
     }
 
@@ -415,9 +402,9 @@ mod tests {
         {
             assert_eq!(tokens(args, &[]).unwrap(), expected);
         }
-        let file = TempFile::new(&format!("{{\"alpha\": \"{SECRET_HEX}\"}}"));
+        let file = secret_map(&[("alpha", SECRET_HEX)]);
         let empty = TempFile::new("{}");
-        let invalid = TempFile::new(&format!("{{\"alpha\": \"{}\"}}", &SECRET_HEX[..10]));
+        let invalid = secret_map(&[("alpha", &SECRET_HEX[..10])]);
         let missing = format!("{}-missing", file.arg());
         let table: &[(&[&str], &[&str])] = &[
             (&["-builders", "x", "-config", file.arg()], &["unknown flag", "--builders"]),

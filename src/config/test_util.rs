@@ -14,21 +14,38 @@ pub(crate) fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-/// `parse` with `env` as the whole environment; an error must be one line.
-pub(crate) fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+/// Runs a parser with `env` as the whole environment; an error must be one line.
+fn parse_with<C>(
+    env: &[(&str, &str)],
+    parse: impl FnOnce(&dyn Fn(&str) -> Option<String>) -> Result<Command<C>, ConfigError>,
+) -> Result<Command<C>, String> {
     let env = |var: &str| env.iter().find(|(name, _)| *name == var).map(|(_, value)| value.to_string());
-    parse(os_args(args), &env).map_err(|ConfigError(message)| {
+    parse(&env).map_err(|ConfigError(message)| {
         assert!(!message.contains('\n'), "not one line: {message:?}");
         message
     })
 }
 
+pub(crate) fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+    parse_with(env, |env| parse(os_args(args), env))
+}
+
+pub(crate) fn tokens(args: &[&str], env: &[(&str, &str)]) -> Result<TokensCommand, String> {
+    parse_with(env, |env| parse_tokens_service(os_args(args), env))
+}
+
+/// What `Run` carries, or a panic naming the arguments.
 #[track_caller]
-pub(crate) fn run_env(args: &[&str], env: &[(&str, &str)]) -> Config {
-    match parse_env(args, env) {
+pub(crate) fn ran<C: fmt::Debug>(args: &[&str], parsed: Result<Command<C>, String>) -> C {
+    match parsed {
         Ok(Command::Run(config)) => config,
         other => panic!("{args:?}: expected a config, got {other:?}"),
     }
+}
+
+#[track_caller]
+pub(crate) fn run_env(args: &[&str], env: &[(&str, &str)]) -> Config {
+    ran(args, parse_env(args, env))
 }
 
 #[track_caller]
@@ -71,6 +88,12 @@ pub(crate) fn assert_errors(rows: &[(&[&str], &[&str])]) {
 
 pub(crate) fn secret(hex: &str) -> Secret {
     Secret::from_hex(hex).unwrap()
+}
+
+/// A secrets map file: `{"key": "hex", ...}`.
+pub(crate) fn secret_map(pairs: &[(&str, &str)]) -> TempFile {
+    let entries: Vec<String> = pairs.iter().map(|(key, hex)| format!("\"{key}\": \"{hex}\"")).collect();
+    TempFile::new(&format!("{{{}}}", entries.join(", ")))
 }
 
 pub(crate) fn loopback(port: u16) -> SocketAddr {
