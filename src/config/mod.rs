@@ -41,7 +41,9 @@ pub use flags::{help_text, tokens_service_help_text};
 use flags::{parse_raw, RawArgs, PROXY_FLAGS, TOKENS_FLAGS};
 use settings::{parse_millis, Settings};
 
-/// What `sync-proxy` was asked to do.
+/// What a binary was asked to do: run with `C` (a [`Config`] for `sync-proxy`, a
+/// [`TokensServiceConfig`] for `jwt-tokens-service`; raw flag values before validation), or print
+/// its help or version.
 // Built once at start-up and moved into the event loop, so the size of `Run` costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
