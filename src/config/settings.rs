@@ -212,38 +212,34 @@ mod tests {
         ("BEACON_EXPIRY_MS", "24000"),
     ];
 
-    #[test]
-    fn environment_gives_defaults() {
-        let config = run_env(&["--builders", BUILDER], ENV);
-        assert_eq!((config.listen, config.listen_text.as_str()), (loopback(0), "127.0.0.1:0"));
-        assert_eq!(config.request_timeout, Some(Duration::from_millis(3000)));
-        // Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS as well.
-        assert_eq!(config.proxy_request_timeout, Duration::from_millis(3000));
-        assert_eq!(config.log_level, log::LevelFilter::Warn);
-        assert!(config.log_json);
-        assert_eq!(config.beacon_expiry, Duration::from_millis(24_000));
+    /// `-builders BUILDER` and nothing else, with `env` as the environment.
+    #[track_caller]
+    fn from_env(env: &[(&str, &str)]) -> Config {
+        run_env(&with_builder(&[]), env)
     }
 
     #[test]
-    fn flags_override_the_environment() {
-        let flags = ["-addr=127.0.0.1:1", "-request-timeout=100", "-proxy-request-timeout=200"];
-        let config = run_env(
-            &[&with_builder(&flags)[..], &["-loglevel=error", "-json=false", "-beacon-expiry=300"]].concat(),
-            ENV,
-        );
-        assert_eq!(config.listen, loopback(1));
-        assert_eq!(config.request_timeout, Some(Duration::from_millis(100)));
-        assert_eq!(config.proxy_request_timeout, Duration::from_millis(200));
-        assert_eq!(config.log_level, log::LevelFilter::Error);
-        assert!(!config.log_json);
-        assert_eq!(config.beacon_expiry, Duration::from_millis(300));
+    fn environment_gives_defaults_and_flags_override_it() {
+        use log::LevelFilter::{Error, Warn};
+        let ms = Duration::from_millis;
+        let got = |c: &Config| {
+            (c.listen, c.request_timeout, c.proxy_request_timeout, c.log_level, c.log_json, c.beacon_expiry)
+        };
+        // Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS as well.
+        let config = from_env(ENV);
+        assert_eq!(got(&config), (loopback(0), Some(ms(3000)), ms(3000), Warn, true, ms(24_000)));
+        assert_eq!(config.listen_text, "127.0.0.1:0");
+        let flags =
+            ["-addr=127.0.0.1:1", "-request-timeout=100", "-proxy-request-timeout=200", "-loglevel=error"];
+        let config =
+            run_env(&[&with_builder(&flags)[..], &["-json=false", "-beacon-expiry=300"]].concat(), ENV);
+        assert_eq!(got(&config), (loopback(1), Some(ms(100)), ms(200), Error, false, ms(300)));
     }
 
     #[test]
     fn invalid_environment_numbers_are_ignored_as_in_go() {
         for bad in ["abc", "0", "-5", "1.5", ""] {
-            let config =
-                run_env(&with_builder(&[]), &[("BUILDER_TIMEOUT_MS", bad), ("BEACON_EXPIRY_MS", bad)]);
+            let config = from_env(&[("BUILDER_TIMEOUT_MS", bad), ("BEACON_EXPIRY_MS", bad)]);
             assert_eq!(config.request_timeout, None, "{bad:?}");
             assert_eq!(config.proxy_request_timeout, Duration::from_millis(2000));
             assert_eq!(config.beacon_expiry, Duration::from_millis(12_000));
@@ -255,13 +251,9 @@ mod tests {
         let truthy = ["1", "t", "T", "true", "TRUE", "True"];
         let falsy = ["0", "f", "F", "false", "FALSE", "False", ""];
         for (value, expected) in truthy.iter().map(|v| (v, true)).chain(falsy.iter().map(|v| (v, false))) {
-            assert_eq!(
-                run_env(&with_builder(&[]), &[("MIRROR_MODE", value)]).mirror_mode,
-                expected,
-                "{value:?}"
-            );
+            assert_eq!(from_env(&[("MIRROR_MODE", value)]).mirror_mode, expected, "{value:?}");
         }
-        let metrics = |env| run_env(&with_builder(&[]), &[("METRICS_ADDR", env)]).metrics_addr;
+        let metrics = |env| from_env(&[("METRICS_ADDR", env)]).metrics_addr;
         assert_eq!((metrics("127.0.0.1:9551"), metrics("")), (Some(loopback(9551)), None));
         // Flags override the variables, which makes a bad value harmless, as for every variable.
         let env = [("MIRROR_MODE", "true"), ("METRICS_ADDR", "127.0.0.1:9551")];
@@ -275,13 +267,13 @@ mod tests {
     #[test]
     fn log_json_is_on_for_any_non_empty_value_as_in_go() {
         for (value, expected) in [("true", true), ("false", true), ("x", true), ("", false)] {
-            assert_eq!(run_env(&with_builder(&[]), &[("LOG_JSON", value)]).log_json, expected, "{value:?}");
+            assert_eq!(from_env(&[("LOG_JSON", value)]).log_json, expected, "{value:?}");
         }
     }
 
     #[test]
     fn empty_environment_strings_count_as_unset() {
-        let config = run_env(&with_builder(&[]), &[("PROXY_LISTEN_ADDR", ""), ("LOG_LEVEL", "")]);
+        let config = from_env(&[("PROXY_LISTEN_ADDR", ""), ("LOG_LEVEL", "")]);
         assert_eq!(
             (config.listen_text.as_str(), config.log_level),
             ("localhost:25590", log::LevelFilter::Info)
