@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sync_proxy::config::{self, TokensCommand};
+use sync_proxy::config::{self, TokensCommand, TokensServiceConfig};
 use sync_proxy::event_loop::Proxy;
 use sync_proxy::signals::SignalFlag;
 use sync_proxy::{http, logging};
@@ -31,29 +31,22 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     logging::init(cfg.log_level, cfg.log_json);
-    let stop = match SignalFlag::install() {
-        Ok(stop) => stop,
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("cannot handle signals: {e}");
-            return ExitCode::FAILURE;
+            log::error!("{e}");
+            ExitCode::FAILURE
         }
-    };
-    let mut service = match Proxy::bind_tokens_service(&cfg) {
-        Ok(service) => service,
-        Err(e) => {
-            log::error!("cannot listen on {}: {e}", cfg.listen_text);
-            return ExitCode::FAILURE;
-        }
-    };
+    }
+}
+
+fn run(cfg: &TokensServiceConfig) -> Result<(), String> {
+    let stop = SignalFlag::install().map_err(|e| format!("cannot handle signals: {e}"))?;
+    let mut service =
+        Proxy::bind_tokens_service(cfg).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen_text))?;
     match service.local_addr() {
         Ok(addr) => log::info!("jwt-tokens-service listening on {addr} with {} entries", cfg.entries.len()),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    match service.run(&stop, Duration::ZERO) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("event loop failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    service.run(&stop, Duration::ZERO).map_err(|e| format!("event loop failed: {e}"))
 }
