@@ -1041,9 +1041,10 @@ fn a_fresh_connection_closed_without_an_answer_is_not_retried() {
     let get_payload = |id| rpc_body(id, "engine_getPayloadV4", json!(["0x0000000000000001"]));
     let first = bn.post(&get_payload(1));
     assert_eq!((first.status, first.json()["id"].as_u64()), (502, Some(1)), "{}", first.text());
-    thread::sleep(QUIET);
-    assert_eq!(ids(&el.received()), [1], "the EL may have acted on it: it is not sent twice");
+    // The next call is the positive signal: the EL has it, and call 1 only once before it.
     assert_eq!(bn.post(&get_payload(2)).json()["id"], 2);
+    let received = el.wait_requests(2, TIMEOUT);
+    assert_eq!(ids(&received), [1, 2], "the EL may have acted on it: it is not sent twice");
 }
 
 // ------------------------------------------------------------------------------- nothing lost
@@ -1127,10 +1128,20 @@ fn nothing_lost_every_ordered_call_reaches_every_el_in_order() {
         caught_up.iter().all(|r| r.at >= restart_at),
         "calls made while it was down came after the restart"
     );
-    // Nothing late: no call arrives after the last one.
-    thread::sleep(QUIET);
+    // Nothing late: no call arrives after the last one. A marker call, which reaches every
+    // EL after everything sent before it, is the positive signal.
+    let marker = CALLS + 1;
+    let response = bns[0].post(&new_payload(marker, 1000 + marker));
+    assert_eq!((response.status, response.json()["id"].as_u64()), (200, Some(marker)), "{}", response.text());
     for (el, count) in [&primary, &flaky, &restarted].into_iter().zip(counts) {
-        assert_eq!(el.received().len(), count);
+        let received = el.wait_for("the marker call", TIMEOUT, |r| r.iter().any(|r| id_of(r) == marker));
+        let after_last = received.iter().rposition(|r| id_of(r) == CALLS).expect("the last call");
+        assert!(
+            received[after_last + 1..].iter().all(|r| id_of(r) == marker),
+            "a call arrived after the last one: {:?}",
+            ids(&received[after_last + 1..])
+        );
+        assert_eq!(received.iter().filter(|r| id_of(r) != marker).count(), count);
     }
 }
 
