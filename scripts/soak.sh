@@ -54,24 +54,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() {  # waits up to 5 s for 127.0.0.1:$1 to accept connections
-  python3 - "$1" <<'PY'
-import socket, sys, time
-deadline = time.monotonic() + 5
-while True:
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            sys.exit("port %s never opened" % sys.argv[1])
-        time.sleep(0.05)
-PY
-}
+# free_ports N and wait_port PORT PID
+# shellcheck source=scripts/lib/loopback.sh
+source scripts/lib/loopback.sh
 
 start_el() {  # start_el INDEX: the primary is healthy; secondaries are slow or drop now and then
   local i=$1 faults=""
@@ -79,28 +64,29 @@ start_el() {  # start_el INDEX: the primary is healthy; secondaries are slow or 
   # shellcheck disable=SC2086
   python3 scripts/soak_el.py --port "${el_ports[$i]}" $faults 2>>"$work/el$i.log" &
   el_pids[$i]=$!
-  wait_port "${el_ports[$i]}"
+  wait_port "${el_ports[$i]}" "${el_pids[$i]}"
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$proxy_pid/status"; }
 fds() { ls "/proc/$proxy_pid/fd" | wc -l; }
 sample() { log "$1: RSS $(rss_kb) kB, open fds $(fds)"; }
 
+read -r -a ports <<<"$(free_ports $((ELS + 1)))"
+proxy_port=${ports[$ELS]}
 builders=""
 for ((i = 0; i < ELS; i++)); do
-  el_ports[$i]=$(free_port)
+  el_ports[$i]=${ports[$i]}
   start_el "$i"
   builders+="${builders:+,}127.0.0.1:${el_ports[$i]}"
 done
 
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 echo "$secret" >"$work/jwt.hex"
-proxy_port=$(free_port)
 "$PROXY_BIN" --addr "127.0.0.1:$proxy_port" --builders "$builders" --loglevel info \
   --jwt-secret "$work/jwt.hex" --max-connections "$MAX_CONNS" --write-timeout "$WRITE_TIMEOUT_MS" \
   --read-timeout "$READ_TIMEOUT_MS" --idle-timeout "$IDLE_TIMEOUT_MS" 2>"$work/proxy.log" &
 proxy_pid=$!
-wait_port "$proxy_port"
+wait_port "$proxy_port" "$proxy_pid"
 log "proxy pid $proxy_pid on 127.0.0.1:$proxy_port; ELs $builders; logs in $work"
 sample "idle before traffic"
 fds_idle_start=$(fds)
