@@ -77,14 +77,14 @@ fn reply_body(reply: Reply) -> Vec<u8> {
     }
 }
 
-/// A normal request on a new connection is answered by the EL, exactly and promptly.
-#[track_caller]
 /// What the EL received besides `assert_serves`'s probes. Checked after a probe: a request
 /// forwarded by mistake would have reached the EL before it.
 fn forwarded(el: &MockEl) -> Vec<Received> {
     el.received().into_iter().filter(|r| r.rpc_id != Some(json!(4242))).collect()
 }
 
+/// A normal request on a new connection is answered by the EL, exactly and promptly.
+#[track_caller]
 fn assert_serves(proxy: &Proxy) {
     let mut bn = proxy.bn();
     bn.set_timeout(TIMEOUT);
