@@ -4,10 +4,15 @@
 Several kept-alive connections send a mix of Engine API calls (newPayload and
 forkchoiceUpdated with rising timestamps, getPayload, exchangeCapabilities), eth_chainId,
 malformed JSON, and one-request connections that open and close, at about --rate requests
-per second in all, for --duration seconds. Prints one summary line at the end.
+per second in all, for --duration seconds. With --jwt-secret-hex every request carries a
+fresh HS256 token, as a beacon node's would. Prints one summary line at the end: every
+request sent and how many got an HTTP answer (any status); "unanswered" must be 0.
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import random
@@ -57,10 +62,22 @@ def body_for(kind, n):
     return json.dumps(call).encode()
 
 
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def token(secret):
+    """An HS256 JWT with a current iat, the way beacon nodes sign Engine API calls."""
+    head = b64url(b'{"alg":"HS256","typ":"JWT"}')
+    claims = b64url(b'{"iat":%d}' % int(time.time()))
+    signature = hmac.new(secret, head + b"." + claims, hashlib.sha256).digest()
+    return (head + b"." + claims + b"." + b64url(signature)).decode()
+
+
 KINDS = ["newPayload"] * 4 + ["fcu"] * 4 + ["getPayload", "capabilities", "chainId", "chainId", "bad"]
 
 
-def worker(host, port, deadline, interval, clock, counts, lock, churn):
+def worker(host, port, deadline, interval, clock, counts, lock, churn, secret):
     conn = None
     while time.monotonic() < deadline:
         started = time.monotonic()
@@ -70,7 +87,10 @@ def worker(host, port, deadline, interval, clock, counts, lock, churn):
         try:
             if conn is None or churn:
                 conn = http.client.HTTPConnection(host, port, timeout=15)
-            conn.request("POST", "/", body=body_for(kind, n), headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if secret:
+                headers["Authorization"] = "Bearer " + token(secret)
+            conn.request("POST", "/", body=body_for(kind, n), headers=headers)
             response = conn.getresponse()
             data = response.read()
             outcome = str(response.status)
@@ -94,7 +114,9 @@ def main():
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--conns", type=int, default=4)
+    parser.add_argument("--jwt-secret-hex", default="", help="sign every request with this secret")
     args = parser.parse_args()
+    secret = bytes.fromhex(args.jwt_secret_hex.removeprefix("0x")) if args.jwt_secret_hex else None
     host, port = args.proxy.rsplit(":", 1)
     deadline = time.monotonic() + args.duration
     clock, counts, lock = Clock(), Counter(), threading.Lock()
@@ -102,14 +124,17 @@ def main():
     workers = args.conns + 1
     interval = workers / args.rate
     threads = [threading.Thread(target=worker,
-                                args=(host, int(port), deadline, interval, clock, counts, lock, i == 0))
+                                args=(host, int(port), deadline, interval, clock, counts, lock, i == 0, secret))
                for i in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     total = sum(counts.values())
-    print("bn: %d requests; %s" % (total, ", ".join("%s=%d" % kv for kv in sorted(counts.items()))))
+    # conn_error: no HTTP answer (refused, reset, or nothing within the 15 s client timeout).
+    unanswered = counts["conn_error"]
+    print("bn: %d requests; %s; sent=%d answered=%d unanswered=%d" % (
+        total, ", ".join("%s=%d" % kv for kv in sorted(counts.items())), total, total - unanswered, unanswered))
 
 
 if __name__ == "__main__":

@@ -187,8 +187,17 @@ fn http10_keep_alive_keeps_the_connection_open() {
         let answer: Value = serde_json::from_slice(&answer).expect("JSON answer");
         assert_eq!(answer["id"], id);
     }
-    assert!(!closed_within(&mut stream, SHORT), "closed although keep-alive was asked for");
-    assert_eq!(el.received().len(), 3);
+    // The positive signal that it was kept: a fourth request is answered on it.
+    let body = call(4);
+    let request = format!("POST / HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    stream
+        .write_all(&[request.as_bytes(), &body].concat())
+        .expect("closed although keep-alive was asked for");
+    let (head, answer) = read_raw_answer(&mut stream);
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "closed although keep-alive was asked for: {head}");
+    let answer: Value = serde_json::from_slice(&answer).expect("JSON answer");
+    assert_eq!(answer["id"], 4);
+    assert_eq!(el.received().len(), 4);
 }
 
 #[test]
@@ -203,8 +212,9 @@ fn http11_keep_alive_carries_several_requests_on_one_connection() {
         assert_eq!(response.json()["id"], id);
         assert_eq!(response.json()["result"]["status"], "VALID");
     }
-    assert!(!bn.is_closed_within(SHORT));
-    assert_eq!(el.received().len(), 5);
+    // The positive signal that it was kept: a sixth request is answered on it.
+    assert_eq!(bn.post(&new_payload(6, 106)).json()["id"], 6, "closed after five requests");
+    assert_eq!(el.received().len(), 6);
 }
 
 #[test]
@@ -502,6 +512,7 @@ fn max_connections_holds_back_the_next_connection_until_one_closes() {
     }
     let mut fifth = proxy.bn();
     fifth.send_post(&[], &call(5));
+    proxy.wait_log("4 connections open: not accepting", TIMEOUT);
     assert!(fifth.read_response_timeout(SHORT).is_none(), "a fifth connection was served");
     assert_eq!(el.received().len(), 4);
 
