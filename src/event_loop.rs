@@ -26,17 +26,20 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
+use crate::core::intake::{self, Route, METRICS_ONLY_404};
+use crate::core::{compose, hold};
 use crate::downstream::{Downstream, Flushed, Outgoing, Slot, Timeouts};
 use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
 use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
-use crate::jwt::{self, TokenCache};
+use crate::jwt::TokenCache;
 use crate::metrics::{Metrics, RequestOutcome, Snapshot};
-use crate::policy::{self, BestBeacon, Choice, Class, Combined, Standing};
+use crate::policy::{self, BestBeacon, Class, Standing};
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::probes;
 use crate::resolve::{SystemLookup, Worker};
 use crate::rpc;
 use crate::tls::{self, Handshake};
+use crate::tokens_service;
 use crate::upstream::{AfterFailure, ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 mod live_config;
@@ -60,21 +63,6 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
-/// Requests at least this large are large for `Proxy::held_for_primary`.
-const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
-/// The other clients stop waiting for the primary's answer to a large request once the
-/// primary has made no progress for this long (taken no byte, or, with the whole request, not
-/// answered)…
-const PRIMARY_STALL: Duration = Duration::from_millis(200);
-/// …and at the latest this long after the request arrived (a zero-window primary still takes
-/// a few bytes now and then).
-const PRIMARY_FIRST_MAX: Duration = Duration::from_millis(500);
-/// How long the other clients wait for the primary's answer to a smaller request: long enough
-/// for a primary that answers at once (the copies then stay off the answer's path; 1 ms was
-/// measurably worse on loopback), too short to matter to the others when it takes longer.
-const PRIMARY_FIRST_SMALL: Duration = Duration::from_millis(20);
-/// What `--metrics-addr` answers to anything but its own paths.
-const METRICS_ONLY_404: &[u8] = b"only GET /metrics, /status, /healthz and /readyz are served here\n";
 /// A full backlog is reported at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -130,65 +118,6 @@ pub struct Proxy {
     /// The TLS settings of `https://` execution clients, made at start-up when one is listed,
     /// or at the first reload that adds one.
     tls: Option<tls::Settings>,
-}
-
-/// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`
-/// and body.
-fn relayed(resp: Option<http::Response>, keep_alive: bool, minor: u8) -> Option<Outgoing> {
-    resp.map(|resp| {
-        let ct = resp.head.header("content-type").map(<[u8]>::to_vec);
-        Outgoing::answer(resp.head.status, ct.as_deref(), resp.body, keep_alive, minor)
-    })
-}
-
-/// The answer to a call whose answer is combined, from the clients that answered (`who`, in
-/// list order): their results combined, or, when none answered with a result (each answered a
-/// JSON-RPC error, say), the first one's answer as it came. Each JSON-RPC error is counted for
-/// its client: it answered, and the call did not fail.
-fn combined_answer(
-    e: &mut Exchange,
-    who: &[usize],
-    ups: &[Upstream],
-    metrics: &mut Metrics,
-) -> Option<Outgoing> {
-    let (keep_alive, minor) = (e.inbound.head.keep_alive, e.inbound.head.minor);
-    let name = |i: usize| ups.get(i).map_or("?", Upstream::name);
-    let mut results: Vec<(usize, Option<&[u8]>)> = Vec::with_capacity(who.len());
-    let mut errors = Vec::new();
-    for &i in who {
-        let Some(resp) = e.answers.get(i).and_then(Option::as_ref) else { continue };
-        let scan = rpc::scan_response(&resp.body).ok();
-        if let Some(code) = scan.as_ref().and_then(|s| s.error_code) {
-            metrics.rpc_error(i);
-            errors.push(format!("{} answered error {code}", name(i)));
-        }
-        let result = scan.and_then(|s| s.result).and_then(|range| resp.body.get(range));
-        results.push((i, result));
-    }
-    let method = e.inbound.method.as_deref().unwrap_or("call");
-    let id = String::from_utf8_lossy(e.inbound.id.as_deref().unwrap_or(b"null"));
-    match policy::combine_answers(e.combine, e.inbound.id.as_deref(), &results)? {
-        Combined::Body { body, from, left_out } => {
-            if !left_out.is_empty() {
-                let names = |who: &[usize]| who.iter().map(|&i| name(i)).collect::<Vec<_>>().join(", ");
-                log::debug!(
-                    "{method} id {id}: combined the results of {}; left out {} ({})",
-                    names(&from),
-                    names(&left_out),
-                    if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") }
-                );
-            }
-            Some(Outgoing::json(200, body, keep_alive, minor))
-        }
-        Combined::Relay(i) => {
-            log::debug!(
-                "{method} id {id}: no execution client answered with a result ({}); relaying {}'s answer",
-                if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") },
-                name(i)
-            );
-            relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor)
-        }
-    }
 }
 
 fn unix_now() -> u64 {
@@ -598,7 +527,9 @@ impl Proxy {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let Some(head) = down.reader.held_head() else { return };
         let verdict = match secret {
-            Some(secret) if head.method == "POST" && !down.metrics_only => check_token(secret, head),
+            Some(secret) if head.method == "POST" && !down.metrics_only => {
+                intake::check_token(secret, head, unix_now())
+            }
             _ => Ok(()),
         };
         let Err(why) = verdict else {
@@ -627,25 +558,25 @@ impl Proxy {
         let answer =
             |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
         if let Some(tokens) = self.tokens.as_mut() {
-            down.push(Slot::Ready(tokens_answer(tokens, &req.head, unix_now())));
+            down.push(Slot::Ready(tokens_service::answer(tokens, &req.head, unix_now())));
             return;
         }
         let metrics_only = down.metrics_only;
-        match req.head.method.as_str() {
-            "GET" | "HEAD" => {
+        match intake::route(&req.head.method, metrics_only) {
+            Route::Admin => {
                 let answer = self.get_answer(&req.head, metrics_only, now);
                 if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
                     down.push(Slot::Ready(answer));
                 }
                 return;
             }
-            _ if metrics_only => {
+            Route::NotHere => {
                 let body = METRICS_ONLY_404.to_vec();
                 down.push(Slot::Ready(Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor)));
                 return;
             }
-            "POST" => {}
-            _ => {
+            Route::Call => {}
+            Route::NotAllowed => {
                 let body = policy::error_body(None, -32600, "only POST carries JSON-RPC");
                 down.push(answer(405, body));
                 return;
@@ -654,7 +585,7 @@ impl Proxy {
         // A request with a body had its token checked at the head (`on_head`); this check is
         // the one for bodiless requests, and stays as the last word for all of them.
         if let Some(secret) = self.cfg.jwt_secret.as_ref() {
-            if let Err(why) = check_token(secret, &req.head) {
+            if let Err(why) = intake::check_token(secret, &req.head, unix_now()) {
                 log::warn!("rejected a request from {}: {why}", down.peer);
                 self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
@@ -922,32 +853,9 @@ impl Proxy {
             let Some(choice) = policy::choose(e.combine, &e.standings) else { return };
             e.decided = true;
             let reply = e.reply.take();
-            let id = e.inbound.id.clone();
-            let keep_alive = e.inbound.head.keep_alive;
-            let minor = e.inbound.head.minor;
-            let answer = match choice {
-                Choice::Relay(i) => relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor),
-                Choice::Combine(ref who) => combined_answer(e, who, &self.ups, &mut self.metrics),
-                Choice::NoAnswer => None,
-            };
-            let answer = match answer {
-                Some(answer) => answer,
-                None => {
-                    // Decided here, not by looking at the bytes written: an execution client's
-                    // own 502 is an answer, relayed as such.
-                    self.metrics.request(e.inbound.class, RequestOutcome::Failed);
-                    log::warn!(
-                        "{} id {}: no execution client answered",
-                        e.inbound.method.as_deref().unwrap_or("call"),
-                        String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
-                    );
-                    let body = policy::error_body(id.as_deref(), -32603, "no execution client answered");
-                    Outgoing::json(502, body, keep_alive, minor)
-                }
-            };
-            for a in e.answers.iter_mut() {
-                *a = None;
-            }
+            let ups = &self.ups;
+            let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
+            let answer = compose::answer(e, &choice, &name, &mut self.metrics);
             if let Some(reply) = reply {
                 self.deliver(reply, r, answer, now);
             }
@@ -1019,35 +927,19 @@ impl Proxy {
     }
 
     /// Until when connection `slot` of client `up` should wait so that the primary gets its
-    /// request first (primary first). Writing N copies at once shares the CPU (and, on loopback, the
-    /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
-    /// answer, about N times; and a copy written while the primary's answer arrives delays
-    /// that answer by the copy's time. The other clients' answers matter to nobody's latency.
-    /// So the others wait until the primary has answered, or failed; for a large request at
-    /// most until the primary has made no progress (taken no byte, or had its whole request
-    /// and not answered) for `PRIMARY_STALL`, and never longer than `PRIMARY_FIRST_MAX` after
-    /// the request arrived; for a smaller one at most `PRIMARY_FIRST_SMALL`. A slow or stuck
-    /// primary holds the others back only briefly.
+    /// request first (see `core::hold`).
     fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
         if up == 0 {
             return None;
         }
         let job = self.ups[up].conns[slot].as_ref().and_then(|c| c.job.as_ref())?;
-        let received = job.inbound.received;
-        let large = job.inbound.body.len() >= PRIMARY_FIRST_MIN_BODY;
-        self.ups[0]
+        let primary = self.ups[0]
             .conns
             .iter()
             .flatten()
             .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
-            .map(|c| {
-                if large {
-                    (c.last_progress.max(received) + PRIMARY_STALL).min(received + PRIMARY_FIRST_MAX)
-                } else {
-                    received + PRIMARY_FIRST_SMALL
-                }
-            })
-            .find(|&until| until > now)
+            .map(|c| c.last_progress);
+        hold::hold_until(job.inbound.received, job.inbound.body.len(), primary, now)
     }
 
     /// Writes what connection `slot` of client `up` has to send, unless it waits for the primary.
@@ -1458,40 +1350,4 @@ impl Proxy {
             self.accept_metrics(Instant::now());
         }
     }
-}
-
-/// Whether a request carries a valid `Authorization: Bearer` token for `secret`; why not if not.
-fn check_token(secret: &jwt::Secret, head: &http::RequestHead) -> Result<(), String> {
-    match head.header("authorization").and_then(jwt::bearer_token) {
-        None => Err("missing bearer token".to_string()),
-        Some(token) => {
-            jwt::verify(secret, token, unix_now(), jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string())
-        }
-    }
-}
-
-/// The answer of `jwt-tokens-service`: `GET /tokens/…` gets a fresh token per entry as
-/// `Authorization-<name>: Bearer <token>` (what nginx's `auth_request` copies into
-/// `$upstream_http_authorization_<name>`); anything else is 404, as in the Go service.
-fn tokens_answer(tokens: &mut [(String, TokenCache)], head: &http::RequestHead, now: u64) -> Outgoing {
-    let (keep_alive, minor) = (head.keep_alive, head.minor);
-    if !matches!(head.method.as_str(), "GET" | "HEAD") || !head.path.starts_with("/tokens/") {
-        return Outgoing::answer(
-            404,
-            Some(b"text/plain"),
-            b"404 page not found\n".to_vec(),
-            keep_alive,
-            minor,
-        );
-    }
-    let names: Vec<Vec<u8>> =
-        tokens.iter().map(|(name, _)| format!("Authorization-{name}").into_bytes()).collect();
-    let values: Vec<Vec<u8>> =
-        tokens.iter_mut().map(|(_, cache)| cache.header_value(now).as_bytes().to_vec()).collect();
-    let extra: Vec<(&[u8], &[u8])> =
-        names.iter().zip(&values).map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-    let mut out = Outgoing::default();
-    http::write_response_head_with(&mut out.head, 200, None, 0, keep_alive, minor, &extra);
-    out.close = !keep_alive;
-    out
 }

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod core;
 pub mod downstream;
 pub mod event_loop;
 pub mod exchange;
@@ -34,4 +35,5 @@ pub mod rpc;
 pub mod signals;
 pub mod sync_view;
 pub mod tls;
+pub mod tokens_service;
 pub mod upstream;
