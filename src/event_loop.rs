@@ -902,13 +902,16 @@ impl Proxy {
             }
             self.fail_queued(up, now);
         }
+        // A socket that cannot be registered would never see an event: that connection
+        // failed, like a refused connect (after the rest of this pump).
+        let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
             if let Some(conn) = self.ups[up].conns[slot].as_mut() {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if let Err(e) = self.poll.registry().register(&mut conn.stream, token, interest) {
-                    log::warn!("{name}: cannot register a connection: {e}");
-                    conn.dead = true;
+                    log::debug!("{name}: cannot register a connection: {e}");
+                    unregistered.push((slot, e));
                 }
             }
         }
@@ -923,6 +926,9 @@ impl Proxy {
             if ready {
                 self.up_write(up, slot, now);
             }
+        }
+        for (slot, e) in unregistered {
+            self.connect_failed_because(up, slot, &format!("cannot register a connection: {e}"), now);
         }
     }
 
@@ -1028,11 +1034,11 @@ impl Proxy {
     /// A connection could not be made (`why`, for the log: refused, or a TLS handshake that
     /// failed, as on a certificate the client's name or the trusted roots do not match).
     fn connect_failed_because(&mut self, up: usize, slot: usize, why: &str, now: Instant) {
-        let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
+        let (job, news) = self.ups[up].connect_failed(slot, now);
         self.metrics.set_up(up, false);
         self.metrics.failed(up, Failure::Refused);
         self.unreachable(up);
-        if self.ups[up].mark_down(now) {
+        if news {
             log::warn!(
                 "{} is down: {why}; calls that must stay in order wait in its backlog",
                 self.ups[up].name()

@@ -9,6 +9,7 @@ mod bounds;
 mod combined_errors;
 mod hostile;
 mod http_cli;
+mod lanes;
 mod lingering;
 mod partition;
 mod probes_sync;
