@@ -2,7 +2,11 @@
 //! clients.
 //!
 //! A request flows listener → downstream → policy → upstreams → answer. `event_loop` owns the
-//! only `mio::Poll` and moves bytes; `downstream` is one beacon node connection (pipelined
+//! only `mio::Poll` and moves bytes (its `requests` turn bytes into exchanges, its `answers`
+//! turn the execution clients' outcomes into the beacon node's answer); `core` holds the pure
+//! decisions on the way (`intake`: a request's route and token; `hold`: the primary-first hold;
+//! `compose`: the answer of a decided exchange); `tokens_service` answers for
+//! `jwt-tokens-service`; `downstream` is one beacon node connection (pipelined
 //! requests answered in order); `http` reads and writes HTTP/1.1 without sockets; `rpc` finds
 //! method, id, timestamps and status in raw JSON without building a tree; `policy` decides who
 //! gets a call, which answer wins and which beacon node is followed; `exchange` is one request's
