@@ -263,9 +263,10 @@ impl Proxy {
             for slot in std::mem::take(&mut self.again) {
                 self.down_readable(slot, now);
             }
-            self.on_timeouts(Instant::now());
-            self.pump_all(Instant::now());
-            self.reap();
+            // The clock is read once after each poll: everything in this pass sees the same now.
+            self.on_timeouts(now);
+            self.pump_all(now);
+            self.reap(now);
         }
     }
 
@@ -679,7 +680,7 @@ impl Proxy {
     }
 
     /// Drops dead connections after the event batch, and resumes accepting below 90 % of the cap.
-    fn reap(&mut self) {
+    fn reap(&mut self, now: Instant) {
         for slot in 0..self.downs.len() {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
                 continue;
@@ -714,13 +715,13 @@ impl Proxy {
             && self.live_downs * 10 < self.cfg.max_connections * 9
         {
             self.accepting = true;
-            self.accept(Instant::now());
+            self.accept(now);
         }
         // The metrics listener is resumed the same way (an edge-triggered listener would not
         // say again that connections are waiting).
         if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
             self.metrics_accepting = true;
-            self.accept_metrics(Instant::now());
+            self.accept_metrics(now);
         }
     }
 }

@@ -184,7 +184,7 @@ impl Conn {
 
     /// Writes the request head and the shared body with vectored writes, never copying the body
     /// (over TLS, through the session's bounded buffer).
-    pub fn write(&mut self) -> io::Result<()> {
+    pub fn write(&mut self, now: Instant) -> io::Result<()> {
         let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
         let moved = match self.tls.as_mut() {
             None => http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?.0,
@@ -196,7 +196,7 @@ impl Conn {
             }
         };
         if moved > 0 {
-            self.last_progress = Instant::now();
+            self.last_progress = now;
         }
         Ok(())
     }

@@ -100,7 +100,7 @@ impl Proxy {
         if conn.job.is_none() || conn.request_sent() {
             return;
         }
-        if conn.write().is_err() {
+        if conn.write(now).is_err() {
             let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
         }
