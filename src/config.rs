@@ -63,6 +63,9 @@ pub struct Config {
     pub mirror_mode: bool,
     /// `--max-body-bytes`: the largest request or answer body accepted.
     pub max_body_bytes: usize,
+    /// `--memory-budget-bytes`: the process-wide budget of bytes in bodies and answers
+    /// (see `core::budget`).
+    pub memory_budget_bytes: usize,
     /// `--max-connections`: inbound beacon node connections.
     pub max_connections: usize,
     /// `--idle-timeout`: keep-alive connections idle this long are closed.
@@ -137,6 +140,7 @@ impl Config {
             log_json: tokens.log_json,
             mirror_mode: false,
             max_body_bytes: 64 * 1024,
+            memory_budget_bytes: count("memory-budget-bytes"),
             max_connections: count("max-connections"),
             idle_timeout: millis("idle-timeout"),
             read_timeout: millis("read-timeout"),
@@ -320,6 +324,14 @@ const PROXY_FLAGS: &[Flag] = &[
         default: "134217728",
         env: "",
         help: "largest request or answer body accepted",
+    },
+    Flag {
+        name: "memory-budget-bytes",
+        value: Some("BYTES"),
+        default: "1073741824",
+        env: "",
+        help: "bytes held in request bodies, queued answers and answers being read, all together; \
+               when reached, new requests get 503 with Retry-After",
     },
     Flag {
         name: "max-connections",
@@ -772,6 +784,7 @@ fn build_config(raw: &RawArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<C
         log_json,
         mirror_mode,
         max_body_bytes: count_setting(raw, "max-body-bytes")?,
+        memory_budget_bytes: count_setting(raw, "memory-budget-bytes")?,
         max_connections: count_setting(raw, "max-connections")?,
         idle_timeout: millis_setting(raw, "idle-timeout")?,
         read_timeout: millis_setting(raw, "read-timeout")?,

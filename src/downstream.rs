@@ -278,6 +278,12 @@ impl<S: io::Write> Downstream<S> {
         self.queued_bytes
     }
 
+    /// Bytes this connection holds (see `core::budget`): the request being read, the unparsed
+    /// rest of a read, and the answers queued for it.
+    pub fn held_bytes(&self) -> usize {
+        self.reader.held_bytes() + self.pending.capacity() + self.queued_bytes
+    }
+
     pub fn owes_answers(&self) -> bool {
         !self.out.is_empty()
     }
@@ -304,7 +310,13 @@ impl<S: io::Write> Downstream<S> {
     /// last (its head says `Connection: close`), and the connection lingers after it (see the
     /// module's doc).
     pub fn answer_early(&mut self, status: u16, body: Vec<u8>, minor: u8) {
-        self.push(Slot::Ready(Outgoing::json(status, body, false, minor)));
+        self.close_after(Outgoing::json(status, body, false, minor));
+    }
+
+    /// Queues `answer` (made with `keep_alive` false) as the connection's last, with a
+    /// lingering close after it, as `answer_early` does.
+    pub fn close_after(&mut self, answer: Outgoing) {
+        self.push(Slot::Ready(answer));
         self.no_more_requests = true;
         self.linger_after_close = true;
     }
@@ -566,6 +578,7 @@ mod tests {
             timeout: Duration::from_secs(8),
             received: now,
             pool: None,
+            charge: None,
         };
         exchanges.insert(crate::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
     }

@@ -30,6 +30,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
+use crate::core::budget::Meter;
 use crate::downstream::{Downstream, Flushed, Timeouts};
 use crate::exchange::Exchanges;
 use crate::http::Limits;
@@ -109,6 +110,10 @@ pub struct Proxy {
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// The request bodies read whole and still held, for `--memory-budget-bytes`…
+    meter: Meter,
+    /// …and whether the budget was reached at the last head (said once per episode).
+    budget_reached: bool,
     /// The helper thread for name lookups and reloads (None without execution clients).
     worker: Option<Worker>,
     /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
@@ -184,6 +189,8 @@ impl Proxy {
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
+            meter: Meter::default(),
+            budget_reached: false,
             again: Vec::new(),
             accepting: true,
             accept_paused_until: None,
@@ -382,8 +389,9 @@ impl Proxy {
         let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
-        } else if self.cfg.jwt_secret.is_some() {
-            // Tokens are checked at the head, before any body is buffered (`on_head`).
+        } else {
+            // Tokens and the memory budget are checked at the head, before any body is
+            // buffered (`on_head`).
             down.reader.hold_heads();
         }
         down.reader.use_pool(self.pool.clone());
@@ -607,6 +615,14 @@ impl Proxy {
             let outcome = conn.read(&mut self.scratch, now);
             self.on_outcome(up, outcome, now);
         }
+    }
+
+    /// Bytes held in request bodies, queued answers and answers being read, for the
+    /// process-wide budget (`core::budget`): the connections are summed when a head asks.
+    fn memory_held(&self) -> usize {
+        let downs: usize = self.downs.iter().flatten().map(Downstream::held_bytes).sum();
+        let els: usize = self.ups.iter().flat_map(|u| u.conns.iter().flatten()).map(|c| c.held_bytes()).sum();
+        self.meter.held() + downs + els
     }
 
     fn timeouts(&self) -> Timeouts {

@@ -8,6 +8,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::core::budget::Charge;
 use crate::http::{RequestHead, Response};
 use crate::policy::{Class, Combine, Standing};
 use crate::pool::{self, SharedPool};
@@ -27,6 +28,8 @@ pub struct Inbound {
     pub received: Instant,
     /// Where the body's buffer goes when the last reference to the request is gone.
     pub pool: Option<SharedPool>,
+    /// The body's bytes in the process-wide memory budget, given back with the request.
+    pub charge: Option<Charge>,
 }
 
 impl Drop for Inbound {
@@ -224,6 +227,7 @@ mod tests {
             timeout: Duration::from_secs(8),
             received: now,
             pool: None,
+            charge: None,
         };
         Exchange::new(Rc::new(inbound), None, clients, now)
     }

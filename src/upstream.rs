@@ -331,6 +331,11 @@ impl Conn {
         self.job.take()
     }
 
+    /// Bytes held for the answer being read (see `core::budget`).
+    pub fn held_bytes(&self) -> usize {
+        self.reader.held_bytes()
+    }
+
     /// Whether the request was written out whole (over TLS: encrypted and in the socket).
     pub fn request_sent(&self) -> bool {
         self.written >= self.out.len() + self.body().len()
@@ -861,6 +866,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             received: Instant::now(),
             pool: None,
+            charge: None,
         };
         Job {
             inbound: Rc::new(inbound),

@@ -6,6 +6,7 @@ mod util_selftest;
 
 mod auth_metrics;
 mod bounds;
+mod budget;
 mod combined_errors;
 mod hostile;
 mod http_cli;

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{unix_now, Proxy};
+use crate::core::budget;
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
 use crate::downstream::{Outgoing, Slot};
 use crate::exchange::{Exchange, ExchangeRef, Inbound, Reply};
@@ -66,11 +67,27 @@ impl Proxy {
         down.answer_early(error.status(), body, 1);
     }
 
-    /// A request's head has been read and its body not yet (only with `--jwt-secret`): a POST
+    /// A request's head has been read and its body not yet: with `--jwt-secret`, a POST
     /// without a valid token is answered 401 now, with no `100 Continue` and nothing of its body
-    /// kept; a short body is then dropped as it arrives and the connection kept, anything else
-    /// ends the connection with a lingering close. Other requests go on to their body.
+    /// kept; while the memory budget is reached, any request is answered 503 the same way (see
+    /// `core::budget`). A short refused body is then dropped as it arrives and the connection
+    /// kept, anything else ends the connection with a lingering close. Other requests go on to
+    /// their body.
     pub(super) fn on_head(&mut self, slot: usize) {
+        let held = self.memory_held();
+        let admitted = budget::admits(held, self.cfg.memory_budget_bytes);
+        if admitted == self.budget_reached {
+            self.budget_reached = !admitted;
+            if admitted {
+                log::info!("memory budget: below --memory-budget-bytes again; reading new requests");
+            } else {
+                log::warn!(
+                    "memory budget reached ({held} bytes held, --memory-budget-bytes {}): new requests get 503 \
+                     until answers have gone out",
+                    self.cfg.memory_budget_bytes
+                );
+            }
+        }
         let secret = self.cfg.jwt_secret.as_ref();
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let Some(head) = down.reader.held_head() else { return };
@@ -81,6 +98,16 @@ impl Proxy {
             _ => Ok(()),
         };
         let Err(why) = verdict else {
+            if !admitted {
+                let (keep_alive, minor) = (head.keep_alive, head.minor);
+                log::debug!("refused a request from {}: memory budget reached", down.peer);
+                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
+                match down.reader.refuse_body() {
+                    Refusal::Discard => down.push(Slot::Ready(budget::busy_answer(keep_alive, minor))),
+                    Refusal::Close => down.close_after(budget::busy_answer(false, minor)),
+                }
+                return;
+            }
             if down.reader.accept_body() {
                 down.push(Slot::Ready(Outgoing::continue_100()));
             }
@@ -196,6 +223,7 @@ impl Proxy {
             scan.method.as_deref().unwrap_or("-"),
             String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
         );
+        let charge = Some(self.meter.charge(req.body.capacity()));
         let inbound = Rc::new(Inbound {
             head: req.head,
             body: req.body,
@@ -206,6 +234,7 @@ impl Proxy {
             timeout,
             received: now,
             pool: Some(self.pool.clone()),
+            charge,
         });
         let reply = (!mirror).then_some(Reply { slot, serial });
         let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
