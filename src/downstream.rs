@@ -284,6 +284,16 @@ impl<S: io::Write> Downstream<S> {
         self.reader.held_bytes() + self.pending.capacity() + self.queued_bytes
     }
 
+    /// Answers owed, ready or waited for (at most `MAX_PIPELINE`).
+    pub fn answers_owed(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Bytes read but not parsed yet (at most one read).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn owes_answers(&self) -> bool {
         !self.out.is_empty()
     }
