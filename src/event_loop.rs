@@ -36,7 +36,7 @@ use crate::exchange::Exchanges;
 use crate::http::Limits;
 use crate::jwt::TokenCache;
 use crate::metrics::Metrics;
-use crate::policy::{BestBeacon, Standing};
+use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
 use crate::tls::{self, Handshake};
@@ -664,16 +664,9 @@ impl Proxy {
         // The list of exchanges is only gathered (an allocation) when one is actually due.
         let due = self.exchanges.next_deadline().is_some_and(|d| d <= now);
         for r in if due { self.exchanges.refs() } else { Vec::new() } {
-            let Some(e) = self.exchanges.get_mut(r) else { continue };
-            if e.decided || e.deadline > now {
-                continue;
+            if self.exchanges.get_mut(r).is_some_and(|e| e.on_timeout(now)) {
+                self.decide(r, now);
             }
-            for s in e.standings.iter_mut() {
-                if *s == Standing::Pending {
-                    *s = Standing::Failed;
-                }
-            }
-            self.decide(r, now);
         }
         for up in 0..self.ups.len() {
             for slot in 0..MAX_CONNS {

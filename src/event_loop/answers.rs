@@ -14,30 +14,16 @@ use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
 use crate::exchange::{Exchange, ExchangeRef, Reply};
 use crate::http;
-use crate::policy::{self, Class, Standing};
+use crate::policy::{Class, Standing};
 use crate::rpc;
 use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
 impl Proxy {
     pub(super) fn standing(&mut self, r: ExchangeRef, target: usize, standing: Standing, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        let mut changed = false;
-        if let Some(s) = e.standings.get_mut(target) {
-            if *s == Standing::Pending {
-                *s = standing;
-                changed = true;
-            }
-        }
-        // Only the first failure of a client moves a non-engine call on, so a call that is
-        // reported failed twice (found down, then its job failed) is not sent twice.
-        if changed && standing == Standing::Failed && !e.inbound.class.is_fanned_out() && !e.decided {
-            // Non-engine calls fall back to the next client in list order.
-            // After a reload an exchange may know fewer clients than the list has now.
-            let next = target + 1;
-            if next < self.builders && next < e.standings.len() {
-                let inbound = e.inbound.clone();
-                self.send(next, r, next, &inbound, now);
-            }
+        if let Some(next) = e.settle(target, standing, self.builders) {
+            let inbound = e.inbound.clone();
+            self.send(next, r, next, &inbound, now);
         }
         self.decide(r, now);
     }
@@ -45,9 +31,7 @@ impl Proxy {
     /// Answers the beacon node as soon as the answer is decided.
     pub(super) fn decide(&mut self, r: ExchangeRef, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        if !e.decided {
-            let Some(choice) = policy::choose(e.combine, &e.standings) else { return };
-            e.decided = true;
+        if let Some(choice) = e.decide() {
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
