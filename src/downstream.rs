@@ -23,7 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::exchange::ExchangeRef;
+use crate::core::exchange::ExchangeRef;
 use crate::http::{self, Limits, RequestReader};
 
 /// Most requests one connection may have in flight; beyond that the proxy stops reading from
@@ -568,7 +568,7 @@ mod tests {
     }
 
     /// A reference to a live exchange, for slots that wait for one.
-    fn exchange_ref(exchanges: &mut crate::exchange::Exchanges) -> ExchangeRef {
+    fn exchange_ref(exchanges: &mut crate::core::exchange::Exchanges) -> ExchangeRef {
         let head = http::RequestHead {
             method: "POST".into(),
             path: "/".into(),
@@ -578,7 +578,7 @@ mod tests {
             expect_continue: false,
         };
         let now = Instant::now();
-        let inbound = crate::exchange::Inbound {
+        let inbound = crate::core::exchange::Inbound {
             head,
             body: Vec::new(),
             client: "127.0.0.1".into(),
@@ -590,7 +590,7 @@ mod tests {
             pool: None,
             charge: None,
         };
-        exchanges.insert(crate::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
+        exchanges.insert(crate::core::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
     }
 
     /// A ready `GET` answer of `len` body bytes.

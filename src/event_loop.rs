@@ -31,8 +31,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
 use crate::core::budget::Meter;
+use crate::core::exchange::Exchanges;
 use crate::downstream::{Downstream, Flushed, Timeouts};
-use crate::exchange::Exchanges;
 use crate::http::Limits;
 use crate::jwt::TokenCache;
 use crate::metrics::Metrics;

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
-use crate::exchange::{ExchangeRef, Inbound};
+use crate::core::exchange::{ExchangeRef, Inbound};
 use crate::http::{self, Limits, Response, ResponseReader};
 use crate::jwt::TokenCache;
 use crate::resolve::Refresh;

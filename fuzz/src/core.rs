@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sync_proxy::core::budget::{self, Meter};
 use sync_proxy::downstream::{Downstream, Outgoing, Slot, Timeouts, MAX_PIPELINE, MAX_QUEUED_BYTES};
-use sync_proxy::exchange::{Exchange, ExchangeRef, Exchanges, Inbound};
+use sync_proxy::core::exchange::{Exchange, ExchangeRef, Exchanges, Inbound};
 use sync_proxy::http::{Refusal, RequestEvent};
 use sync_proxy::policy::Class;
 

@@ -5,8 +5,8 @@
 //! It knows the exchange's answers and the choice `policy::choose` made; it knows no sockets,
 //! connections or clocks. Execution clients are named through `name` (for the log only).
 
+use crate::core::exchange::Exchange;
 use crate::downstream::Outgoing;
-use crate::exchange::Exchange;
 use crate::http;
 use crate::metrics::{Metrics, RequestOutcome};
 use crate::policy::{self, Choice, Combined};

@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::Proxy;
+use crate::core::exchange::{Exchange, ExchangeRef, Reply};
 use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
-use crate::exchange::{Exchange, ExchangeRef, Reply};
 use crate::http;
 use crate::policy::{Class, Standing};
 use crate::rpc;

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use super::{unix_now, Proxy};
 use crate::core::budget;
+use crate::core::exchange::{Exchange, ExchangeRef, Inbound, Reply};
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
 use crate::downstream::{Outgoing, Slot};
-use crate::exchange::{Exchange, ExchangeRef, Inbound, Reply};
 use crate::http::{self, HttpError, Refusal, Request, RequestEvent};
 use crate::metrics::{RequestOutcome, Snapshot};
 use crate::policy::{self, Class, Standing};
