@@ -52,8 +52,23 @@ const METRICS_LISTENER: Token = Token(1);
 const WORKER: Token = Token(2);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
-/// Downstream connection tokens: `DOWN_BASE + slot`.
+/// Downstream connection tokens: `DOWN_BASE | slot`, with the connection's serial number in
+/// the bits above (`down_token`).
 const DOWN_BASE: usize = 1 << 24;
+
+/// The token of the beacon node connection in `slot` with serial number `serial`. The serial
+/// (its low bits) is part of the token, so an event meant for a closed connection is told apart
+/// from one for the connection that reused its slot (mio may report an event for a socket
+/// after it was deregistered), not only by reaping after the event batch.
+fn down_token(slot: usize, serial: u64) -> Token {
+    let generation = (serial as usize) << (DOWN_BASE.trailing_zeros() + 1);
+    Token(generation | DOWN_BASE | slot)
+}
+
+/// The slot a beacon node connection's token names (its serial is checked by the caller).
+fn down_slot(token: usize) -> usize {
+    token & (DOWN_BASE - 1)
+}
 /// Most connections open at once on `--metrics-addr`: a few scrapers and an operator's curl.
 /// They are never counted against `--max-connections`, so `/metrics` answers exactly when
 /// the beacon node side is saturated.
@@ -283,7 +298,13 @@ impl Proxy {
             1 => self.accept_metrics(now),
             2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
-                let slot = t - DOWN_BASE;
+                let slot = down_slot(t);
+                let current =
+                    self.downs.get(slot).and_then(Option::as_ref).map(|d| down_token(slot, d.serial));
+                if current != Some(token) {
+                    // A stale event: the connection it was for is gone.
+                    return;
+                }
                 if writable {
                     self.down_flush(slot, now);
                 }
@@ -378,14 +399,20 @@ impl Proxy {
             self.downs.push(None);
             self.downs.len() - 1
         });
+        if slot >= DOWN_BASE {
+            // More slots than a token can name (16 M connections): refused, as at the cap.
+            self.free_downs.push(slot);
+            return None;
+        }
+        self.next_serial += 1;
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(DOWN_BASE + slot), interest) {
+        let token = down_token(slot, self.next_serial);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
             log::warn!("cannot register a connection from {peer}: {e}");
             self.free_downs.push(slot);
             return None;
         }
         let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
-        self.next_serial += 1;
         let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
@@ -731,6 +758,23 @@ impl Proxy {
         if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
             self.metrics_accepting = true;
             self.accept_metrics(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_slot_gets_a_token_of_its_own() {
+        for slot in [0, 1, 4095, DOWN_BASE - 1] {
+            let old = down_token(slot, 7);
+            let new = down_token(slot, 8);
+            assert_ne!(old, new, "slot {slot}");
+            assert_eq!(down_slot(old.0), slot);
+            assert_eq!(down_slot(new.0), slot);
+            assert!(old.0 >= DOWN_BASE && new.0 >= DOWN_BASE, "never taken for an EL token");
         }
     }
 }
