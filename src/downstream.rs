@@ -23,7 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::exchange::ExchangeRef;
+use crate::core::exchange::ExchangeRef;
 use crate::http::{self, Limits, RequestReader};
 
 /// Most requests one connection may have in flight; beyond that the proxy stops reading from
@@ -278,6 +278,22 @@ impl<S: io::Write> Downstream<S> {
         self.queued_bytes
     }
 
+    /// Bytes this connection holds (see `core::budget`): the request being read, the unparsed
+    /// rest of a read, and the answers queued for it.
+    pub fn held_bytes(&self) -> usize {
+        self.reader.held_bytes() + self.pending.capacity() + self.queued_bytes
+    }
+
+    /// Answers owed, ready or waited for (at most `MAX_PIPELINE`).
+    pub fn answers_owed(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Bytes read but not parsed yet (at most one read).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn owes_answers(&self) -> bool {
         !self.out.is_empty()
     }
@@ -304,7 +320,13 @@ impl<S: io::Write> Downstream<S> {
     /// last (its head says `Connection: close`), and the connection lingers after it (see the
     /// module's doc).
     pub fn answer_early(&mut self, status: u16, body: Vec<u8>, minor: u8) {
-        self.push(Slot::Ready(Outgoing::json(status, body, false, minor)));
+        self.close_after(Outgoing::json(status, body, false, minor));
+    }
+
+    /// Queues `answer` (made with `keep_alive` false) as the connection's last, with a
+    /// lingering close after it, as `answer_early` does.
+    pub fn close_after(&mut self, answer: Outgoing) {
+        self.push(Slot::Ready(answer));
         self.no_more_requests = true;
         self.linger_after_close = true;
     }
@@ -546,7 +568,7 @@ mod tests {
     }
 
     /// A reference to a live exchange, for slots that wait for one.
-    fn exchange_ref(exchanges: &mut crate::exchange::Exchanges) -> ExchangeRef {
+    fn exchange_ref(exchanges: &mut crate::core::exchange::Exchanges) -> ExchangeRef {
         let head = http::RequestHead {
             method: "POST".into(),
             path: "/".into(),
@@ -556,7 +578,7 @@ mod tests {
             expect_continue: false,
         };
         let now = Instant::now();
-        let inbound = crate::exchange::Inbound {
+        let inbound = crate::core::exchange::Inbound {
             head,
             body: Vec::new(),
             client: "127.0.0.1".into(),
@@ -566,8 +588,9 @@ mod tests {
             timeout: Duration::from_secs(8),
             received: now,
             pool: None,
+            charge: None,
         };
-        exchanges.insert(crate::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
+        exchanges.insert(crate::core::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
     }
 
     /// A ready `GET` answer of `len` body bytes.

@@ -14,11 +14,15 @@
 //! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
 //! `mio::Waker`; `live_config` applies its results. No thread touches a request.
 //!
+//! This file is the I/O: accepting, reading, writing, connecting, registering, reaping and
+//! the clock. What happens to the bytes read is in `requests` (beacon node side: requests
+//! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
+//! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
+//!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
 use std::io::{self, Read};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,20 +30,21 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
-use crate::downstream::{Downstream, Flushed, Outgoing, Slot, Timeouts};
-use crate::exchange::{Exchange, ExchangeRef, Exchanges, Inbound, Reply};
-use crate::http::{self, HttpError, Limits, Refusal, Request, RequestEvent};
-use crate::jwt::{self, TokenCache};
-use crate::metrics::{Metrics, RequestOutcome, Snapshot};
-use crate::policy::{self, BestBeacon, Choice, Class, Combined, Standing};
+use crate::core::budget::Meter;
+use crate::core::exchange::Exchanges;
+use crate::downstream::{Downstream, Flushed, Timeouts};
+use crate::http::Limits;
+use crate::jwt::TokenCache;
+use crate::metrics::Metrics;
+use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
-use crate::probes;
 use crate::resolve::{SystemLookup, Worker};
-use crate::rpc;
 use crate::tls::{self, Handshake};
-use crate::upstream::{AfterFailure, ConnState, Failure, Job, Outcome, Upstream, MAX_CONNS};
+use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
+mod answers;
 mod live_config;
+mod requests;
 
 const LISTENER: Token = Token(0);
 const METRICS_LISTENER: Token = Token(1);
@@ -47,8 +52,23 @@ const METRICS_LISTENER: Token = Token(1);
 const WORKER: Token = Token(2);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
-/// Downstream connection tokens: `DOWN_BASE + slot`.
+/// Downstream connection tokens: `DOWN_BASE | slot`, with the connection's serial number in
+/// the bits above (`down_token`).
 const DOWN_BASE: usize = 1 << 24;
+
+/// The token of the beacon node connection in `slot` with serial number `serial`. The serial
+/// (its low bits) is part of the token, so an event meant for a closed connection is told apart
+/// from one for the connection that reused its slot (mio may report an event for a socket
+/// after it was deregistered), not only by reaping after the event batch.
+fn down_token(slot: usize, serial: u64) -> Token {
+    let generation = (serial as usize) << (DOWN_BASE.trailing_zeros() + 1);
+    Token(generation | DOWN_BASE | slot)
+}
+
+/// The slot a beacon node connection's token names (its serial is checked by the caller).
+fn down_slot(token: usize) -> usize {
+    token & (DOWN_BASE - 1)
+}
 /// Most connections open at once on `--metrics-addr`: a few scrapers and an operator's curl.
 /// They are never counted against `--max-connections`, so `/metrics` answers exactly when
 /// the beacon node side is saturated.
@@ -60,23 +80,6 @@ const READS_PER_WAKEUP: usize = 16;
 /// After running out of file descriptors, accepting pauses this long instead of spinning.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
-/// Requests at least this large are large for `Proxy::held_for_primary`.
-const PRIMARY_FIRST_MIN_BODY: usize = 64 * 1024;
-/// The other clients stop waiting for the primary's answer to a large request once the
-/// primary has made no progress for this long (taken no byte, or, with the whole request, not
-/// answered)…
-const PRIMARY_STALL: Duration = Duration::from_millis(200);
-/// …and at the latest this long after the request arrived (a zero-window primary still takes
-/// a few bytes now and then).
-const PRIMARY_FIRST_MAX: Duration = Duration::from_millis(500);
-/// How long the other clients wait for the primary's answer to a smaller request: long enough
-/// for a primary that answers at once (the copies then stay off the answer's path; 1 ms was
-/// measurably worse on loopback), too short to matter to the others when it takes longer.
-const PRIMARY_FIRST_SMALL: Duration = Duration::from_millis(20);
-/// What `--metrics-addr` answers to anything but its own paths.
-const METRICS_ONLY_404: &[u8] = b"only GET /metrics, /status, /healthz and /readyz are served here\n";
-/// A full backlog is reported at most this often.
-const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Something the event loop can stop: set from a signal handler's token in `main`.
 pub trait Stopper {
@@ -122,6 +125,10 @@ pub struct Proxy {
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// The request bodies read whole and still held, for `--memory-budget-bytes`…
+    meter: Meter,
+    /// …and whether the budget was reached at the last head (said once per episode).
+    budget_reached: bool,
     /// The helper thread for name lookups and reloads (None without execution clients).
     worker: Option<Worker>,
     /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
@@ -130,65 +137,6 @@ pub struct Proxy {
     /// The TLS settings of `https://` execution clients, made at start-up when one is listed,
     /// or at the first reload that adds one.
     tls: Option<tls::Settings>,
-}
-
-/// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`
-/// and body.
-fn relayed(resp: Option<http::Response>, keep_alive: bool, minor: u8) -> Option<Outgoing> {
-    resp.map(|resp| {
-        let ct = resp.head.header("content-type").map(<[u8]>::to_vec);
-        Outgoing::answer(resp.head.status, ct.as_deref(), resp.body, keep_alive, minor)
-    })
-}
-
-/// The answer to a call whose answer is combined, from the clients that answered (`who`, in
-/// list order): their results combined, or, when none answered with a result (each answered a
-/// JSON-RPC error, say), the first one's answer as it came. Each JSON-RPC error is counted for
-/// its client: it answered, and the call did not fail.
-fn combined_answer(
-    e: &mut Exchange,
-    who: &[usize],
-    ups: &[Upstream],
-    metrics: &mut Metrics,
-) -> Option<Outgoing> {
-    let (keep_alive, minor) = (e.inbound.head.keep_alive, e.inbound.head.minor);
-    let name = |i: usize| ups.get(i).map_or("?", Upstream::name);
-    let mut results: Vec<(usize, Option<&[u8]>)> = Vec::with_capacity(who.len());
-    let mut errors = Vec::new();
-    for &i in who {
-        let Some(resp) = e.answers.get(i).and_then(Option::as_ref) else { continue };
-        let scan = rpc::scan_response(&resp.body).ok();
-        if let Some(code) = scan.as_ref().and_then(|s| s.error_code) {
-            metrics.rpc_error(i);
-            errors.push(format!("{} answered error {code}", name(i)));
-        }
-        let result = scan.and_then(|s| s.result).and_then(|range| resp.body.get(range));
-        results.push((i, result));
-    }
-    let method = e.inbound.method.as_deref().unwrap_or("call");
-    let id = String::from_utf8_lossy(e.inbound.id.as_deref().unwrap_or(b"null"));
-    match policy::combine_answers(e.combine, e.inbound.id.as_deref(), &results)? {
-        Combined::Body { body, from, left_out } => {
-            if !left_out.is_empty() {
-                let names = |who: &[usize]| who.iter().map(|&i| name(i)).collect::<Vec<_>>().join(", ");
-                log::debug!(
-                    "{method} id {id}: combined the results of {}; left out {} ({})",
-                    names(&from),
-                    names(&left_out),
-                    if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") }
-                );
-            }
-            Some(Outgoing::json(200, body, keep_alive, minor))
-        }
-        Combined::Relay(i) => {
-            log::debug!(
-                "{method} id {id}: no execution client answered with a result ({}); relaying {}'s answer",
-                if errors.is_empty() { "no usable result".to_string() } else { errors.join(", ") },
-                name(i)
-            );
-            relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor)
-        }
-    }
 }
 
 fn unix_now() -> u64 {
@@ -256,6 +204,8 @@ impl Proxy {
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
+            meter: Meter::default(),
+            budget_reached: false,
             again: Vec::new(),
             accepting: true,
             accept_paused_until: None,
@@ -335,9 +285,10 @@ impl Proxy {
             for slot in std::mem::take(&mut self.again) {
                 self.down_readable(slot, now);
             }
-            self.on_timeouts(Instant::now());
-            self.pump_all(Instant::now());
-            self.reap();
+            // The clock is read once after each poll: everything in this pass sees the same now.
+            self.on_timeouts(now);
+            self.pump_all(now);
+            self.reap(now);
         }
     }
 
@@ -347,7 +298,13 @@ impl Proxy {
             1 => self.accept_metrics(now),
             2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
-                let slot = t - DOWN_BASE;
+                let slot = down_slot(t);
+                let current =
+                    self.downs.get(slot).and_then(Option::as_ref).map(|d| down_token(slot, d.serial));
+                if current != Some(token) {
+                    // A stale event: the connection it was for is gone.
+                    return;
+                }
                 if writable {
                     self.down_flush(slot, now);
                 }
@@ -365,8 +322,6 @@ impl Proxy {
             _ => {}
         }
     }
-
-    // ---------------------------------------------------------------- beacon node side
 
     fn accept(&mut self, now: Instant) {
         while self.accepting && !self.stopping && self.accept_paused_until.is_none() {
@@ -444,19 +399,26 @@ impl Proxy {
             self.downs.push(None);
             self.downs.len() - 1
         });
+        if slot >= DOWN_BASE {
+            // More slots than a token can name (16 M connections): refused, as at the cap.
+            self.free_downs.push(slot);
+            return None;
+        }
+        self.next_serial += 1;
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(DOWN_BASE + slot), interest) {
+        let token = down_token(slot, self.next_serial);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
             log::warn!("cannot register a connection from {peer}: {e}");
             self.free_downs.push(slot);
             return None;
         }
         let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
-        self.next_serial += 1;
         let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
-        } else if self.cfg.jwt_secret.is_some() {
-            // Tokens are checked at the head, before any body is buffered (`on_head`).
+        } else {
+            // Tokens and the memory budget are checked at the head, before any body is
+            // buffered (`on_head`).
             down.reader.hold_heads();
         }
         down.reader.use_pool(self.pool.clone());
@@ -515,36 +477,6 @@ impl Proxy {
         self.again.push(slot);
     }
 
-    /// Parses `input`, read from connection `slot`, into requests and handles them, until the
-    /// connection's pipeline is full: the rest then waits in the connection, unparsed, until
-    /// answers have gone out (real backpressure, even within one read).
-    fn feed(&mut self, slot: usize, input: &[u8], now: Instant) {
-        let mut pos = 0;
-        while pos < input.len() {
-            let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-            if down.no_more_requests {
-                break;
-            }
-            if down.backpressured() {
-                down.stash(&input[pos..]);
-                break;
-            }
-            let step = down.reader.advance(&input[pos..]);
-            pos += step.consumed;
-            match step.event {
-                Some(Ok(RequestEvent::Head)) => self.on_head(slot),
-                Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
-                Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
-                Some(Err(e)) => self.on_bad_request(slot, e),
-                None if step.consumed == 0 => break,
-                None => {}
-            }
-        }
-        if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
-            down.after_read(now);
-        }
-    }
-
     /// A connection in its lingering close: what the client still sends is read and dropped
     /// (within the per-wakeup cap) until it closes or a bound is reached.
     fn down_discard(&mut self, slot: usize) {
@@ -579,288 +511,6 @@ impl Proxy {
         self.again.push(slot);
     }
 
-    /// The request could not be read: it is answered at once, and the connection lingers and
-    /// closes (the client may still be sending the rest).
-    fn on_bad_request(&mut self, slot: usize, error: HttpError) {
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-        log::debug!("bad request from {}: {error}", down.peer);
-        self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-        let body = policy::error_body(None, -32600, &error.to_string());
-        down.answer_early(error.status(), body, 1);
-    }
-
-    /// A request's head has been read and its body not yet (only with `--jwt-secret`): a POST
-    /// without a valid token is answered 401 now, with no `100 Continue` and nothing of its body
-    /// kept; a short body is then dropped as it arrives and the connection kept, anything else
-    /// ends the connection with a lingering close. Other requests go on to their body.
-    fn on_head(&mut self, slot: usize) {
-        let secret = self.cfg.jwt_secret.as_ref();
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-        let Some(head) = down.reader.held_head() else { return };
-        let verdict = match secret {
-            Some(secret) if head.method == "POST" && !down.metrics_only => check_token(secret, head),
-            _ => Ok(()),
-        };
-        let Err(why) = verdict else {
-            if down.reader.accept_body() {
-                down.push(Slot::Ready(Outgoing::continue_100()));
-            }
-            return;
-        };
-        let (keep_alive, minor) = (head.keep_alive, head.minor);
-        log::warn!("rejected a request from {}: {why}", down.peer);
-        self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-        let body = policy::error_body(None, -32000, &format!("unauthorized: {why}"));
-        match down.reader.refuse_body() {
-            Refusal::Discard => down.push(Slot::Ready(Outgoing::json(401, body, keep_alive, minor))),
-            Refusal::Close => down.answer_early(401, body, minor),
-        }
-    }
-
-    fn on_request(&mut self, slot: usize, req: Request, now: Instant) {
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-        let keep_alive = req.head.keep_alive;
-        let minor = req.head.minor;
-        if !keep_alive {
-            down.no_more_requests = true;
-        }
-        let answer =
-            |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
-        if let Some(tokens) = self.tokens.as_mut() {
-            down.push(Slot::Ready(tokens_answer(tokens, &req.head, unix_now())));
-            return;
-        }
-        let metrics_only = down.metrics_only;
-        match req.head.method.as_str() {
-            "GET" | "HEAD" => {
-                let answer = self.get_answer(&req.head, metrics_only, now);
-                if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
-                    down.push(Slot::Ready(answer));
-                }
-                return;
-            }
-            _ if metrics_only => {
-                let body = METRICS_ONLY_404.to_vec();
-                down.push(Slot::Ready(Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor)));
-                return;
-            }
-            "POST" => {}
-            _ => {
-                let body = policy::error_body(None, -32600, "only POST carries JSON-RPC");
-                down.push(answer(405, body));
-                return;
-            }
-        }
-        // A request with a body had its token checked at the head (`on_head`); this check is
-        // the one for bodiless requests, and stays as the last word for all of them.
-        if let Some(secret) = self.cfg.jwt_secret.as_ref() {
-            if let Err(why) = check_token(secret, &req.head) {
-                log::warn!("rejected a request from {}: {why}", down.peer);
-                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-                down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
-                return;
-            }
-        }
-        let scan = match rpc::scan_request(&req.body) {
-            Ok(scan) => scan,
-            Err(e) => {
-                log::debug!("invalid JSON from {}: {e}", down.peer);
-                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-                down.push(answer(400, policy::error_body(None, -32700, &format!("parse error: {e}"))));
-                return;
-            }
-        };
-        let class = if scan.shape == rpc::Shape::Object {
-            Class::of(scan.method.as_deref())
-        } else {
-            Class::NonEngine
-        };
-        let id = scan.id.as_ref().and_then(|r| req.body.get(r.clone())).map(<[u8]>::to_vec);
-        let client = down.peer.ip().to_string();
-        let beacon = req
-            .head
-            .header("x-forwarded-for")
-            .and_then(http::first_forwarded_for)
-            .map_or_else(|| client.clone(), str::to_string);
-        let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
-        self.metrics.beacon_seen(&beacon, scan.timestamp, now);
-        if let (Class::NewPayload, Some(ts)) = (class, scan.timestamp) {
-            self.metrics.sync.payload_seen(ts);
-        }
-        if let Some(switch) = verdict.switched {
-            self.metrics.best_switched();
-            match switch.from {
-                None => log::info!("following beacon node {}", switch.to),
-                Some(from) => log::info!(
-                    "switching beacon node {from} -> {} (timestamp {})",
-                    switch.to,
-                    switch.timestamp
-                ),
-            }
-        }
-        if !verdict.forward {
-            log::debug!("filtered {} from {beacon}: not the best beacon node", class.label());
-            self.metrics.request(class, RequestOutcome::Filtered);
-            let body = policy::result_body(id.as_deref(), policy::SYNCING_FCU_RESULT);
-            down.push(answer(200, body));
-            return;
-        }
-        self.metrics.request(class, RequestOutcome::Forwarded);
-        let timeout = policy::timeout_for(scan.method.as_deref(), class, self.cfg.request_timeout);
-        let serial = down.serial;
-        let mirror = self.cfg.mirror_mode;
-        if mirror {
-            down.push(answer(200, policy::mirror_ack(class, id.as_deref())));
-        }
-        log::debug!(
-            "{} id {} from {beacon}",
-            scan.method.as_deref().unwrap_or("-"),
-            String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
-        );
-        let inbound = Rc::new(Inbound {
-            head: req.head,
-            body: req.body,
-            client,
-            method: scan.method,
-            class,
-            id,
-            timeout,
-            received: now,
-            pool: Some(self.pool.clone()),
-        });
-        let reply = (!mirror).then_some(Reply { slot, serial });
-        let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
-        if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
-            down.push(Slot::Waiting(r));
-        }
-        if class.is_fanned_out() {
-            for target in 0..self.builders {
-                self.send(target, r, target, &inbound, now);
-            }
-            let peer_timeout = self.cfg.proxy_request_timeout;
-            for up in self.builders..self.ups.len() {
-                let job = Job {
-                    inbound: inbound.clone(),
-                    exchange: None,
-                    target: 0,
-                    timeout: peer_timeout,
-                    retried: false,
-                    sent_at: None,
-                };
-                self.enqueue(up, job, now);
-            }
-        } else {
-            self.send(0, r, 0, &inbound, now);
-        }
-        self.decide(r, now);
-    }
-
-    /// Answers a GET or HEAD: `/metrics`, `/status`, `/healthz`, `/readyz`, or (any other path)
-    /// the health probe the Go proxy answers with an empty 200. A HEAD gets the same head
-    /// (its `Content-Length` that of the GET's body, as RFC 9110 allows) and no body.
-    fn get_answer(&mut self, head: &http::RequestHead, metrics_only: bool, now: Instant) -> Outgoing {
-        let (keep_alive, minor) = (head.keep_alive, head.minor);
-        let path = head.path.split('?').next().unwrap_or_default();
-        let (status, content_type, body) = match path {
-            "/metrics" | "/status" | "/healthz" | "/readyz" => self.admin_answer(path, now),
-            _ if metrics_only => (404, &b"text/plain"[..], METRICS_ONLY_404.to_vec()),
-            _ => return Outgoing::answer(200, None, Vec::new(), keep_alive, minor),
-        };
-        let mut out = Outgoing::answer(status, Some(content_type), body, keep_alive, minor);
-        if head.method == "HEAD" {
-            out.body.clear();
-        }
-        out
-    }
-
-    /// The status, content type and body of an admin path.
-    fn admin_answer(&mut self, path: &str, now: Instant) -> (u16, &'static [u8], Vec<u8>) {
-        const JSON: &[u8] = b"application/json";
-        let snapshot = Snapshot {
-            open_connections: self.live_downs,
-            best: self.best.current(),
-            els: self
-                .ups
-                .iter()
-                .map(|u| (u.name(), u.is_peer, u.state(), u.backlog_len(), u.backlog_bytes()))
-                .collect(),
-        };
-        match path {
-            "/metrics" => {
-                let text = self.metrics.render_prometheus(&snapshot, now);
-                (200, b"text/plain; version=0.0.4; charset=utf-8", text.as_bytes().to_vec())
-            }
-            "/status" => (200, JSON, self.metrics.render_status(&snapshot, now).as_bytes().to_vec()),
-            "/healthz" => (200, JSON, probes::health_body(self.metrics.uptime(now))),
-            _ => {
-                let input = probes::ReadyInput {
-                    stopping: self.stopping,
-                    beacon: snapshot.best.map(|(id, _)| (id, self.metrics.beacon_last_seen(id))),
-                    els: self.metrics.el_probes(&snapshot),
-                    window: probes::recent_window(self.cfg.beacon_expiry),
-                };
-                let verdict = probes::readiness(&input, now);
-                (if verdict.ready { 200 } else { 503 }, JSON, probes::readiness_body(&verdict))
-            }
-        }
-    }
-
-    /// Queues a job for builder `up` on behalf of exchange `r`.
-    fn send(&mut self, up: usize, r: ExchangeRef, target: usize, inbound: &Rc<Inbound>, now: Instant) {
-        if let Some(e) = self.exchanges.get_mut(r) {
-            e.live_jobs += 1;
-        }
-        let job = Job {
-            inbound: inbound.clone(),
-            exchange: Some(r),
-            target,
-            timeout: inbound.timeout,
-            retried: false,
-            sent_at: None,
-        };
-        // A client known to be down cannot answer this in time; its ordered calls still wait
-        // in its backlog, but the beacon node is answered by the next client at once.
-        if self.ups[up].is_down() && job.ordered() {
-            self.standing(r, target, Standing::Failed, now);
-        }
-        self.enqueue(up, job, now);
-    }
-
-    fn enqueue(&mut self, up: usize, job: Job, now: Instant) {
-        let dropped = self.ups[up].enqueue(job);
-        self.dropped(up, dropped, now);
-        self.pump(up, now);
-    }
-
-    /// Puts a job back at the front of its client's queue (after a failed connect, or for its
-    /// one retry); what no longer fits the backlog is dropped as usual.
-    fn requeue(&mut self, up: usize, job: Job, now: Instant) {
-        let dropped = self.ups[up].requeue_front(job);
-        self.dropped(up, dropped, now);
-    }
-
-    /// Calls dropped from a full backlog fail for their beacon nodes; the operator hears of it
-    /// at once and then at most once a minute, with the count, however long the outage.
-    fn dropped(&mut self, up: usize, dropped: Vec<Job>, now: Instant) {
-        for old in dropped {
-            let u = &mut self.ups[up];
-            u.unreported_drops += 1;
-            if !u.last_drop_report.is_some_and(|t| now.saturating_duration_since(t) < DROP_REPORT_EVERY) {
-                log::warn!(
-                    "{}: backlog full ({} calls, {} bytes): dropped the oldest {} ({} dropped since the last report)",
-                    u.name(),
-                    u.backlog_len(),
-                    u.backlog_bytes(),
-                    old.inbound.method.as_deref().unwrap_or("call"),
-                    u.unreported_drops
-                );
-                u.unreported_drops = 0;
-                u.last_drop_report = Some(now);
-            }
-            self.job_failed(up, old, Failure::Dropped, now);
-        }
-    }
-
     fn down_flush(&mut self, slot: usize, now: Instant) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let was_backpressured = down.backpressured();
@@ -890,85 +540,6 @@ impl Proxy {
         }
     }
 
-    // ---------------------------------------------------------------- deciding answers
-
-    fn standing(&mut self, r: ExchangeRef, target: usize, standing: Standing, now: Instant) {
-        let Some(e) = self.exchanges.get_mut(r) else { return };
-        let mut changed = false;
-        if let Some(s) = e.standings.get_mut(target) {
-            if *s == Standing::Pending {
-                *s = standing;
-                changed = true;
-            }
-        }
-        // Only the first failure of a client moves a non-engine call on, so a call that is
-        // reported failed twice (found down, then its job failed) is not sent twice.
-        if changed && standing == Standing::Failed && !e.inbound.class.is_fanned_out() && !e.decided {
-            // Non-engine calls fall back to the next client in list order.
-            // After a reload an exchange may know fewer clients than the list has now.
-            let next = target + 1;
-            if next < self.builders && next < e.standings.len() {
-                let inbound = e.inbound.clone();
-                self.send(next, r, next, &inbound, now);
-            }
-        }
-        self.decide(r, now);
-    }
-
-    /// Answers the beacon node as soon as the answer is decided.
-    fn decide(&mut self, r: ExchangeRef, now: Instant) {
-        let Some(e) = self.exchanges.get_mut(r) else { return };
-        if !e.decided {
-            let Some(choice) = policy::choose(e.combine, &e.standings) else { return };
-            e.decided = true;
-            let reply = e.reply.take();
-            let id = e.inbound.id.clone();
-            let keep_alive = e.inbound.head.keep_alive;
-            let minor = e.inbound.head.minor;
-            let answer = match choice {
-                Choice::Relay(i) => relayed(e.answers.get_mut(i).and_then(Option::take), keep_alive, minor),
-                Choice::Combine(ref who) => combined_answer(e, who, &self.ups, &mut self.metrics),
-                Choice::NoAnswer => None,
-            };
-            let answer = match answer {
-                Some(answer) => answer,
-                None => {
-                    // Decided here, not by looking at the bytes written: an execution client's
-                    // own 502 is an answer, relayed as such.
-                    self.metrics.request(e.inbound.class, RequestOutcome::Failed);
-                    log::warn!(
-                        "{} id {}: no execution client answered",
-                        e.inbound.method.as_deref().unwrap_or("call"),
-                        String::from_utf8_lossy(id.as_deref().unwrap_or(b"null"))
-                    );
-                    let body = policy::error_body(id.as_deref(), -32603, "no execution client answered");
-                    Outgoing::json(502, body, keep_alive, minor)
-                }
-            };
-            for a in e.answers.iter_mut() {
-                *a = None;
-            }
-            if let Some(reply) = reply {
-                self.deliver(reply, r, answer, now);
-            }
-        }
-        if self.exchanges.get(r).is_some_and(Exchange::finished) {
-            self.exchanges.remove(r);
-        }
-    }
-
-    fn deliver(&mut self, reply: Reply, r: ExchangeRef, answer: Outgoing, now: Instant) {
-        let Some(down) = self.downs.get_mut(reply.slot).and_then(Option::as_mut) else { return };
-        if down.serial != reply.serial || down.dead {
-            return;
-        }
-        if down.fill(r, answer) {
-            self.down_flush(reply.slot, now);
-        }
-    }
-
-    // ---------------------------------------------------------------- execution client side
-
     fn up_token(up: usize, slot: usize) -> Token {
         Token(UP_BASE + up * MAX_CONNS + slot)
     }
@@ -994,13 +565,16 @@ impl Proxy {
             }
             self.fail_queued(up, now);
         }
+        // A socket that cannot be registered would never see an event: that connection
+        // failed, like a refused connect (after the rest of this pump).
+        let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
             if let Some(conn) = self.ups[up].conns[slot].as_mut() {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if let Err(e) = self.poll.registry().register(&mut conn.stream, token, interest) {
-                    log::warn!("{name}: cannot register a connection: {e}");
-                    conn.dead = true;
+                    log::debug!("{name}: cannot register a connection: {e}");
+                    unregistered.push((slot, e));
                 }
             }
         }
@@ -1016,67 +590,8 @@ impl Proxy {
                 self.up_write(up, slot, now);
             }
         }
-    }
-
-    /// Until when connection `slot` of client `up` should wait so that the primary gets its
-    /// request first (primary first). Writing N copies at once shares the CPU (and, on loopback, the
-    /// receivers' TCP work) N ways, which delays the primary's copy, and so the beacon node's
-    /// answer, about N times; and a copy written while the primary's answer arrives delays
-    /// that answer by the copy's time. The other clients' answers matter to nobody's latency.
-    /// So the others wait until the primary has answered, or failed; for a large request at
-    /// most until the primary has made no progress (taken no byte, or had its whole request
-    /// and not answered) for `PRIMARY_STALL`, and never longer than `PRIMARY_FIRST_MAX` after
-    /// the request arrived; for a smaller one at most `PRIMARY_FIRST_SMALL`. A slow or stuck
-    /// primary holds the others back only briefly.
-    fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
-        if up == 0 {
-            return None;
-        }
-        let job = self.ups[up].conns[slot].as_ref().and_then(|c| c.job.as_ref())?;
-        let received = job.inbound.received;
-        let large = job.inbound.body.len() >= PRIMARY_FIRST_MIN_BODY;
-        self.ups[0]
-            .conns
-            .iter()
-            .flatten()
-            .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
-            .map(|c| {
-                if large {
-                    (c.last_progress.max(received) + PRIMARY_STALL).min(received + PRIMARY_FIRST_MAX)
-                } else {
-                    received + PRIMARY_FIRST_SMALL
-                }
-            })
-            .find(|&until| until > now)
-    }
-
-    /// Writes what connection `slot` of client `up` has to send, unless it waits for the primary.
-    fn up_write(&mut self, up: usize, slot: usize, now: Instant) {
-        if let Some(until) = self.held_for_primary(up, slot, now) {
-            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
-                conn.hold_until = Some(until);
-            }
-            return;
-        }
-        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
-        conn.hold_until = None;
-        if conn.job.is_none() || conn.request_sent() {
-            return;
-        }
-        if conn.write().is_err() {
-            let outcome = conn.fail(Failure::Reset);
-            self.on_outcome(up, outcome, now);
-        }
-    }
-
-    /// The primary has answered (or failed): the requests held back for it go out now.
-    fn release_held(&mut self, now: Instant) {
-        for up in 1..self.ups.len() {
-            for slot in 0..MAX_CONNS {
-                if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.hold_until.is_some() && !c.dead) {
-                    self.up_write(up, slot, now);
-                }
-            }
+        for (slot, e) in unregistered {
+            self.connect_failed_because(up, slot, &format!("cannot register a connection: {e}"), now);
         }
     }
 
@@ -1129,219 +644,13 @@ impl Proxy {
         }
     }
 
-    fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
-        self.connect_failed_because(up, slot, "cannot connect", now);
+    /// Bytes held in request bodies, queued answers and answers being read, for the
+    /// process-wide budget (`core::budget`): the connections are summed when a head asks.
+    fn memory_held(&self) -> usize {
+        let downs: usize = self.downs.iter().flatten().map(Downstream::held_bytes).sum();
+        let els: usize = self.ups.iter().flat_map(|u| u.conns.iter().flatten()).map(|c| c.held_bytes()).sum();
+        self.meter.held() + downs + els
     }
-
-    /// A connection could not be made (`why`, for the log: refused, or a TLS handshake that
-    /// failed, as on a certificate the client's name or the trusted roots do not match).
-    fn connect_failed_because(&mut self, up: usize, slot: usize, why: &str, now: Instant) {
-        let job = self.ups[up].conns[slot].as_mut().and_then(|c| c.take_job());
-        self.metrics.set_up(up, false);
-        self.metrics.failed(up, Failure::Refused);
-        self.unreachable(up);
-        if self.ups[up].mark_down(now) {
-            log::warn!(
-                "{} is down: {why}; calls that must stay in order wait in its backlog",
-                self.ups[up].name()
-            );
-        } else {
-            log::debug!("{}: still down: {why}", self.ups[up].name());
-        }
-        if let Some(job) = job {
-            if job.ordered() {
-                // Not delivered: it goes back to the front of the backlog for the retry.
-                if let Some(r) = job.exchange {
-                    self.standing(r, job.target, Standing::Failed, now);
-                }
-                self.requeue(up, job, now);
-            } else {
-                self.job_failed(up, job, Failure::Refused, now);
-            }
-        }
-        self.fail_queued(up, now);
-        self.pump(up, now);
-    }
-
-    /// A client was found down: every call queued for it counts as failed for its beacon node,
-    /// which is answered by the next client at once. The calls stay queued for delivery.
-    fn fail_queued(&mut self, up: usize, now: Instant) {
-        if self.ups[up].is_peer {
-            return;
-        }
-        for (r, target) in self.ups[up].queued_exchanges() {
-            self.standing(r, target, Standing::Failed, now);
-        }
-    }
-
-    fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
-        let ended = !matches!(outcome, Outcome::Pending);
-        match outcome {
-            Outcome::Pending => {}
-            Outcome::Answered(job, resp) => {
-                self.ups[up].job_ended(&job);
-                self.job_answered(up, job, resp, now);
-                self.pump(up, now);
-            }
-            Outcome::Failed(job, failure) => {
-                self.after_failure(up, job, failure, now);
-                self.pump(up, now);
-            }
-            Outcome::Retry(job) => {
-                log::debug!(
-                    "{}: kept-alive connection closed under a call; retrying it once",
-                    self.ups[up].name()
-                );
-                self.requeue(up, job, now);
-                self.pump(up, now);
-            }
-        }
-        if up == 0 && ended {
-            self.release_held(now);
-        }
-    }
-
-    fn log_up(&mut self, up: usize) {
-        log::info!("{} is up", self.ups[up].name());
-        self.metrics.set_up(up, true);
-    }
-
-    /// A call failed on a connection of client `up`. An ordered call that timed out or lost
-    /// its connection waits again at the front of the backlog; its beacon node is answered by
-    /// the next client, as for any failure. A client that stops answering is reported once,
-    /// like one that refuses connections, and what is queued for it is answered elsewhere.
-    fn after_failure(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
-        let timeout = job.timeout;
-        let exchange = job.exchange.map(|r| (r, job.target));
-        let went_silent = match self.ups[up].after_failure(job, failure, now) {
-            AfterFailure::Failed { job, went_silent } => {
-                self.job_failed(up, job, failure, now);
-                went_silent
-            }
-            AfterFailure::Requeued { dropped, went_silent } => {
-                self.metrics.failed(up, failure);
-                log::debug!(
-                    "{}: an ordered call failed ({}); it waits at the front of the backlog",
-                    self.ups[up].name(),
-                    failure.label()
-                );
-                if let Some((r, target)) = exchange {
-                    self.standing(r, target, Standing::Failed, now);
-                }
-                self.dropped(up, dropped, now);
-                went_silent
-            }
-        };
-        let Some(news) = went_silent else { return };
-        self.metrics.set_up(up, false);
-        if news {
-            let why = match failure {
-                Failure::Timeout => format!("no answer within {} ms", timeout.as_millis()),
-                _ => "the connection broke before the answer".to_string(),
-            };
-            log::warn!(
-                "{} is not answering: {why}; calls that must stay in order wait in its backlog and are sent \
-                 again when it answers",
-                self.ups[up].name()
-            );
-        }
-        self.fail_queued(up, now);
-    }
-
-    fn job_answered(&mut self, up: usize, job: Job, resp: http::Response, now: Instant) {
-        if self.ups[up].mark_up() {
-            self.log_up(up);
-        }
-        let latency = job.sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let status = if job.inbound.class.is_ordered() {
-            rpc::scan_response(&resp.body).ok().and_then(|s| s.status)
-        } else {
-            None
-        };
-        // Only a 2xx answer shows the client serves (a 401 for every call is no service).
-        let served = (200..300).contains(&resp.head.status).then_some(now);
-        self.metrics.answered(up, latency, status.as_deref(), served);
-        if status.as_deref() == Some("VALID") && job.inbound.class == Class::NewPayload {
-            self.note_valid_payload(up, &job.inbound.body);
-        }
-        self.note_http_status(up, &resp);
-        let Some(r) = job.exchange else { return };
-        let name = self.ups[up].name().to_string();
-        let Some(e) = self.exchanges.get_mut(r) else { return };
-        e.live_jobs = e.live_jobs.saturating_sub(1);
-        let mine = status.clone();
-        if let Some((other, theirs)) = e.record_status(job.target, status) {
-            self.metrics.disagreement();
-            let other_name = self.ups.get(other).map_or("?", |u| u.name());
-            log::warn!(
-                "execution clients disagree on {} id {}: {} says {}, {} says {}",
-                job.inbound.method.as_deref().unwrap_or("call"),
-                String::from_utf8_lossy(job.inbound.id.as_deref().unwrap_or(b"null")),
-                other_name,
-                theirs,
-                name,
-                mine.unwrap_or_default()
-            );
-        }
-        let Some(e) = self.exchanges.get_mut(r) else { return };
-        if !e.decided {
-            if let Some(slot) = e.answers.get_mut(job.target) {
-                *slot = Some(resp);
-            }
-        }
-        self.standing(r, job.target, Standing::Answered, now);
-    }
-
-    /// Execution client `up` called a payload VALID: it moves its head in the sync view (the
-    /// body is scanned again for the block number and hash, only now), and falling behind or
-    /// catching up is said once.
-    fn note_valid_payload(&mut self, up: usize, body: &[u8]) {
-        if !self.metrics.sync.tracks(up) {
-            return;
-        }
-        let Some(head) = rpc::scan_payload_head(body) else { return };
-        for change in self.metrics.sync.valid(up, head) {
-            let name = self.ups.get(change.el()).map_or("?", |u| u.name());
-            match change {
-                crate::sync_view::Change::FellBehind { .. } => log::warn!("{}", change.message(name)),
-                crate::sync_view::Change::CaughtUp { .. } => log::info!("{}", change.message(name)),
-            }
-        }
-    }
-
-    /// An execution client that starts answering with an HTTP error (a wrong JWT secret gives
-    /// 401) is reported once, and again when it recovers, whether or not it is the primary.
-    fn note_http_status(&mut self, up: usize, resp: &http::Response) {
-        let u = &mut self.ups[up];
-        let status = resp.head.status;
-        let was_ok = u.last_http_status == 0 || (200..300).contains(&u.last_http_status);
-        let is_ok = (200..300).contains(&status);
-        if was_ok && !is_ok {
-            let excerpt = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
-            let hint = if status == 401 { " (is its JWT secret right, and its clock in sync?)" } else { "" };
-            log::warn!("{} answers HTTP {status}{hint}: {}", u.name(), excerpt.trim());
-        } else if !was_ok && is_ok {
-            log::info!("{} answers HTTP {status} again", u.name());
-        }
-        u.last_http_status = status;
-    }
-
-    fn job_failed(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
-        log::debug!(
-            "{}: {} failed: {}",
-            self.ups[up].name(),
-            job.inbound.method.as_deref().unwrap_or("call"),
-            failure.label()
-        );
-        self.metrics.failed(up, failure);
-        let Some(r) = job.exchange else { return };
-        if let Some(e) = self.exchanges.get_mut(r) {
-            e.live_jobs = e.live_jobs.saturating_sub(1);
-        }
-        self.standing(r, job.target, Standing::Failed, now);
-    }
-
-    // ---------------------------------------------------------------- time
 
     fn timeouts(&self) -> Timeouts {
         Timeouts { read: self.cfg.read_timeout, idle: self.cfg.idle_timeout, write: self.cfg.write_timeout }
@@ -1382,16 +691,9 @@ impl Proxy {
         // The list of exchanges is only gathered (an allocation) when one is actually due.
         let due = self.exchanges.next_deadline().is_some_and(|d| d <= now);
         for r in if due { self.exchanges.refs() } else { Vec::new() } {
-            let Some(e) = self.exchanges.get_mut(r) else { continue };
-            if e.decided || e.deadline > now {
-                continue;
+            if self.exchanges.get_mut(r).is_some_and(|e| e.on_timeout(now)) {
+                self.decide(r, now);
             }
-            for s in e.standings.iter_mut() {
-                if *s == Standing::Pending {
-                    *s = Standing::Failed;
-                }
-            }
-            self.decide(r, now);
         }
         for up in 0..self.ups.len() {
             for slot in 0..MAX_CONNS {
@@ -1414,7 +716,7 @@ impl Proxy {
     }
 
     /// Drops dead connections after the event batch, and resumes accepting below 90 % of the cap.
-    fn reap(&mut self) {
+    fn reap(&mut self, now: Instant) {
         for slot in 0..self.downs.len() {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
                 continue;
@@ -1449,49 +751,30 @@ impl Proxy {
             && self.live_downs * 10 < self.cfg.max_connections * 9
         {
             self.accepting = true;
-            self.accept(Instant::now());
+            self.accept(now);
         }
         // The metrics listener is resumed the same way (an edge-triggered listener would not
         // say again that connections are waiting).
         if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
             self.metrics_accepting = true;
-            self.accept_metrics(Instant::now());
+            self.accept_metrics(now);
         }
     }
 }
 
-/// Whether a request carries a valid `Authorization: Bearer` token for `secret`; why not if not.
-fn check_token(secret: &jwt::Secret, head: &http::RequestHead) -> Result<(), String> {
-    match head.header("authorization").and_then(jwt::bearer_token) {
-        None => Err("missing bearer token".to_string()),
-        Some(token) => {
-            jwt::verify(secret, token, unix_now(), jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_slot_gets_a_token_of_its_own() {
+        for slot in [0, 1, 4095, DOWN_BASE - 1] {
+            let old = down_token(slot, 7);
+            let new = down_token(slot, 8);
+            assert_ne!(old, new, "slot {slot}");
+            assert_eq!(down_slot(old.0), slot);
+            assert_eq!(down_slot(new.0), slot);
+            assert!(old.0 >= DOWN_BASE && new.0 >= DOWN_BASE, "never taken for an EL token");
         }
     }
-}
-
-/// The answer of `jwt-tokens-service`: `GET /tokens/…` gets a fresh token per entry as
-/// `Authorization-<name>: Bearer <token>` (what nginx's `auth_request` copies into
-/// `$upstream_http_authorization_<name>`); anything else is 404, as in the Go service.
-fn tokens_answer(tokens: &mut [(String, TokenCache)], head: &http::RequestHead, now: u64) -> Outgoing {
-    let (keep_alive, minor) = (head.keep_alive, head.minor);
-    if !matches!(head.method.as_str(), "GET" | "HEAD") || !head.path.starts_with("/tokens/") {
-        return Outgoing::answer(
-            404,
-            Some(b"text/plain"),
-            b"404 page not found\n".to_vec(),
-            keep_alive,
-            minor,
-        );
-    }
-    let names: Vec<Vec<u8>> =
-        tokens.iter().map(|(name, _)| format!("Authorization-{name}").into_bytes()).collect();
-    let values: Vec<Vec<u8>> =
-        tokens.iter_mut().map(|(_, cache)| cache.header_value(now).as_bytes().to_vec()).collect();
-    let extra: Vec<(&[u8], &[u8])> =
-        names.iter().zip(&values).map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-    let mut out = Outgoing::default();
-    http::write_response_head_with(&mut out.head, 200, None, 0, keep_alive, minor, &extra);
-    out.close = !keep_alive;
-    out
 }

@@ -262,6 +262,12 @@ impl RequestReader {
         }
     }
 
+    /// Bytes held for the request being read (its head so far, its body: see `BodyReader::held`),
+    /// for the process-wide memory budget.
+    pub fn held_bytes(&self) -> usize {
+        self.head.buf.capacity() + self.body.as_ref().map_or(0, |(_, body)| body.held())
+    }
+
     /// Whether some bytes of a request have arrived but not the whole request.
     pub fn in_progress(&self) -> bool {
         self.body.is_some() || !self.head.buf.is_empty() || self.held.is_some() || self.discard > 0
@@ -363,6 +369,11 @@ pub struct ResponseReader {
 impl ResponseReader {
     pub fn new(limits: Limits) -> Self {
         ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false }
+    }
+
+    /// Bytes held for the answer being read, for the process-wide memory budget.
+    pub fn held_bytes(&self) -> usize {
+        self.head.buf.capacity() + self.body.as_ref().map_or(0, |(_, body)| body.held())
     }
 
     /// The caps this reader was made with (a connection's next answer is read with the same).
@@ -690,6 +701,18 @@ impl BodyReader {
             BodyReader::Length { remaining, .. } => *remaining == 0,
             BodyReader::Chunked { state, .. } => *state == ChunkState::Done,
             BodyReader::UntilClose { .. } => false,
+        }
+    }
+
+    /// Bytes this body will hold: what is buffered, and for a declared length the rest too
+    /// (its buffer grows to it as bytes arrive).
+    fn held(&self) -> usize {
+        match self {
+            BodyReader::Length { remaining, body } => body
+                .capacity()
+                .max(body.len().saturating_add(usize::try_from(*remaining).unwrap_or(usize::MAX))),
+            BodyReader::Chunked { line, body, .. } => line.capacity() + body.capacity(),
+            BodyReader::UntilClose { body, .. } => body.capacity(),
         }
     }
 

@@ -2,11 +2,16 @@
 //! clients.
 //!
 //! A request flows listener → downstream → policy → upstreams → answer. `event_loop` owns the
-//! only `mio::Poll` and moves bytes; `downstream` is one beacon node connection (pipelined
+//! only `mio::Poll` and moves bytes (its `requests` turn bytes into exchanges, its `answers`
+//! turn the execution clients' outcomes into the beacon node's answer); `core` holds the pure
+//! decisions on the way (`intake`: a request's route and token; `budget`: the process-wide
+//! memory budget; `exchange`: one request's life across the execution clients, its fallback,
+//! decision and deadline; `hold`: the primary-first hold; `compose`: the answer of a decided
+//! exchange); `tokens_service` answers for
+//! `jwt-tokens-service`; `downstream` is one beacon node connection (pipelined
 //! requests answered in order); `http` reads and writes HTTP/1.1 without sockets; `rpc` finds
 //! method, id, timestamps and status in raw JSON without building a tree; `policy` decides who
-//! gets a call, which answer wins and which beacon node is followed; `exchange` is one request's
-//! life across the execution clients; `upstream` is one execution client with its ordered,
+//! gets a call, which answer wins and which beacon node is followed; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
 //! a `Config`; `logging` writes text or JSON log lines; `metrics` counts what happens and
 //! renders `/metrics` and `/status`; `signals` turns SIGTERM/SIGINT into a stop request and
@@ -20,9 +25,9 @@
 pub mod answer_policy;
 pub mod beacons;
 pub mod config;
+pub mod core;
 pub mod downstream;
 pub mod event_loop;
-pub mod exchange;
 pub mod http;
 pub mod jwt;
 pub mod logging;
@@ -37,4 +42,5 @@ pub mod rpc;
 pub mod signals;
 pub mod sync_view;
 pub mod tls;
+pub mod tokens_service;
 pub mod upstream;

@@ -3,7 +3,8 @@
 //!
 //! State-changing calls (`newPayload`, `forkchoiceUpdated`) wait in a bounded backlog and go
 //! out one at a time, in arrival order, on whichever connection is free; other calls go out at
-//! once on any free connection. A client that cannot be reached keeps its backlog and is retried
+//! once on any free connection but the last: that one is the ordered lane's, so slow calls
+//! never keep an ordered call waiting for a connection. A client that cannot be reached keeps its backlog and is retried
 //! with capped exponential backoff, so it catches up in order as soon as it is back.
 //!
 //! An ordered call that times out, or whose connection breaks, is never dropped for that
@@ -22,13 +23,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::Endpoint;
-use crate::exchange::{ExchangeRef, Inbound};
+use crate::core::exchange::{ExchangeRef, Inbound};
 use crate::http::{self, Limits, Response, ResponseReader};
 use crate::jwt::TokenCache;
 use crate::resolve::Refresh;
 use crate::tls::{self, Handshake};
 
-/// Most connections kept to one execution client.
+/// Most connections kept to one execution client; other calls use at most all but one.
 pub const MAX_CONNS: usize = 8;
 /// Calls that need no order may wait this many for a free connection before the oldest fails.
 const MAX_WAITING: usize = 256;
@@ -183,7 +184,7 @@ impl Conn {
 
     /// Writes the request head and the shared body with vectored writes, never copying the body
     /// (over TLS, through the session's bounded buffer).
-    pub fn write(&mut self) -> io::Result<()> {
+    pub fn write(&mut self, now: Instant) -> io::Result<()> {
         let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
         let moved = match self.tls.as_mut() {
             None => http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?.0,
@@ -195,7 +196,7 @@ impl Conn {
             }
         };
         if moved > 0 {
-            self.last_progress = Instant::now();
+            self.last_progress = now;
         }
         Ok(())
     }
@@ -328,6 +329,11 @@ impl Conn {
     pub fn take_job(&mut self) -> Option<Job> {
         self.dead = true;
         self.job.take()
+    }
+
+    /// Bytes held for the answer being read (see `core::budget`).
+    pub fn held_bytes(&self) -> usize {
+        self.reader.held_bytes()
     }
 
     /// Whether the request was written out whole (over TLS: encrypted and in the socket).
@@ -611,7 +617,11 @@ impl Upstream {
         }
         loop {
             let want_ordered = !self.ordered_busy && !self.backlog.is_empty();
-            if !want_ordered && self.waiting.is_empty() {
+            // Other calls never take the last connection: the ordered lane keeps one for
+            // itself, so a newPayload never waits behind slow calls (eight 10 s
+            // getPayloadBodiesByRange, say) for a free connection.
+            let want_other = !self.waiting.is_empty() && self.other_calls_out() < MAX_CONNS - 1;
+            if !want_ordered && !want_other {
                 break;
             }
             let Some(slot) = self.free_conn(now, &mut result) else { break };
@@ -633,6 +643,11 @@ impl Upstream {
             self.start(slot, job, now, unix_now);
         }
         result
+    }
+
+    /// How many connections carry a call that is not ordered.
+    fn other_calls_out(&self) -> usize {
+        self.conns.iter().flatten().filter(|c| c.job.as_ref().is_some_and(|j| !j.ordered())).count()
     }
 
     /// An idle connection, or a new one if allowed; None when none can be had now.
@@ -731,6 +746,17 @@ impl Upstream {
         }
         self.warned_stale_token = true;
         Some(waited)
+    }
+
+    /// Connection `slot` could not be made (refused, a failed TLS handshake) or its socket
+    /// could not be registered with the event loop: the connection ends (dead, reaped after
+    /// the event batch), its job is handed back to be failed or queued again, and the client
+    /// counts as down until the backoff ends. Every way a connection fails ends here, so none
+    /// can keep a job (and with it the ordered lane) on a dead connection. `news` is true when
+    /// the client was not already down.
+    pub fn connect_failed(&mut self, slot: usize, now: Instant) -> (Option<Job>, bool) {
+        let job = self.conns.get_mut(slot).and_then(Option::as_mut).and_then(Conn::take_job);
+        (job, self.mark_down(now))
     }
 
     /// A connect finished: the job's clock starts now.
@@ -840,6 +866,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             received: Instant::now(),
             pool: None,
+            charge: None,
         };
         Job {
             inbound: Rc::new(inbound),
@@ -1101,6 +1128,57 @@ mod tests {
         assert_eq!(up.endpoint.addrs, vec![moved]);
         let order: Vec<u8> = up.backlog.iter().map(|j| j.inbound.body[0]).collect();
         assert_eq!(order, vec![1, 2], "the backlog is kept, in order");
+    }
+
+    #[test]
+    fn regression_a_connection_that_could_not_be_registered_wedged_the_ordered_lane() {
+        // A listener, so that the non-blocking connect itself starts; the event loop then
+        // fails to register the socket, which it reports as this connection's failure.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let mut up = upstream(10, 1 << 20);
+        up.endpoint.addrs = vec![listener.local_addr().expect("address")];
+        let t0 = Instant::now();
+        up.enqueue(job(1, 1, true));
+        up.enqueue(job(2, 1, true));
+        let dispatch = up.dispatch(t0, 0);
+        assert_eq!(dispatch.opened, vec![0]);
+        let (failed, news) = up.connect_failed(0, t0);
+        let failed = failed.expect("the job comes back");
+        assert!(news, "the client is down now");
+        assert_eq!(failed.inbound.body[0], 1);
+        assert!(up.requeue_front(failed).is_empty());
+        assert!(up.conns[0].as_ref().is_some_and(|c| c.dead && c.job.is_none()), "reapable");
+        assert_eq!(backlog(&up), vec![1, 2], "in order, at the front");
+        up.conns[0] = None;
+        // No attempt before the backoff ends; then the lane moves again, oldest first.
+        assert!(up.dispatch(t0, 0).opened.is_empty());
+        let dispatch = up.dispatch(t0 + BACKOFF_MAX, 0);
+        assert_eq!(dispatch.opened.len(), 1);
+        let slot = dispatch.opened[0];
+        let sent = up.conns[slot].as_ref().and_then(|c| c.job.as_ref()).map(|j| j.inbound.body[0]);
+        assert_eq!(sent, Some(1));
+        assert_eq!(backlog(&up), vec![2]);
+    }
+
+    #[test]
+    fn other_calls_leave_one_connection_to_the_ordered_lane() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let mut up = upstream(10, 1 << 20);
+        up.endpoint.addrs = vec![listener.local_addr().expect("address")];
+        up.mark_up();
+        let now = Instant::now();
+        for id in 1..=MAX_CONNS as u8 {
+            up.enqueue(job(id, 1, false));
+        }
+        let dispatch = up.dispatch(now, 0);
+        assert_eq!(dispatch.opened.len(), MAX_CONNS - 1, "one connection stays free");
+        assert_eq!(up.waiting.len(), 1);
+        up.enqueue(job(9, 1, true));
+        let dispatch = up.dispatch(now, 0);
+        assert_eq!(dispatch.opened.len(), 1);
+        let ordered = up.conns[dispatch.opened[0]].as_ref().and_then(|c| c.job.as_ref()).map(|j| j.ordered());
+        assert_eq!(ordered, Some(true), "the ordered call took the reserved connection");
+        assert_eq!(up.waiting.len(), 1, "the eighth other call still waits");
     }
 
     #[test]

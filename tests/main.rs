@@ -6,10 +6,12 @@ mod util_selftest;
 
 mod auth_metrics;
 mod bounds;
+mod budget;
 mod combined_errors;
 mod engine_api;
 mod hostile;
 mod http_cli;
+mod lanes;
 mod lingering;
 mod partition;
 mod payload;

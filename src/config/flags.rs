@@ -73,6 +73,9 @@ pub(super) const PROXY_FLAGS: &[Flag] = &[
         "acknowledge every request at once instead of waiting for the primary \
          (for an nginx mirror); MIRROR_MODE takes true or false as Go spells them"),
     value("max-body-bytes", "BYTES", "134217728", "", "largest request or answer body accepted"),
+    value("memory-budget-bytes", "BYTES", "1073741824", "",
+        "bytes held in request bodies, queued answers and answers being read, all together; \
+         when reached, new requests get 503 with Retry-After"),
     value("max-connections", "N", "1024", "", "most beacon node connections open at once"),
     value("idle-timeout", "MS", "60000", "", "close a keep-alive connection idle this long"),
     value("read-timeout", "MS", "30000", "", "a request must arrive whole within this of its first byte"),
@@ -442,7 +445,7 @@ mod tests {
         // The table's defaults feed both the help and the parser; check the numbers agree with
         // the documented ones so a typo in the table cannot go unnoticed.
         let expected =
-            "addr=localhost:25590 proxy-request-timeout=2000 loglevel=info max-body-bytes=134217728 \
+            "addr=localhost:25590 proxy-request-timeout=2000 loglevel=info max-body-bytes=134217728 memory-budget-bytes=1073741824 \
                         max-connections=1024 idle-timeout=60000 read-timeout=30000 write-timeout=10000 \
                         backlog-requests=512 backlog-bytes=268435456 beacon-expiry=12000";
         let tokens = [(TOKENS_FLAGS, "addr", "localhost:1337"), (TOKENS_FLAGS, "config", "config.json")];

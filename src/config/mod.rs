@@ -77,6 +77,9 @@ pub struct Config {
     pub mirror_mode: bool,
     /// `--max-body-bytes`: the largest request or answer body accepted.
     pub max_body_bytes: usize,
+    /// `--memory-budget-bytes`: the process-wide budget of bytes in bodies and answers
+    /// (see `core::budget`).
+    pub memory_budget_bytes: usize,
     /// `--max-connections`: inbound beacon node connections.
     pub max_connections: usize,
     /// `--idle-timeout`: keep-alive connections idle this long are closed.
@@ -151,6 +154,7 @@ impl Config {
             log_json: tokens.log_json,
             mirror_mode: false,
             max_body_bytes: 64 * 1024,
+            memory_budget_bytes: count("memory-budget-bytes"),
             max_connections: count("max-connections"),
             idle_timeout: millis("idle-timeout"),
             read_timeout: millis("read-timeout"),
@@ -287,6 +291,7 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         log_json,
         mirror_mode,
         max_body_bytes: s.count("max-body-bytes")?,
+        memory_budget_bytes: s.count("memory-budget-bytes")?,
         max_connections: s.count("max-connections")?,
         idle_timeout: s.millis("idle-timeout")?,
         read_timeout: s.millis("read-timeout")?,

@@ -8,8 +8,9 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::core::budget::Charge;
 use crate::http::{RequestHead, Response};
-use crate::policy::{Class, Combine, Standing};
+use crate::policy::{self, Choice, Class, Combine, Standing};
 use crate::pool::{self, SharedPool};
 
 /// A request read whole from a beacon node, shared (never copied) by every upstream write.
@@ -27,6 +28,8 @@ pub struct Inbound {
     pub received: Instant,
     /// Where the body's buffer goes when the last reference to the request is gone.
     pub pool: Option<SharedPool>,
+    /// The body's bytes in the process-wide memory budget, given back with the request.
+    pub charge: Option<Charge>,
 }
 
 impl Drop for Inbound {
@@ -84,6 +87,47 @@ impl Exchange {
             live_jobs: 0,
             warned: false,
         }
+    }
+
+    /// Records that client `target` answered or failed; only its first word counts, so a call
+    /// reported failed twice (found down, then its job failed) moves on once. Returns the
+    /// client a non-engine call falls back to (the next in list order) when this was its first
+    /// failure there and a next client exists among the `builders` listed now (after a reload
+    /// an exchange may know fewer clients than the list has).
+    pub fn settle(&mut self, target: usize, standing: Standing, builders: usize) -> Option<usize> {
+        let s = self.standings.get_mut(target)?;
+        if *s != Standing::Pending {
+            return None;
+        }
+        *s = standing;
+        let falls_back = standing == Standing::Failed && !self.inbound.class.is_fanned_out() && !self.decided;
+        let next = target + 1;
+        (falls_back && next < builders && next < self.standings.len()).then_some(next)
+    }
+
+    /// The choice of the beacon node's answer, once the standings allow it; the exchange is
+    /// decided from then on (None ever after).
+    pub fn decide(&mut self) -> Option<Choice> {
+        if self.decided {
+            return None;
+        }
+        let choice = policy::choose(self.combine, &self.standings)?;
+        self.decided = true;
+        Some(choice)
+    }
+
+    /// Its deadline has passed: every client that has not answered counts as failed. True
+    /// when that happened now (the exchange is then ready to `decide`).
+    pub fn on_timeout(&mut self, now: Instant) -> bool {
+        if self.decided || self.deadline > now {
+            return false;
+        }
+        for s in self.standings.iter_mut() {
+            if *s == Standing::Pending {
+                *s = Standing::Failed;
+            }
+        }
+        true
     }
 
     /// Whether nothing more can happen to this exchange.
@@ -224,8 +268,54 @@ mod tests {
             timeout: Duration::from_secs(8),
             received: now,
             pool: None,
+            charge: None,
         };
         Exchange::new(Rc::new(inbound), None, clients, now)
+    }
+
+    fn non_engine(clients: usize) -> Exchange {
+        let mut e = exchange(clients);
+        if let Some(inbound) = Rc::get_mut(&mut e.inbound) {
+            inbound.class = Class::NonEngine;
+        }
+        e.combine = Combine::for_class(Class::NonEngine);
+        e
+    }
+
+    #[test]
+    fn a_non_engine_call_falls_back_once_per_failed_client_in_list_order() {
+        let mut e = non_engine(3);
+        assert_eq!(e.settle(0, Standing::Failed, 3), Some(1));
+        assert_eq!(e.settle(0, Standing::Failed, 3), None, "reported failed twice, sent on once");
+        assert_eq!(e.decide(), None, "the next client has not answered yet");
+        assert_eq!(e.settle(1, Standing::Answered, 3), None);
+        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(), None, "decided once");
+        // The last client listed, or fewer listed after a reload: nowhere to fall back to.
+        let mut e = non_engine(3);
+        assert_eq!(e.settle(2, Standing::Failed, 3), None);
+        assert_eq!(e.settle(0, Standing::Failed, 1), None);
+    }
+
+    #[test]
+    fn a_fanned_out_call_never_falls_back() {
+        let mut e = exchange(2);
+        assert_eq!(e.settle(0, Standing::Failed, 2), None);
+        assert_eq!(e.settle(1, Standing::Answered, 2), None);
+        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+    }
+
+    #[test]
+    fn the_deadline_fails_every_client_still_pending_on_a_fake_clock() {
+        let mut e = exchange(2);
+        let t0 = e.deadline - Duration::from_secs(8);
+        assert_eq!(e.settle(1, Standing::Answered, 2), None);
+        assert!(!e.on_timeout(t0 + Duration::from_millis(7_999)));
+        assert_eq!(e.decide(), None, "the primary may still answer");
+        assert!(e.on_timeout(e.deadline));
+        assert_eq!(e.standings, vec![Standing::Failed, Standing::Answered]);
+        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert!(!e.on_timeout(e.deadline), "a decided exchange has nothing left to time out");
     }
 
     #[test]

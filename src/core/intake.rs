@@ -1,0 +1,65 @@
+//! Intake: the first decisions about one request read from a beacon node, before any
+//! execution client is involved: which kind of route it takes (an admin GET, a call to
+//! forward, a refusal) and whether it carries a valid token.
+//!
+//! Pure functions of the request head, the configuration and the wall-clock seconds passed in;
+//! it knows no connections, sockets or clocks.
+
+use crate::http::RequestHead;
+use crate::jwt;
+
+/// What `--metrics-addr` answers to anything but its own paths.
+pub const METRICS_ONLY_404: &[u8] = b"only GET /metrics, /status, /healthz and /readyz are served here\n";
+
+/// Where a request goes, by its method and the listener it came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// GET or HEAD: `/metrics`, `/status`, `/healthz`, `/readyz`, or the empty health probe.
+    Admin,
+    /// Anything but GET or HEAD on `--metrics-addr`: 404.
+    NotHere,
+    /// A JSON-RPC call, to check, scan and forward.
+    Call,
+    /// Any other method on the main listener: 405.
+    NotAllowed,
+}
+
+/// The route of a request with `method`, read on the metrics listener or not.
+pub fn route(method: &str, metrics_only: bool) -> Route {
+    match method {
+        "GET" | "HEAD" => Route::Admin,
+        _ if metrics_only => Route::NotHere,
+        "POST" => Route::Call,
+        _ => Route::NotAllowed,
+    }
+}
+
+/// Whether a request carries a valid `Authorization: Bearer` token for `secret` at
+/// `unix_now` (seconds); why not if not.
+pub fn check_token(secret: &jwt::Secret, head: &RequestHead, unix_now: u64) -> Result<(), String> {
+    match head.header("authorization").and_then(jwt::bearer_token) {
+        None => Err("missing bearer token".to_string()),
+        Some(token) => jwt::verify(secret, token, unix_now, jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_follow_the_method_and_the_listener() {
+        let table = [
+            ("GET", false, Route::Admin),
+            ("HEAD", true, Route::Admin),
+            ("POST", false, Route::Call),
+            ("POST", true, Route::NotHere),
+            ("PUT", true, Route::NotHere),
+            ("PUT", false, Route::NotAllowed),
+            ("DELETE", false, Route::NotAllowed),
+        ];
+        for (method, metrics_only, want) in table {
+            assert_eq!(route(method, metrics_only), want, "{method} metrics_only={metrics_only}");
+        }
+    }
+}

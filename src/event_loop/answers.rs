@@ -1,0 +1,315 @@
+//! The execution client side of the event loop's work, above the sockets: when a job's request
+//! may be written (the primary-first hold), what a connection's outcome means for its
+//! client and its exchange (answered, failed, retried, requeued), and when the beacon node's
+//! answer is decided and delivered.
+//!
+//! It reads no socket and registers none: `event_loop` does the I/O and reports outcomes
+//! here. The decisions are asked of `core::hold`, `core::compose`, `policy` and `upstream`.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::Proxy;
+use crate::core::exchange::{Exchange, ExchangeRef, Reply};
+use crate::core::{compose, hold};
+use crate::downstream::Outgoing;
+use crate::http;
+use crate::policy::{Class, Standing};
+use crate::rpc;
+use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
+
+impl Proxy {
+    pub(super) fn standing(&mut self, r: ExchangeRef, target: usize, standing: Standing, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if let Some(next) = e.settle(target, standing, self.builders) {
+            let inbound = e.inbound.clone();
+            self.send(next, r, next, &inbound, now);
+        }
+        self.decide(r, now);
+    }
+
+    /// Answers the beacon node as soon as the answer is decided.
+    pub(super) fn decide(&mut self, r: ExchangeRef, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if let Some(choice) = e.decide() {
+            let reply = e.reply.take();
+            let ups = &self.ups;
+            let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
+            let answer = compose::answer(e, &choice, &name, &mut self.metrics);
+            if let Some(reply) = reply {
+                self.deliver(reply, r, answer, now);
+            }
+        }
+        if self.exchanges.get(r).is_some_and(Exchange::finished) {
+            self.exchanges.remove(r);
+        }
+    }
+
+    pub(super) fn deliver(&mut self, reply: Reply, r: ExchangeRef, answer: Outgoing, now: Instant) {
+        let Some(down) = self.downs.get_mut(reply.slot).and_then(Option::as_mut) else { return };
+        if down.serial != reply.serial || down.dead {
+            return;
+        }
+        if down.fill(r, answer) {
+            self.down_flush(reply.slot, now);
+        }
+    }
+
+    /// Until when connection `slot` of client `up` should wait so that the primary gets its
+    /// request first (see `core::hold`).
+    pub(super) fn held_for_primary(&self, up: usize, slot: usize, now: Instant) -> Option<Instant> {
+        if up == 0 {
+            return None;
+        }
+        let job = self.ups[up].conns[slot].as_ref().and_then(|c| c.job.as_ref())?;
+        let primary = self.ups[0]
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
+            .map(|c| c.last_progress);
+        hold::hold_until(job.inbound.received, job.inbound.body.len(), primary, now)
+    }
+
+    /// Writes what connection `slot` of client `up` has to send, unless it waits for the primary.
+    pub(super) fn up_write(&mut self, up: usize, slot: usize, now: Instant) {
+        if let Some(until) = self.held_for_primary(up, slot, now) {
+            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
+                conn.hold_until = Some(until);
+            }
+            return;
+        }
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        conn.hold_until = None;
+        if conn.job.is_none() || conn.request_sent() {
+            return;
+        }
+        if conn.write(now).is_err() {
+            let outcome = conn.fail(Failure::Reset);
+            self.on_outcome(up, outcome, now);
+        }
+    }
+
+    /// The primary has answered (or failed): the requests held back for it go out now.
+    pub(super) fn release_held(&mut self, now: Instant) {
+        for up in 1..self.ups.len() {
+            for slot in 0..MAX_CONNS {
+                if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.hold_until.is_some() && !c.dead) {
+                    self.up_write(up, slot, now);
+                }
+            }
+        }
+    }
+
+    pub(super) fn connect_failed(&mut self, up: usize, slot: usize, now: Instant) {
+        self.connect_failed_because(up, slot, "cannot connect", now);
+    }
+
+    /// A connection could not be made (`why`, for the log: refused, or a TLS handshake that
+    /// failed, as on a certificate the client's name or the trusted roots do not match).
+    pub(super) fn connect_failed_because(&mut self, up: usize, slot: usize, why: &str, now: Instant) {
+        let (job, news) = self.ups[up].connect_failed(slot, now);
+        self.metrics.set_up(up, false);
+        self.metrics.failed(up, Failure::Refused);
+        self.unreachable(up);
+        if news {
+            log::warn!(
+                "{} is down: {why}; calls that must stay in order wait in its backlog",
+                self.ups[up].name()
+            );
+        } else {
+            log::debug!("{}: still down: {why}", self.ups[up].name());
+        }
+        if let Some(job) = job {
+            if job.ordered() {
+                // Not delivered: it goes back to the front of the backlog for the retry.
+                if let Some(r) = job.exchange {
+                    self.standing(r, job.target, Standing::Failed, now);
+                }
+                self.requeue(up, job, now);
+            } else {
+                self.job_failed(up, job, Failure::Refused, now);
+            }
+        }
+        self.fail_queued(up, now);
+        self.pump(up, now);
+    }
+
+    /// A client was found down: every call queued for it counts as failed for its beacon node,
+    /// which is answered by the next client at once. The calls stay queued for delivery.
+    pub(super) fn fail_queued(&mut self, up: usize, now: Instant) {
+        if self.ups[up].is_peer {
+            return;
+        }
+        for (r, target) in self.ups[up].queued_exchanges() {
+            self.standing(r, target, Standing::Failed, now);
+        }
+    }
+
+    pub(super) fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
+        let ended = !matches!(outcome, Outcome::Pending);
+        match outcome {
+            Outcome::Pending => {}
+            Outcome::Answered(job, resp) => {
+                self.ups[up].job_ended(&job);
+                self.job_answered(up, job, resp, now);
+                self.pump(up, now);
+            }
+            Outcome::Failed(job, failure) => {
+                self.after_failure(up, job, failure, now);
+                self.pump(up, now);
+            }
+            Outcome::Retry(job) => {
+                log::debug!(
+                    "{}: kept-alive connection closed under a call; retrying it once",
+                    self.ups[up].name()
+                );
+                self.requeue(up, job, now);
+                self.pump(up, now);
+            }
+        }
+        if up == 0 && ended {
+            self.release_held(now);
+        }
+    }
+
+    pub(super) fn log_up(&mut self, up: usize) {
+        log::info!("{} is up", self.ups[up].name());
+        self.metrics.set_up(up, true);
+    }
+
+    /// A call failed on a connection of client `up`. An ordered call that timed out or lost
+    /// its connection waits again at the front of the backlog; its beacon node is answered by
+    /// the next client, as for any failure. A client that stops answering is reported once,
+    /// like one that refuses connections, and what is queued for it is answered elsewhere.
+    pub(super) fn after_failure(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
+        let timeout = job.timeout;
+        let exchange = job.exchange.map(|r| (r, job.target));
+        let went_silent = match self.ups[up].after_failure(job, failure, now) {
+            AfterFailure::Failed { job, went_silent } => {
+                self.job_failed(up, job, failure, now);
+                went_silent
+            }
+            AfterFailure::Requeued { dropped, went_silent } => {
+                self.metrics.failed(up, failure);
+                log::debug!(
+                    "{}: an ordered call failed ({}); it waits at the front of the backlog",
+                    self.ups[up].name(),
+                    failure.label()
+                );
+                if let Some((r, target)) = exchange {
+                    self.standing(r, target, Standing::Failed, now);
+                }
+                self.dropped(up, dropped, now);
+                went_silent
+            }
+        };
+        let Some(news) = went_silent else { return };
+        self.metrics.set_up(up, false);
+        if news {
+            let why = match failure {
+                Failure::Timeout => format!("no answer within {} ms", timeout.as_millis()),
+                _ => "the connection broke before the answer".to_string(),
+            };
+            log::warn!(
+                "{} is not answering: {why}; calls that must stay in order wait in its backlog and are sent \
+                 again when it answers",
+                self.ups[up].name()
+            );
+        }
+        self.fail_queued(up, now);
+    }
+
+    pub(super) fn job_answered(&mut self, up: usize, job: Job, resp: http::Response, now: Instant) {
+        if self.ups[up].mark_up() {
+            self.log_up(up);
+        }
+        let latency = job.sent_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let status = if job.inbound.class.is_ordered() {
+            rpc::scan_response(&resp.body).ok().and_then(|s| s.status)
+        } else {
+            None
+        };
+        // Only a 2xx answer shows the client serves (a 401 for every call is no service).
+        let served = (200..300).contains(&resp.head.status).then_some(now);
+        self.metrics.answered(up, latency, status.as_deref(), served);
+        if status.as_deref() == Some("VALID") && job.inbound.class == Class::NewPayload {
+            self.note_valid_payload(up, &job.inbound.body);
+        }
+        self.note_http_status(up, &resp);
+        let Some(r) = job.exchange else { return };
+        let name = self.ups[up].name().to_string();
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.live_jobs = e.live_jobs.saturating_sub(1);
+        let mine = status.clone();
+        if let Some((other, theirs)) = e.record_status(job.target, status) {
+            self.metrics.disagreement();
+            let other_name = self.ups.get(other).map_or("?", |u| u.name());
+            log::warn!(
+                "execution clients disagree on {} id {}: {} says {}, {} says {}",
+                job.inbound.method.as_deref().unwrap_or("call"),
+                String::from_utf8_lossy(job.inbound.id.as_deref().unwrap_or(b"null")),
+                other_name,
+                theirs,
+                name,
+                mine.unwrap_or_default()
+            );
+        }
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if !e.decided {
+            if let Some(slot) = e.answers.get_mut(job.target) {
+                *slot = Some(resp);
+            }
+        }
+        self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// Execution client `up` called a payload VALID: it moves its head in the sync view (the
+    /// body is scanned again for the block number and hash, only now), and falling behind or
+    /// catching up is said once.
+    pub(super) fn note_valid_payload(&mut self, up: usize, body: &[u8]) {
+        if !self.metrics.sync.tracks(up) {
+            return;
+        }
+        let Some(head) = rpc::scan_payload_head(body) else { return };
+        for change in self.metrics.sync.valid(up, head) {
+            let name = self.ups.get(change.el()).map_or("?", |u| u.name());
+            match change {
+                crate::sync_view::Change::FellBehind { .. } => log::warn!("{}", change.message(name)),
+                crate::sync_view::Change::CaughtUp { .. } => log::info!("{}", change.message(name)),
+            }
+        }
+    }
+
+    /// An execution client that starts answering with an HTTP error (a wrong JWT secret gives
+    /// 401) is reported once, and again when it recovers, whether or not it is the primary.
+    pub(super) fn note_http_status(&mut self, up: usize, resp: &http::Response) {
+        let u = &mut self.ups[up];
+        let status = resp.head.status;
+        let was_ok = u.last_http_status == 0 || (200..300).contains(&u.last_http_status);
+        let is_ok = (200..300).contains(&status);
+        if was_ok && !is_ok {
+            let excerpt = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).into_owned();
+            let hint = if status == 401 { " (is its JWT secret right, and its clock in sync?)" } else { "" };
+            log::warn!("{} answers HTTP {status}{hint}: {}", u.name(), excerpt.trim());
+        } else if !was_ok && is_ok {
+            log::info!("{} answers HTTP {status} again", u.name());
+        }
+        u.last_http_status = status;
+    }
+
+    pub(super) fn job_failed(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
+        log::debug!(
+            "{}: {} failed: {}",
+            self.ups[up].name(),
+            job.inbound.method.as_deref().unwrap_or("call"),
+            failure.label()
+        );
+        self.metrics.failed(up, failure);
+        let Some(r) = job.exchange else { return };
+        if let Some(e) = self.exchanges.get_mut(r) {
+            e.live_jobs = e.live_jobs.saturating_sub(1);
+        }
+        self.standing(r, job.target, Standing::Failed, now);
+    }
+}
