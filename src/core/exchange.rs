@@ -69,6 +69,8 @@ pub struct Exchange {
     pub live_jobs: usize,
     /// Whether a status disagreement was already reported.
     pub warned: bool,
+    /// Whether the best-BN rule awaits this exchange's first EL answer (`BestBeacon::confirm`).
+    pub candidate: bool,
 }
 
 impl Exchange {
@@ -86,6 +88,7 @@ impl Exchange {
             deadline,
             live_jobs: 0,
             warned: false,
+            candidate: false,
         }
     }
 
@@ -174,6 +177,18 @@ impl Exchanges {
         }
         self.slots.push((0, Some(exchange)));
         ExchangeRef { index: (self.slots.len() - 1) as u32, generation: 0 }
+    }
+
+    /// The reference the next `insert` returns (so that a request can be named before its
+    /// exchange exists).
+    pub fn next_ref(&self) -> ExchangeRef {
+        match self.free.last() {
+            Some(&index) => {
+                let generation = self.slots.get(index as usize).map_or(0, |s| s.0.wrapping_add(1));
+                ExchangeRef { index, generation }
+            }
+            None => ExchangeRef { index: self.slots.len() as u32, generation: 0 },
+        }
     }
 
     pub fn get(&self, r: ExchangeRef) -> Option<&Exchange> {
@@ -316,6 +331,19 @@ mod tests {
         assert_eq!(e.standings, vec![Standing::Failed, Standing::Answered]);
         assert_eq!(e.decide(), Some(Choice::Relay(1)));
         assert!(!e.on_timeout(e.deadline), "a decided exchange has nothing left to time out");
+    }
+
+    #[test]
+    fn next_ref_is_what_insert_returns() {
+        let mut slab = Exchanges::default();
+        let next = slab.next_ref();
+        assert_eq!(slab.insert(exchange(1)), next);
+        let next = slab.next_ref();
+        let b = slab.insert(exchange(1));
+        assert_eq!(b, next);
+        slab.remove(b);
+        let next = slab.next_ref();
+        assert_eq!(slab.insert(exchange(1)), next, "a reused slot's next generation");
     }
 
     #[test]

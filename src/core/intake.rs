@@ -5,6 +5,9 @@
 //! Pure functions of the request head, the configuration and the wall-clock seconds passed in;
 //! it knows no connections, sockets or clocks.
 
+use std::net::IpAddr;
+
+use crate::beacons::{self, AuthError, Authenticated, Hints, Keys};
 use crate::http::RequestHead;
 use crate::jwt;
 
@@ -32,6 +35,20 @@ pub fn route(method: &str, metrics_only: bool) -> Route {
         "POST" => Route::Call,
         _ => Route::NotAllowed,
     }
+}
+
+/// Who sent a request (its token's `id` claim, its path, its token's `clv` claim, its first
+/// `X-Forwarded-For` address or `peer`: see `beacons`), and whether its token is valid for
+/// the secret that identity selects (`beacons::authenticate`).
+pub fn authenticate(
+    head: &RequestHead,
+    peer: IpAddr,
+    keys: &Keys,
+    unix_now: u64,
+) -> Result<Authenticated, AuthError> {
+    let token = head.header("authorization").and_then(jwt::bearer_token);
+    let hints = Hints { claims: None, path: &head.path, forwarded_for: head.header("x-forwarded-for"), peer };
+    beacons::authenticate(token, hints, keys, unix_now)
 }
 
 /// Whether a request carries a valid `Authorization: Bearer` token for `secret` at

@@ -10,6 +10,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::Proxy;
+use crate::answer_policy::Status;
+use crate::beacons::Confirmed;
 use crate::core::exchange::{Exchange, ExchangeRef, Reply};
 use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
@@ -41,7 +43,10 @@ impl Proxy {
             }
         }
         if self.exchanges.get(r).is_some_and(Exchange::finished) {
-            self.exchanges.remove(r);
+            // No EL answered it: its timestamp, if it was a candidate, proves nothing.
+            if self.exchanges.remove(r).is_some_and(|e| e.candidate) {
+                self.best.forget(&r);
+            }
         }
     }
 
@@ -242,6 +247,7 @@ impl Proxy {
         let Some(e) = self.exchanges.get_mut(r) else { return };
         e.live_jobs = e.live_jobs.saturating_sub(1);
         let mine = status.clone();
+        let mine_status = Status::of(status.as_deref());
         if let Some((other, theirs)) = e.record_status(job.target, status) {
             self.metrics.disagreement();
             let other_name = self.ups.get(other).map_or("?", |u| u.name());
@@ -256,12 +262,47 @@ impl Proxy {
             );
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
+        if std::mem::take(&mut e.candidate) {
+            self.confirm_beacon(r, job.target, mine_status, now);
+        }
+        let Some(e) = self.exchanges.get_mut(r) else { return };
         if !e.decided {
             if let Some(slot) = e.answers.get_mut(job.target) {
                 *slot = Some(resp);
             }
         }
         self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// The first EL answer to a call that may make its BN the best (`beacons::BestBeacon`):
+    /// applied before the BN is answered, so that its next forkchoiceUpdated already finds it
+    /// the best. A failed call is no answer: the next EL's answer decides, and an exchange that
+    /// ends with none forgets its candidate (`decide`).
+    pub(super) fn confirm_beacon(&mut self, r: ExchangeRef, target: usize, status: Status, now: Instant) {
+        let el = self.ups.get(target).map_or("?", |u| u.name()).to_string();
+        match self.best.confirm(&r, status, now) {
+            Confirmed::Switched(switch) => {
+                self.metrics.best_switched();
+                match switch.from {
+                    None => log::info!("following beacon node {} ({el} confirmed it)", switch.to),
+                    Some(from) => log::info!(
+                        "switching beacon node {from} -> {} (timestamp {}): {el} answered {}",
+                        switch.to,
+                        switch.timestamp,
+                        status.label()
+                    ),
+                }
+            }
+            Confirmed::Refused { beacon, timestamp, status } => {
+                self.metrics.candidate_refused();
+                log::info!(
+                    "beacon node {beacon} stays behind: {el} answered {} to its payload with timestamp \
+                     {timestamp}",
+                    status.label()
+                );
+            }
+            Confirmed::Advanced { .. } | Confirmed::Stale | Confirmed::Unknown => {}
+        }
     }
 
     /// Execution client `up` called a payload VALID: it moves its head in the sync view (the

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{unix_now, Proxy};
+use crate::beacons::{self, Batch, Candidate};
 use crate::core::budget;
 use crate::core::exchange::{Exchange, ExchangeRef, Inbound, Reply};
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
@@ -88,14 +89,12 @@ impl Proxy {
                 );
             }
         }
-        let secret = self.cfg.jwt_secret.as_ref();
+        let keys = self.cfg.beacon_keys();
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let Some(head) = down.reader.held_head() else { return };
-        let verdict = match secret {
-            Some(secret) if head.method == "POST" && !down.metrics_only => {
-                intake::check_token(secret, head, unix_now())
-            }
-            _ => Ok(()),
+        let verdict = match keys.required() && head.method == "POST" && !down.metrics_only {
+            true => intake::authenticate(head, down.peer.ip(), &keys, unix_now()).map(drop),
+            false => Ok(()),
         };
         let Err(why) = verdict else {
             if !admitted {
@@ -158,15 +157,18 @@ impl Proxy {
             }
         }
         // A request with a body had its token checked at the head (`on_head`); this check is
-        // the one for bodiless requests, and stays as the last word for all of them.
-        if let Some(secret) = self.cfg.jwt_secret.as_ref() {
-            if let Err(why) = intake::check_token(secret, &req.head, unix_now()) {
-                log::warn!("rejected a request from {}: {why}", down.peer);
-                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-                down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
-                return;
-            }
-        }
+        // the one for bodiless requests, and stays as the last word for all of them. It also
+        // names the sender (`beacons`).
+        let identity =
+            match intake::authenticate(&req.head, down.peer.ip(), &self.cfg.beacon_keys(), unix_now()) {
+                Ok(auth) => auth.identity,
+                Err(why) => {
+                    log::warn!("rejected a request from {}: {why}", down.peer);
+                    self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
+                    down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
+                    return;
+                }
+            };
         let scan = match rpc::scan_request(&req.body) {
             Ok(scan) => scan,
             Err(e) => {
@@ -181,16 +183,35 @@ impl Proxy {
         } else {
             Class::NonEngine
         };
+        // An Engine API call inside a batch would escape the best-BN filter, the ordering and
+        // the fan-out: such a batch is refused whole (see `beacons::check_batch`).
+        if scan.shape == rpc::Shape::Array {
+            if let Batch::Refuse(body) = beacons::check_batch(&req.body) {
+                log::warn!("refused a batch with engine_* calls from beacon node {identity}");
+                self.metrics.request(Class::NonEngine, RequestOutcome::Refused);
+                down.push(answer(200, body));
+                return;
+            }
+        }
         let id = scan.id.as_ref().and_then(|r| req.body.get(r.clone())).map(<[u8]>::to_vec);
         let client = down.peer.ip().to_string();
-        let beacon = req
-            .head
-            .header("x-forwarded-for")
-            .and_then(http::first_forwarded_for)
-            .map_or_else(|| client.clone(), str::to_string);
-        let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
-        self.metrics.beacon_seen(&beacon, scan.timestamp, now);
-        if let (Class::NewPayload, Some(ts)) = (class, scan.timestamp) {
+        let beacon = identity.name.as_str();
+        let key = self.exchanges.next_ref();
+        let verdict = self.best.observe(key, beacon, class, scan.timestamp, now, unix_now());
+        let mut plausible = scan.timestamp;
+        if let Candidate::Implausible { timestamp, limit } = verdict.candidate {
+            plausible = None;
+            self.metrics.implausible_timestamp();
+            log::warn!(
+                "beacon node {identity} ({}) sent {} with timestamp {timestamp}, more than {} s ahead of \
+                 the clock (limit {limit}): it does not count for the best beacon node (is a clock wrong?)",
+                identity.source.label(),
+                class.label(),
+                beacons::MAX_AHEAD_SECS
+            );
+        }
+        self.metrics.beacon_seen(beacon, identity.source.label(), plausible, now);
+        if let (Class::NewPayload, Some(ts)) = (class, plausible) {
             self.metrics.sync.payload_seen(ts);
         }
         if let Some(switch) = verdict.switched {
@@ -237,7 +258,10 @@ impl Proxy {
             charge,
         });
         let reply = (!mirror).then_some(Reply { slot, serial });
-        let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
+        let mut exchange = Exchange::new(inbound.clone(), reply, self.builders, now);
+        exchange.candidate = verdict.candidate == Candidate::Pending;
+        let r = self.exchanges.insert(exchange);
+        debug_assert_eq!(r, key, "the best-BN candidate is keyed by this exchange");
         if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
             down.push(Slot::Waiting(r));
         }
