@@ -102,6 +102,8 @@ pub struct Metrics {
     /// before rendering.
     pub candidates_dropped: u64,
     disagreements: u64,
+    /// `--answer-policy safe` answers of SYNCING because the clients split on validity.
+    safe_syncing: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
@@ -134,6 +136,7 @@ impl Metrics {
             candidates_refused: 0,
             candidates_dropped: 0,
             disagreements: 0,
+            safe_syncing: 0,
             bytes_in: 0,
             bytes_out: 0,
             closed: [0; Expired::ALL.len()],
@@ -214,6 +217,10 @@ impl Metrics {
     /// An EL's answer did not confirm a BN's larger timestamp.
     pub fn candidate_refused(&mut self) {
         self.candidates_refused += 1;
+    }
+
+    pub fn safe_syncing(&mut self) {
+        self.safe_syncing += 1;
     }
 
     pub fn disagreement(&mut self) {
@@ -432,6 +439,14 @@ impl Metrics {
             "Calls on which execution clients reported different statuses.",
         );
         let _ = writeln!(out, "sync_proxy_status_disagreements_total {}", self.disagreements);
+        family(
+            &mut out,
+            "sync_proxy_answer_policy_syncing_total",
+            "counter",
+            "Calls answered SYNCING under --answer-policy safe because the execution clients split \
+             on validity.",
+        );
+        let _ = writeln!(out, "sync_proxy_answer_policy_syncing_total {}", self.safe_syncing);
         family(&mut out, "sync_proxy_received_bytes_total", "counter", "Bytes read from beacon nodes.");
         let _ = writeln!(out, "sync_proxy_received_bytes_total {}", self.bytes_in);
         family(&mut out, "sync_proxy_sent_bytes_total", "counter", "Bytes written to beacon nodes.");

@@ -129,6 +129,8 @@ pub enum Choice {
     Combine(Vec<usize>),
     /// Nobody answered.
     NoAnswer,
+    /// `--answer-policy safe`: the clients split on validity; the beacon node gets SYNCING.
+    Syncing(crate::answer_policy::Disagreement),
 }
 
 /// Decides the beacon node's answer from the clients' standings (in `--builders` order), as

@@ -11,15 +11,15 @@
 //! Every "reached no EL" is checked after a later call was seen arriving (a positive signal),
 //! never after a bare sleep.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use sync_proxy::jwt::{self, Secret};
 
 use crate::routing::{metric, start_proxy};
 use crate::util::{
-    default_reply, fcu, new_payload, post_request, quantity, reply_status, Bn, HttpResponse, MockEl, Proxy,
-    Received, Reply, TempFile, TIMEOUT,
+    default_reply, fcu, hash, new_payload, post_request, quantity, reply_status, rpc_result, Bn,
+    HttpResponse, MockEl, Proxy, Received, Reply, TempFile, TIMEOUT,
 };
 
 /// The real BN and the one that tries to take over, by X-Forwarded-For.
@@ -320,4 +320,93 @@ fn two_beacon_nodes_on_one_ip_are_told_apart_by_path() {
     post_to(&proxy, "/bn-a", &a, &fcu(5, None));
     el.wait_for("call 5", TIMEOUT, |rs: &[Received]| rs.iter().any(|r| r.rpc_id == Some(json!(5))));
     assert_eq!(ids(&el), [1, 2, 5], "{:?}", el.methods());
+}
+
+// ---------------------------------------------------------------------- --answer-policy safe
+
+/// A newPayload answer with `status`, its `latestValidHash` naming EL `tag` (so the BN's
+/// answer says whose it is), after `delay_ms`.
+fn payload_answer(request: &Received, status: &str, tag: u64, delay_ms: u64) -> Reply {
+    let result = json!({ "status": status, "latestValidHash": hash(tag), "validationError": null });
+    rpc_result(request, result).delayed(Duration::from_millis(delay_ms))
+}
+
+/// Three ELs answering `statuses` (in list order) with each arrival order of their answers:
+/// the BN's answer is the same every time.
+#[track_caller]
+fn same_answer_in_every_order(statuses: [&'static str; 3], expected: impl Fn(u64) -> Value) {
+    let els = [MockEl::start(), MockEl::start(), MockEl::start()];
+    let refs: Vec<&dyn crate::routing::El> = els.iter().map(|e| e as &dyn crate::routing::El).collect();
+    // A wait far longer than the delays: every answer is in, whatever the machine's load.
+    let proxy = start_proxy(&refs, &["--answer-policy", "safe", "--answer-wait", "4000"]);
+    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    for (id, order) in (1..).zip(orders) {
+        for (i, el) in els.iter().enumerate() {
+            let (status, tag, rank) = (statuses[i], u64::from(el.addr().port()), order[i]);
+            el.set_behaviour(move |r| payload_answer(r, status, tag, rank * 60));
+        }
+        let answer = proxy.bn().post(&new_payload(id, 1000 + id)).json();
+        assert_eq!(answer, expected(id), "{statuses:?} arriving in order {order:?}");
+    }
+}
+
+#[test]
+fn safe_answers_syncing_on_a_valid_invalid_split_whatever_the_arrival_order() {
+    let syncing = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id,
+               "result": {"status": "SYNCING", "latestValidHash": null, "validationError": null}})
+    };
+    same_answer_in_every_order(["VALID", "INVALID", "SYNCING"], syncing);
+    same_answer_in_every_order(["SYNCING", "INVALID_BLOCK_HASH", "VALID"], syncing);
+}
+
+#[test]
+fn safe_split_is_warned_and_counted() {
+    let (a, b) = (MockEl::start(), MockEl::start());
+    a.set_behaviour(|r| payload_answer(r, "VALID", 1, 0));
+    b.set_behaviour(|r| payload_answer(r, "INVALID", 2, 0));
+    let proxy = start_proxy(&[&a, &b], &["--answer-policy", "safe"]);
+    let answer = proxy.bn().post(&new_payload(7, 100)).json();
+    assert_eq!(answer["result"]["status"], "SYNCING", "{answer}");
+    assert_eq!(answer["id"], 7);
+    let warning =
+        format!("split on engine_newPayloadV3 id 7: VALID from {}, INVALID from {}", a.url(), b.url());
+    proxy.wait_log(&warning, TIMEOUT);
+    assert_eq!(metric(&proxy, "sync_proxy_answer_policy_syncing_total"), 1);
+    // A forkchoiceUpdated split gets the fcU SYNCING shape, with a null payloadId.
+    a.set_behaviour(|r| reply_status(r, "VALID"));
+    b.set_behaviour(|r| reply_status(r, "INVALID"));
+    assert_eq!(proxy.bn().post(&fcu(8, Some(100))).json(), filtered(8));
+}
+
+#[test]
+fn safe_relays_the_first_agreeing_el_in_list_order() {
+    let els = [MockEl::start(), MockEl::start(), MockEl::start()];
+    let tag = |i: usize| u64::from(els[i].addr().port());
+    let expected = |id: u64| {
+        let result = json!({ "status": "VALID", "latestValidHash": hash(tag(1)), "validationError": null });
+        json!({"jsonrpc": "2.0", "id": id, "result": result})
+    };
+    // The second EL is the first VALID in list order; the third's VALID comes first.
+    let statuses = ["SYNCING", "VALID", "VALID"];
+    let refs: Vec<&dyn crate::routing::El> = els.iter().map(|e| e as &dyn crate::routing::El).collect();
+    let proxy = start_proxy(&refs, &["--answer-policy", "safe", "--answer-wait", "4000"]);
+    for (i, el) in els.iter().enumerate() {
+        let (status, tag, delay) = (statuses[i], tag(i), [0, 120, 0][i]);
+        el.set_behaviour(move |r| payload_answer(r, status, tag, delay));
+    }
+    assert_eq!(proxy.bn().post(&new_payload(1, 100)).json(), expected(1));
+}
+
+#[test]
+fn safe_answers_within_the_wait_when_an_el_never_answers() {
+    let (a, b, hung) = (MockEl::start(), MockEl::start(), MockEl::with(|_| Reply::Hang));
+    let proxy = start_proxy(&[&a, &b, &hung], &["--answer-policy", "safe", "--answer-wait", "300"]);
+    // newPayload's own timeout is 8 s, longer than the BN's read timeout here: an answer at
+    // all shows the wait, not the hung EL, ended the gathering.
+    let mut bn = proxy.bn();
+    bn.set_timeout(TIMEOUT);
+    let answer = bn.post(&new_payload(1, 100));
+    assert_eq!(answer.json()["result"]["status"], "VALID", "{}", answer.text());
+    hung.wait_requests(1, TIMEOUT);
 }

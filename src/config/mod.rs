@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::answer_policy::{AnswerPolicy, DEFAULT_ANSWER_WAIT};
 use crate::beacons::{Confirmation, Keys};
 use crate::jwt::Secret;
 pub use endpoints::{parse_endpoint, Endpoint};
@@ -100,6 +101,10 @@ pub struct Config {
     /// `--beacon-expiry` / `BEACON_EXPIRY_MS`: the best BN is forgotten after this long without
     /// a request from it.
     pub beacon_expiry: Duration,
+    /// `--answer-policy`: what a beacon node is told about newPayload and forkchoiceUpdated.
+    pub answer_policy: AnswerPolicy,
+    /// `--answer-wait`: under `safe`, how long answers are gathered after the first decisive one.
+    pub answer_wait: Duration,
     /// `--beacon-switch`: which EL answers let another BN become the best (see
     /// `beacons::Confirmation`).
     pub beacon_switch: Confirmation,
@@ -179,6 +184,8 @@ impl Config {
             backlog_bytes: count("backlog-bytes"),
             beacon_expiry: millis("beacon-expiry"),
             beacon_switch: Confirmation::ValidOnly,
+            answer_policy: AnswerPolicy::Primary,
+            answer_wait: DEFAULT_ANSWER_WAIT,
             jwt_secret: None,
             builder_jwt_secrets: Vec::new(),
             beacon_jwt_secrets: Vec::new(),
@@ -306,6 +313,20 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         "not-invalid" => Confirmation::NotInvalid,
         other => return Err(err!("--beacon-switch must be valid or not-invalid, not {other:?}")),
     };
+    let answer_policy = AnswerPolicy::parse(s.text("answer-policy")?.unwrap_or(s.default("answer-policy")))
+        .map_err(|why| err!("{why}"))?;
+    let answer_wait = s.millis("answer-wait")?;
+    // Shorter than the shortest timeout of the calls it gathers (newPayloadV5's 6 s, or
+    // --request-timeout), so that the wait, not the timeout, ends a gathering.
+    let longest_wait = request_timeout.unwrap_or(Duration::from_secs(6));
+    let safe = answer_policy == AnswerPolicy::Safe;
+    if answer_wait.is_zero() || (safe && answer_wait >= longest_wait) {
+        return Err(err!(
+            "--answer-wait must be positive and, with --answer-policy safe, below {} ms (the newPayload \
+             timeout)",
+            longest_wait.as_millis()
+        ));
+    }
     let (log_level, log_json) = s.log()?;
     let metrics_addr = s.listen("metrics-addr")?.map(|(_, addr)| addr);
     let mirror_mode = s.boolean("mirror-mode")?;
@@ -329,6 +350,8 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         backlog_requests: s.count("backlog-requests")?,
         backlog_bytes: s.count("backlog-bytes")?,
         beacon_expiry,
+        answer_policy,
+        answer_wait,
         beacon_switch,
         jwt_secret,
         builder_jwt_secrets,
@@ -460,5 +483,41 @@ mod tests {
             assert_mentions(&message, needles);
             assert!(!message.contains(&SECRET_HEX[..10]), "{message}");
         }
+    }
+
+    #[test]
+    fn trust_flags_parse_and_bad_values_are_named() {
+        let c = run(&with_builder(&[]));
+        assert_eq!(
+            (c.answer_policy, c.answer_wait, c.beacon_switch),
+            (AnswerPolicy::Primary, DEFAULT_ANSWER_WAIT, Confirmation::ValidOnly)
+        );
+        assert!(c.beacon_jwt_secrets.is_empty());
+        let c = run(&with_builder(&[
+            "--answer-policy",
+            "safe",
+            "--answer-wait",
+            "250",
+            "--beacon-switch",
+            "not-invalid",
+        ]));
+        assert_eq!(
+            (c.answer_policy, c.answer_wait, c.beacon_switch),
+            (AnswerPolicy::Safe, Duration::from_millis(250), Confirmation::NotInvalid)
+        );
+        let file = secret_map(&[("bn-a", "11".repeat(32).as_str())]);
+        let c = run(&with_builder(&["--beacon-jwt-secrets", file.arg()]));
+        assert_eq!(c.beacon_jwt_secrets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["bn-a"]);
+        let bad_name = secret_map(&[("bn a", "11".repeat(32).as_str())]);
+        assert_mentions(
+            &error(&with_builder(&["--beacon-jwt-secrets", bad_name.arg()])),
+            &["--beacon-jwt-secrets", "not an identity"],
+        );
+        assert_mentions(&error(&with_builder(&["--answer-policy", "vote"])), &["--answer-policy", "vote"]);
+        assert_mentions(&error(&with_builder(&["--beacon-switch", "any"])), &["--beacon-switch", "any"]);
+        let too_long = ["--answer-policy", "safe", "--request-timeout", "500", "--answer-wait", "500"];
+        assert_mentions(&error(&with_builder(&too_long)), &["--answer-wait", "500 ms"]);
+        // Without safe the wait is unused, so a short --request-timeout is no conflict.
+        run(&with_builder(&["--request-timeout", "100"]));
     }
 }

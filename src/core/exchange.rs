@@ -8,6 +8,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::answer_policy::{self, Clock, Decision, Outcome, Status};
 use crate::core::budget::Charge;
 use crate::http::{RequestHead, Response};
 use crate::policy::{self, Choice, Class, Combine, Standing};
@@ -71,6 +72,16 @@ pub struct Exchange {
     pub warned: bool,
     /// Whether the best-BN rule awaits this exchange's first EL answer (`BestBeacon::confirm`).
     pub candidate: bool,
+    /// Set under `--answer-policy safe` for the calls it gathers (`answer_policy`).
+    pub gather: Option<Gather>,
+}
+
+/// How an exchange under `--answer-policy safe` gathers its answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Gather {
+    /// `--answer-wait`.
+    pub wait: Duration,
+    pub clock: Clock,
 }
 
 impl Exchange {
@@ -89,6 +100,7 @@ impl Exchange {
             live_jobs: 0,
             warned: false,
             candidate: false,
+            gather: None,
         }
     }
 
@@ -110,13 +122,50 @@ impl Exchange {
 
     /// The choice of the beacon node's answer, once the standings allow it; the exchange is
     /// decided from then on (None ever after).
-    pub fn decide(&mut self) -> Option<Choice> {
+    ///
+    /// Under `--answer-policy safe` the answers are gathered first (`answer_policy::decide`);
+    /// while it says to wait, the exchange's deadline comes forward to the end of the wait, so
+    /// that `on_timeout` then counts the clients still silent as failed and the next `decide`
+    /// answers without them.
+    pub fn decide(&mut self, now: Instant) -> Option<Choice> {
         if self.decided {
             return None;
         }
-        let choice = policy::choose(self.combine, &self.standings)?;
+        let choice = match self.gather {
+            None => policy::choose(self.combine, &self.standings)?,
+            Some(gather) => match answer_policy::decide(&self.gathered(), &gather.clock, gather.wait, now) {
+                Decision::Wait { until } => {
+                    if let Some(until) = until {
+                        self.deadline = self.deadline.min(until);
+                    }
+                    return None;
+                }
+                Decision::Answer(Outcome::Relay(i)) => Choice::Relay(i),
+                Decision::Answer(Outcome::Syncing(split)) => Choice::Syncing(split),
+                Decision::Answer(Outcome::NoAnswer) => Choice::NoAnswer,
+            },
+        };
         self.decided = true;
         Some(choice)
+    }
+
+    /// An answer with this status came (for `--answer-policy safe`'s clock).
+    pub fn on_answer(&mut self, status: Status, now: Instant) {
+        if let Some(gather) = self.gather.as_mut() {
+            gather.clock.on_answer(status, now);
+        }
+    }
+
+    /// The standings as `answer_policy` sees them: an answer with its status.
+    fn gathered(&self) -> Vec<answer_policy::Standing> {
+        let status = |i: usize| Status::of(self.statuses.get(i).and_then(Option::as_deref));
+        (0..self.standings.len())
+            .map(|i| match self.standings[i] {
+                Standing::Pending => answer_policy::Standing::Pending,
+                Standing::Failed => answer_policy::Standing::Failed,
+                Standing::Answered => answer_policy::Standing::Answered(status(i)),
+            })
+            .collect()
     }
 
     /// Its deadline has passed: every client that has not answered counts as failed. True
@@ -302,10 +351,10 @@ mod tests {
         let mut e = non_engine(3);
         assert_eq!(e.settle(0, Standing::Failed, 3), Some(1));
         assert_eq!(e.settle(0, Standing::Failed, 3), None, "reported failed twice, sent on once");
-        assert_eq!(e.decide(), None, "the next client has not answered yet");
+        assert_eq!(e.decide(e.inbound.received), None, "the next client has not answered yet");
         assert_eq!(e.settle(1, Standing::Answered, 3), None);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
-        assert_eq!(e.decide(), None, "decided once");
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), None, "decided once");
         // The last client listed, or fewer listed after a reload: nowhere to fall back to.
         let mut e = non_engine(3);
         assert_eq!(e.settle(2, Standing::Failed, 3), None);
@@ -317,7 +366,7 @@ mod tests {
         let mut e = exchange(2);
         assert_eq!(e.settle(0, Standing::Failed, 2), None);
         assert_eq!(e.settle(1, Standing::Answered, 2), None);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
     }
 
     #[test]
@@ -326,10 +375,10 @@ mod tests {
         let t0 = e.deadline - Duration::from_secs(8);
         assert_eq!(e.settle(1, Standing::Answered, 2), None);
         assert!(!e.on_timeout(t0 + Duration::from_millis(7_999)));
-        assert_eq!(e.decide(), None, "the primary may still answer");
+        assert_eq!(e.decide(e.inbound.received), None, "the primary may still answer");
         assert!(e.on_timeout(e.deadline));
         assert_eq!(e.standings, vec![Standing::Failed, Standing::Answered]);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
         assert!(!e.on_timeout(e.deadline), "a decided exchange has nothing left to time out");
     }
 
@@ -344,6 +393,27 @@ mod tests {
         slab.remove(b);
         let next = slab.next_ref();
         assert_eq!(slab.insert(exchange(1)), next, "a reused slot's next generation");
+    }
+
+    #[test]
+    fn safe_gathers_until_the_wait_then_answers_without_the_silent_client_on_a_fake_clock() {
+        let mut e = exchange(3);
+        let t0 = e.inbound.received;
+        let wait = Duration::from_millis(1000);
+        e.gather = Some(Gather { wait, clock: Clock::default() });
+        let answer = |e: &mut Exchange, el: usize, status: &str, at: Instant| {
+            e.record_status(el, Some(status.to_string()));
+            e.on_answer(Status::of(Some(status)), at);
+            e.settle(el, Standing::Answered, 3);
+        };
+        answer(&mut e, 0, "VALID", t0 + Duration::from_millis(10));
+        assert_eq!(e.decide(t0 + Duration::from_millis(10)), None, "the primary alone does not decide");
+        assert_eq!(e.deadline, t0 + Duration::from_millis(1010), "the wait brings the deadline forward");
+        answer(&mut e, 1, "INVALID", t0 + Duration::from_millis(20));
+        assert_eq!(e.decide(t0 + Duration::from_millis(20)), None);
+        assert!(e.on_timeout(e.deadline));
+        let split = answer_policy::Disagreement { valid: vec![0], invalid: vec![1] };
+        assert_eq!(e.decide(e.deadline), Some(Choice::Syncing(split)));
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl Proxy {
     /// Answers the beacon node as soon as the answer is decided.
     pub(super) fn decide(&mut self, r: ExchangeRef, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        if let Some(choice) = e.decide() {
+        if let Some(choice) = e.decide(now) {
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
@@ -262,6 +262,7 @@ impl Proxy {
             );
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.on_answer(mine_status, now);
         if std::mem::take(&mut e.candidate) {
             self.confirm_beacon(r, job.target, mine_status, now);
         }

@@ -11,9 +11,10 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{unix_now, Proxy};
+use crate::answer_policy::Clock;
 use crate::beacons::{self, Batch, Candidate};
 use crate::core::budget;
-use crate::core::exchange::{Exchange, ExchangeRef, Inbound, Reply};
+use crate::core::exchange::{Exchange, ExchangeRef, Gather, Inbound, Reply};
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
 use crate::downstream::{Outgoing, Slot};
 use crate::http::{self, HttpError, Refusal, Request, RequestEvent};
@@ -260,6 +261,9 @@ impl Proxy {
         let reply = (!mirror).then_some(Reply { slot, serial });
         let mut exchange = Exchange::new(inbound.clone(), reply, self.builders, now);
         exchange.candidate = verdict.candidate == Candidate::Pending;
+        if self.cfg.answer_policy.gathers(class) && !mirror {
+            exchange.gather = Some(Gather { wait: self.cfg.answer_wait, clock: Clock::default() });
+        }
         let r = self.exchanges.insert(exchange);
         debug_assert_eq!(r, key, "the best-BN candidate is keyed by this exchange");
         if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
