@@ -112,6 +112,7 @@ pub struct Proxy {
     builders: usize,
     exchanges: Exchanges,
     best: BestBeacon<ExchangeRef>,
+    payloads: crate::payload_choice::PayloadMap,
     scratch: Vec<u8>,
     /// Downstream slots with more to read after their per-wakeup share.
     again: Vec<usize>,
@@ -193,6 +194,7 @@ impl Proxy {
             metrics,
             builders: cfg.builders.len(),
             best: BestBeacon::new(cfg.beacon_expiry, beacons::MAX_AHEAD_SECS, cfg.beacon_switch),
+            payloads: crate::payload_choice::PayloadMap::new(),
             cfg,
             downs: Vec::new(),
             free_downs: Vec::new(),

@@ -102,6 +102,12 @@ pub struct Metrics {
     /// before rendering.
     pub candidates_dropped: u64,
     disagreements: u64,
+    /// `--payload-choice best-value`: payloads relayed per EL, and the wei they beat the BN's
+    /// own EL's payload by, in ETH.
+    payload_picks: Vec<u64>,
+    payload_gain_eth: f64,
+    /// Build mappings dropped from the full map (`PayloadMap::dropped`), set before rendering.
+    pub payload_mappings_dropped: u64,
     /// `--answer-policy safe` answers of SYNCING because the clients split on validity.
     safe_syncing: u64,
     pub bytes_in: u64,
@@ -137,6 +143,9 @@ impl Metrics {
             candidates_dropped: 0,
             disagreements: 0,
             safe_syncing: 0,
+            payload_picks: vec![0; els],
+            payload_gain_eth: 0.0,
+            payload_mappings_dropped: 0,
             bytes_in: 0,
             bytes_out: 0,
             closed: [0; Expired::ALL.len()],
@@ -217,6 +226,15 @@ impl Metrics {
     /// An EL's answer did not confirm a BN's larger timestamp.
     pub fn candidate_refused(&mut self) {
         self.candidates_refused += 1;
+    }
+
+    /// `--payload-choice best-value` relayed EL `el`'s payload, `gain_eth` more than the BN's own.
+    pub fn payload_picked(&mut self, el: usize, gain_eth: f64) {
+        if el >= self.payload_picks.len() {
+            self.payload_picks.resize(el + 1, 0);
+        }
+        self.payload_picks[el] += 1;
+        self.payload_gain_eth += gain_eth;
     }
 
     pub fn safe_syncing(&mut self) {
@@ -447,6 +465,34 @@ impl Metrics {
              on validity.",
         );
         let _ = writeln!(out, "sync_proxy_answer_policy_syncing_total {}", self.safe_syncing);
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_total",
+            "counter",
+            "getPayload answers relayed under --payload-choice best-value, by the EL that built the payload.",
+        );
+        for (i, (name, ..)) in snap.els.iter().enumerate() {
+            let n = self.payload_picks.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "sync_proxy_payload_choice_total{{el=\"{}\"}} {n}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_gain_eth_total",
+            "counter",
+            "ETH by which the relayed payloads beat the ones the beacon node's payloadId named.",
+        );
+        let _ = writeln!(out, "sync_proxy_payload_choice_gain_eth_total {}", self.payload_gain_eth);
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_mappings_dropped_total",
+            "counter",
+            "Payload build mappings dropped because the map was full.",
+        );
+        let _ = writeln!(
+            out,
+            "sync_proxy_payload_choice_mappings_dropped_total {}",
+            self.payload_mappings_dropped
+        );
         family(&mut out, "sync_proxy_received_bytes_total", "counter", "Bytes read from beacon nodes.");
         let _ = writeln!(out, "sync_proxy_received_bytes_total {}", self.bytes_in);
         family(&mut out, "sync_proxy_sent_bytes_total", "counter", "Bytes written to beacon nodes.");

@@ -410,3 +410,78 @@ fn safe_answers_within_the_wait_when_an_el_never_answers() {
     assert_eq!(answer.json()["result"]["status"], "VALID", "{}", answer.text());
     hung.wait_requests(1, TIMEOUT);
 }
+
+// ------------------------------------------------------------------ --payload-choice best-value
+
+/// `0x` and 16 hex digits.
+fn payload_id(n: u64) -> String {
+    format!("0x{n:016x}")
+}
+
+/// An EL that builds under payloadId `n` and whose getPayload answer is `get_payload`'s, after
+/// `delay_ms`; its fcU answers are VALID.
+fn builder(n: u64, get_payload: fn(&Received, u64) -> Reply) -> MockEl {
+    MockEl::with(move |r| {
+        if r.is("engine_forkchoiceUpdated") {
+            let status = json!({"status": "VALID", "latestValidHash": null, "validationError": null});
+            rpc_result(r, json!({"payloadStatus": status, "payloadId": payload_id(n)}))
+        } else if r.is("engine_getPayload") {
+            get_payload(r, n)
+        } else {
+            default_reply(r)
+        }
+    })
+}
+
+/// A getPayload answer worth `n` ETH, its block hash naming `n`.
+fn worth(request: &Received, n: u64) -> Reply {
+    let value = u128::from(n) * 1_000_000_000_000_000_000;
+    let result = json!({"executionPayload": {"blockHash": hash(n)}, "blockValue": format!("0x{value:x}"),
+                        "shouldOverrideBuilder": false});
+    rpc_result(request, result)
+}
+
+#[test]
+fn best_value_relays_the_highest_block_value_in_time() {
+    let primary = builder(1, worth);
+    let richer = builder(2, worth);
+    // Richest, but slower than getPayload's own timeout (and so than the 400 ms choice).
+    let late = builder(5, |r, n| worth(r, n).delayed(Duration::from_secs(3)));
+    let failing = builder(4, |r, _| crate::util::rpc_error(r, -38001, "Unknown payload"));
+    let proxy = start_proxy(&[&primary, &richer, &late, &failing], &["--payload-choice", "best-value"]);
+    let mut bn = proxy.bn();
+
+    let answer = bn.post(&fcu(1, Some(100))).json();
+    assert_eq!(answer["result"]["payloadId"], payload_id(1), "the BN holds the primary's id: {answer}");
+    // Ordered calls go to each EL one at a time: once a newPayload reached every EL, each
+    // one's fcU answer (its own payloadId) is in.
+    bn.post(&new_payload(3, 101));
+    wait_everywhere(&[&primary, &richer, &late, &failing], 3);
+    let get = crate::util::rpc_body(2, "engine_getPayloadV4", json!([payload_id(1)]));
+    let answer = bn.post(&get);
+    let expected = r#"{"jsonrpc":"2.0","id":2,"result":{"blockValue":"0x1bc16d674ec80000","executionPayload":{"blockHash":"HASH"},"shouldOverrideBuilder":false}}"#
+        .replace("HASH", hash(2).trim_matches('"'));
+    assert_eq!(answer.json(), serde_json::from_str::<Value>(&expected).expect("JSON"), "{}", answer.text());
+
+    // Each EL was asked for its own build.
+    for (el, n) in [(&primary, 1), (&richer, 2), (&late, 5), (&failing, 4)] {
+        let asked = el
+            .wait_for("getPayload", TIMEOUT, |rs: &[Received]| rs.iter().any(|r| r.is("engine_getPayload")));
+        let request = asked.iter().find(|r| r.is("engine_getPayload")).expect("getPayload");
+        let body: Value = serde_json::from_slice(&request.body).expect("JSON");
+        assert_eq!(
+            (body["id"].clone(), body["params"].clone()),
+            (json!(2), json!([payload_id(n)])),
+            "{}",
+            el.url()
+        );
+    }
+    proxy.wait_log(
+        &format!(
+            "payload built by {}, value 2000000000000000000 wei, +1000000000000000000 wei",
+            richer.url()
+        ),
+        TIMEOUT,
+    );
+    assert_eq!(metric(&proxy, &format!("sync_proxy_payload_choice_total{{el=\"{}\"}}", richer.url())), 1);
+}

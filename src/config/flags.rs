@@ -90,6 +90,9 @@ pub(super) const PROXY_FLAGS: &[Flag] = &[
          (as the Go proxy), or, with safe, SYNCING when the execution clients split on validity"),
     value("answer-wait", "MS", "1000", "",
         "with --answer-policy safe, how long answers are gathered after the first decisive one"),
+    value("payload-choice", "primary|best-value", "primary", "",
+        "whose payload a proposer gets: the one the BN's payloadId names, or, with best-value, \
+         the highest blockValue any execution client built that came within 400 ms"),
     value("beacon-switch", "valid|not-invalid", "valid", "",
         "which EL answer to a payload with a larger (plausible) timestamp lets another beacon \
          node become the best: VALID only, or anything but INVALID or an error"),

@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::answer_policy::{AnswerPolicy, DEFAULT_ANSWER_WAIT};
 use crate::beacons::{Confirmation, Keys};
 use crate::jwt::Secret;
+use crate::payload_choice::PayloadChoice;
 pub use endpoints::{parse_endpoint, Endpoint};
 use endpoints::{parse_endpoint_list, read_builders};
 use files::{
@@ -101,6 +102,8 @@ pub struct Config {
     /// `--beacon-expiry` / `BEACON_EXPIRY_MS`: the best BN is forgotten after this long without
     /// a request from it.
     pub beacon_expiry: Duration,
+    /// `--payload-choice`: whose payload a proposer gets from getPayload.
+    pub payload_choice: PayloadChoice,
     /// `--answer-policy`: what a beacon node is told about newPayload and forkchoiceUpdated.
     pub answer_policy: AnswerPolicy,
     /// `--answer-wait`: under `safe`, how long answers are gathered after the first decisive one.
@@ -185,6 +188,7 @@ impl Config {
             beacon_expiry: millis("beacon-expiry"),
             beacon_switch: Confirmation::ValidOnly,
             answer_policy: AnswerPolicy::Primary,
+            payload_choice: PayloadChoice::Primary,
             answer_wait: DEFAULT_ANSWER_WAIT,
             jwt_secret: None,
             builder_jwt_secrets: Vec::new(),
@@ -316,6 +320,9 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
     let answer_policy = AnswerPolicy::parse(s.text("answer-policy")?.unwrap_or(s.default("answer-policy")))
         .map_err(|why| err!("{why}"))?;
     let answer_wait = s.millis("answer-wait")?;
+    let payload_choice =
+        PayloadChoice::parse(s.text("payload-choice")?.unwrap_or(s.default("payload-choice")))
+            .map_err(|why| err!("{why}"))?;
     // Shorter than the shortest timeout of the calls it gathers (newPayloadV5's 6 s, or
     // --request-timeout), so that the wait, not the timeout, ends a gathering.
     let longest_wait = request_timeout.unwrap_or(Duration::from_secs(6));
@@ -352,6 +359,7 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         beacon_expiry,
         answer_policy,
         answer_wait,
+        payload_choice,
         beacon_switch,
         jwt_secret,
         builder_jwt_secrets,
@@ -515,6 +523,11 @@ mod tests {
         );
         assert_mentions(&error(&with_builder(&["--answer-policy", "vote"])), &["--answer-policy", "vote"]);
         assert_mentions(&error(&with_builder(&["--beacon-switch", "any"])), &["--beacon-switch", "any"]);
+        assert_eq!(
+            run(&with_builder(&["--payload-choice", "best-value"])).payload_choice,
+            PayloadChoice::BestValue
+        );
+        assert_mentions(&error(&with_builder(&["--payload-choice", "max"])), &["--payload-choice", "max"]);
         let too_long = ["--answer-policy", "safe", "--request-timeout", "500", "--answer-wait", "500"];
         assert_mentions(&error(&with_builder(&too_long)), &["--answer-wait", "500 ms"]);
         // Without safe the wait is unused, so a short --request-timeout is no conflict.

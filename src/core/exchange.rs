@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::answer_policy::{self, Clock, Decision, Outcome, Status};
 use crate::core::budget::Charge;
 use crate::http::{RequestHead, Response};
+use crate::payload_choice::{self, Got, PayloadId, Report};
 use crate::policy::{self, Choice, Class, Combine, Standing};
 use crate::pool::{self, SharedPool};
 
@@ -74,6 +75,24 @@ pub struct Exchange {
     pub candidate: bool,
     /// Set under `--answer-policy safe` for the calls it gathers (`answer_policy`).
     pub gather: Option<Gather>,
+    /// Set under `--payload-choice best-value` (`payload_choice`).
+    pub pick: Option<Pick>,
+    /// The payload chosen for the beacon node, once decided (for the log and the metric).
+    pub picked: Option<Report>,
+    /// When to decide again although no deadline passed (the end of getPayload's wait for
+    /// better payloads); nothing counts as failed then.
+    pub wake: Option<Instant>,
+}
+
+/// `--payload-choice best-value`'s state of one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// A forkchoiceUpdated with payload attributes: each EL's own payloadId (in list order) and,
+    /// once decided, the one the beacon node was given.
+    Build { ids: Vec<Option<PayloadId>>, given: Option<PayloadId> },
+    /// A getPayload asked of several ELs, each with its own id: what each answered, the EL
+    /// whose id the beacon node holds, and when the calls went out.
+    Fetch { got: Vec<Got>, holder: usize, sent_at: Instant },
 }
 
 /// How an exchange under `--answer-policy safe` gathers its answers.
@@ -101,6 +120,9 @@ impl Exchange {
             warned: false,
             candidate: false,
             gather: None,
+            pick: None,
+            picked: None,
+            wake: None,
         }
     }
 
@@ -130,6 +152,28 @@ impl Exchange {
     pub fn decide(&mut self, now: Instant) -> Option<Choice> {
         if self.decided {
             return None;
+        }
+        if let Some(Pick::Fetch { got, holder, sent_at }) = &self.pick {
+            let got: Vec<Got> = got
+                .iter()
+                .zip(&self.standings)
+                .map(|(g, s)| if *g == Got::Pending && *s == Standing::Failed { Got::Failed } else { *g })
+                .collect();
+            let deadline = payload_choice::DEFAULT_CHOICE_DEADLINE;
+            let choice = match payload_choice::choose(&got, *holder, *sent_at, deadline, now) {
+                payload_choice::Choice::Wait { until } => {
+                    self.wake = Some(until);
+                    return None;
+                }
+                payload_choice::Choice::Relay(report) => {
+                    let el = report.el;
+                    self.picked = Some(report);
+                    Choice::Relay(el)
+                }
+                payload_choice::Choice::Fallback => policy::choose(self.combine, &self.standings)?,
+            };
+            self.decided = true;
+            return Some(choice);
         }
         let choice = match self.gather {
             None => policy::choose(self.combine, &self.standings)?,
@@ -171,8 +215,15 @@ impl Exchange {
     /// Its deadline has passed: every client that has not answered counts as failed. True
     /// when that happened now (the exchange is then ready to `decide`).
     pub fn on_timeout(&mut self, now: Instant) -> bool {
-        if self.decided || self.deadline > now {
+        if self.decided {
             return false;
+        }
+        if self.deadline > now {
+            let woken = self.wake.is_some_and(|w| w <= now);
+            if woken {
+                self.wake = None;
+            }
+            return woken;
         }
         for s in self.standings.iter_mut() {
             if *s == Standing::Pending {
@@ -285,7 +336,8 @@ impl Exchanges {
 
     /// The earliest deadline of an exchange still waiting for a decision.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(|e| e.deadline).min()
+        let due = |e: &Exchange| e.wake.map_or(e.deadline, |w| w.min(e.deadline));
+        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(due).min()
     }
 }
 
@@ -414,6 +466,25 @@ mod tests {
         assert!(e.on_timeout(e.deadline));
         let split = answer_policy::Disagreement { valid: vec![0], invalid: vec![1] };
         assert_eq!(e.decide(e.deadline), Some(Choice::Syncing(split)));
+    }
+
+    #[test]
+    fn a_wake_decides_again_without_failing_anyone_on_a_fake_clock() {
+        let mut e = exchange(2);
+        let t0 = e.inbound.received;
+        e.wake = Some(t0 + Duration::from_millis(400));
+        let mut slab = Exchanges::default();
+        assert!(!e.on_timeout(t0 + Duration::from_millis(399)));
+        assert!(e.on_timeout(t0 + Duration::from_millis(400)), "woken");
+        assert_eq!(e.standings, vec![Standing::Pending; 2], "a wake fails no one");
+        assert_eq!(e.wake, None);
+        e.wake = Some(t0 + Duration::from_millis(400));
+        slab.insert(e);
+        assert_eq!(
+            slab.next_deadline(),
+            Some(t0 + Duration::from_millis(400)),
+            "the wake is the next deadline"
+        );
     }
 
     #[test]

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use super::Proxy;
 use crate::answer_policy::Status;
 use crate::beacons::Confirmed;
-use crate::core::exchange::{Exchange, ExchangeRef, Reply};
+use crate::core::exchange::{Exchange, ExchangeRef, Pick, Reply};
 use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
 use crate::http;
+use crate::payload_choice;
+use crate::policy::Choice;
 use crate::policy::{Class, Standing};
 use crate::rpc;
 use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
@@ -34,6 +36,29 @@ impl Proxy {
     pub(super) fn decide(&mut self, r: ExchangeRef, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
         if let Some(choice) = e.decide(now) {
+            if let (Some(Pick::Build { ids, given }), Choice::Relay(i)) = (e.pick.as_mut(), &choice) {
+                // The beacon node gets EL i's payloadId: every EL's own id is remembered under it.
+                *given = ids.get(*i).copied().flatten();
+                if let Some(given) = *given {
+                    for (el, id) in ids.iter().enumerate() {
+                        if let Some(id) = *id {
+                            self.payloads.remember(given, el, id, now);
+                        }
+                    }
+                }
+            }
+            if let Some(report) = e.picked.take() {
+                let ups = &self.ups;
+                let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
+                let gain = report.gain.map_or(0.0, |g| g.as_eth_f64());
+                self.metrics.payload_picked(report.el, gain);
+                let over = match (report.gain, report.primary_value) {
+                    (Some(gain), Some(_)) => format!(", +{gain} over the payload the beacon node's id named"),
+                    (None, Some(_)) => String::new(),
+                    _ => ", the only one in time with a value".to_string(),
+                };
+                log::info!("payload built by {}, value {}{over}", name(report.el), report.value);
+            }
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
@@ -263,6 +288,8 @@ impl Proxy {
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
         e.on_answer(mine_status, now);
+        self.note_pick(r, job.target, &resp, now);
+        let Some(e) = self.exchanges.get_mut(r) else { return };
         if std::mem::take(&mut e.candidate) {
             self.confirm_beacon(r, job.target, mine_status, now);
         }
@@ -273,6 +300,31 @@ impl Proxy {
             }
         }
         self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// `--payload-choice best-value`: EL `target`'s own payloadId for a build, or its getPayload
+    /// answer, noted on exchange `r`.
+    fn note_pick(&mut self, r: ExchangeRef, target: usize, resp: &http::Response, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        match e.pick.as_mut() {
+            Some(Pick::Build { ids, given }) => {
+                let scan = rpc::scan_response(&resp.body).ok();
+                let result = scan.and_then(|s| s.result).and_then(|range| resp.body.get(range));
+                let id = result.and_then(payload_choice::payload_id_of_fcu_result);
+                if let (Some(slot), Some(id)) = (ids.get_mut(target), id) {
+                    *slot = Some(id);
+                    if let Some(given) = *given {
+                        self.payloads.remember(given, target, id, now);
+                    }
+                }
+            }
+            Some(Pick::Fetch { got, .. }) => {
+                if let Some(slot) = got.get_mut(target) {
+                    *slot = payload_choice::answer_of(&resp.body);
+                }
+            }
+            None => {}
+        }
     }
 
     /// The first EL answer to a call that may make its BN the best (`beacons::BestBeacon`):

@@ -14,11 +14,12 @@ use super::{unix_now, Proxy};
 use crate::answer_policy::Clock;
 use crate::beacons::{self, Batch, Candidate};
 use crate::core::budget;
-use crate::core::exchange::{Exchange, ExchangeRef, Gather, Inbound, Reply};
+use crate::core::exchange::{Exchange, ExchangeRef, Gather, Inbound, Pick, Reply};
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
 use crate::downstream::{Outgoing, Slot};
 use crate::http::{self, HttpError, Refusal, Request, RequestEvent};
 use crate::metrics::{RequestOutcome, Snapshot};
+use crate::payload_choice::{self, Got, PayloadChoice, PayloadId};
 use crate::policy::{self, Class, Standing};
 use crate::probes;
 use crate::rpc;
@@ -264,14 +265,54 @@ impl Proxy {
         if self.cfg.answer_policy.gathers(class) && !mirror {
             exchange.gather = Some(Gather { wait: self.cfg.answer_wait, clock: Clock::default() });
         }
+        let best_value = self.cfg.payload_choice == PayloadChoice::BestValue && !mirror;
+        if best_value && class == Class::ForkchoiceUpdated && scan.timestamp.is_some() {
+            exchange.pick = Some(Pick::Build { ids: vec![None; self.builders], given: None });
+        }
+        let fetch =
+            if best_value && class == Class::GetPayload { self.fetch_targets(&inbound, now) } else { None };
+        if let Some((targets, holder)) = &fetch {
+            let got = targets.iter().map(|t| if t.is_some() { Got::Pending } else { Got::Failed }).collect();
+            exchange.pick = Some(Pick::Fetch { got, holder: *holder, sent_at: now });
+            for (standing, target) in exchange.standings.iter_mut().zip(targets) {
+                if target.is_none() {
+                    *standing = Standing::Failed;
+                }
+            }
+        }
         let r = self.exchanges.insert(exchange);
         debug_assert_eq!(r, key, "the best-BN candidate is keyed by this exchange");
         if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
             down.push(Slot::Waiting(r));
         }
         if class.is_fanned_out() {
-            for target in 0..self.builders {
-                self.send(target, r, target, &inbound, now);
+            if let Some((targets, holder)) = fetch {
+                // Every EL with a build of its own is asked at once, with its own id.
+                for (el, id) in targets.iter().enumerate() {
+                    let Some(id) = *id else { continue };
+                    match payload_choice::rewrite_get_payload(&inbound.body, id).filter(|_| el != holder) {
+                        Some(body) => {
+                            let own = Rc::new(Inbound {
+                                head: inbound.head.clone(),
+                                body,
+                                client: inbound.client.clone(),
+                                method: inbound.method.clone(),
+                                class,
+                                id: inbound.id.clone(),
+                                timeout,
+                                received: now,
+                                pool: None,
+                                charge: None,
+                            });
+                            self.send(el, r, el, &own, now);
+                        }
+                        None => self.send(el, r, el, &inbound, now),
+                    }
+                }
+            } else {
+                for target in 0..self.builders {
+                    self.send(target, r, target, &inbound, now);
+                }
             }
             let peer_timeout = self.cfg.proxy_request_timeout;
             for up in self.builders..self.ups.len() {
@@ -289,6 +330,16 @@ impl Proxy {
             self.send(0, r, 0, &inbound, now);
         }
         self.decide(r, now);
+    }
+
+    /// `--payload-choice best-value`: which ELs to ask for a getPayload, each with its own id,
+    /// and the one whose id the beacon node holds; None when only that one (or none) has a
+    /// build for it, and the call is routed as under `primary`.
+    fn fetch_targets(&mut self, inbound: &Inbound, now: Instant) -> Option<(Vec<Option<PayloadId>>, usize)> {
+        let given = payload_choice::payload_id_of_request(&inbound.body)?;
+        let targets = self.payloads.targets(given, self.builders, now);
+        let holder = targets.iter().position(|t| *t == Some(given))?;
+        (targets.iter().flatten().count() > 1).then_some((targets, holder))
     }
 
     /// Answers a GET or HEAD: `/metrics`, `/status`, `/healthz`, `/readyz`, or (any other path)
@@ -317,6 +368,8 @@ impl Proxy {
     /// The status, content type and body of an admin path.
     pub(super) fn admin_answer(&mut self, path: &str, now: Instant) -> (u16, &'static [u8], Vec<u8>) {
         const JSON: &[u8] = b"application/json";
+        self.metrics.candidates_dropped = self.best.dropped();
+        self.metrics.payload_mappings_dropped = self.payloads.dropped();
         let snapshot = Snapshot {
             open_connections: self.live_downs,
             best: self.best.current(),
