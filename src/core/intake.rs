@@ -51,15 +51,6 @@ pub fn authenticate(
     beacons::authenticate(token, hints, keys, unix_now)
 }
 
-/// Whether a request carries a valid `Authorization: Bearer` token for `secret` at
-/// `unix_now` (seconds); why not if not.
-pub fn check_token(secret: &jwt::Secret, head: &RequestHead, unix_now: u64) -> Result<(), String> {
-    match head.header("authorization").and_then(jwt::bearer_token) {
-        None => Err("missing bearer token".to_string()),
-        Some(token) => jwt::verify(secret, token, unix_now, jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
