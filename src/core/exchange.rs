@@ -145,10 +145,11 @@ impl Exchange {
     /// The choice of the beacon node's answer, once the standings allow it; the exchange is
     /// decided from then on (None ever after).
     ///
-    /// Under `--answer-policy safe` the answers are gathered first (`answer_policy::decide`);
-    /// while it says to wait, the exchange's deadline comes forward to the end of the wait, so
-    /// that `on_timeout` then counts the clients still silent as failed and the next `decide`
-    /// answers without them.
+    /// Under `--answer-policy safe` the answers are gathered first (`answer_policy::decide`),
+    /// and under `--payload-choice best-value` a getPayload asked of several clients waits for
+    /// better payloads (`payload_choice::choose`); while either says to wait, `wake` holds the
+    /// end of the wait, when `on_timeout` lets the next `decide` answer without the clients
+    /// still silent (they are not counted as failed: the call's own deadline is unchanged).
     pub fn decide(&mut self, now: Instant) -> Option<Choice> {
         if self.decided {
             return None;
@@ -179,9 +180,7 @@ impl Exchange {
             None => policy::choose(self.combine, &self.standings)?,
             Some(gather) => match answer_policy::decide(&self.gathered(), &gather.clock, gather.wait, now) {
                 Decision::Wait { until } => {
-                    if let Some(until) = until {
-                        self.deadline = self.deadline.min(until);
-                    }
+                    self.wake = until;
                     return None;
                 }
                 Decision::Answer(Outcome::Relay(i)) => Choice::Relay(i),
@@ -212,8 +211,9 @@ impl Exchange {
             .collect()
     }
 
-    /// Its deadline has passed: every client that has not answered counts as failed. True
-    /// when that happened now (the exchange is then ready to `decide`).
+    /// Its deadline has passed: every client that has not answered counts as failed. Or its
+    /// `wake` has: a wait ended, and nothing counts as failed. True when either happened now
+    /// (the exchange is then ready to `decide`).
     pub fn on_timeout(&mut self, now: Instant) -> bool {
         if self.decided {
             return false;
@@ -460,12 +460,15 @@ mod tests {
         };
         answer(&mut e, 0, "VALID", t0 + Duration::from_millis(10));
         assert_eq!(e.decide(t0 + Duration::from_millis(10)), None, "the primary alone does not decide");
-        assert_eq!(e.deadline, t0 + Duration::from_millis(1010), "the wait brings the deadline forward");
+        let end = t0 + Duration::from_millis(1010);
+        assert_eq!(e.wake, Some(end), "gathering ends 1 s after the first decisive answer");
         answer(&mut e, 1, "INVALID", t0 + Duration::from_millis(20));
         assert_eq!(e.decide(t0 + Duration::from_millis(20)), None);
-        assert!(e.on_timeout(e.deadline));
+        assert!(!e.on_timeout(end - Duration::from_millis(1)));
+        assert!(e.on_timeout(end));
+        assert_eq!(e.standings[2], Standing::Pending, "the silent client is not counted as failed");
         let split = answer_policy::Disagreement { valid: vec![0], invalid: vec![1] };
-        assert_eq!(e.decide(e.deadline), Some(Choice::Syncing(split)));
+        assert_eq!(e.decide(end), Some(Choice::Syncing(split)));
     }
 
     #[test]
