@@ -6,7 +6,13 @@
 //! - a JSON-RPC batch holding an Engine API call is answered -32600 and reaches no EL; other
 //!   batches are still forwarded;
 //! - two BNs on one IP are told apart by their token's `id` claim and by their path, each
-//!   with its own secret from `--beacon-jwt-secrets`, and `/status` names both.
+//!   with its own secret from `--beacon-jwt-secrets` (read again on SIGHUP), and `/status`
+//!   names both;
+//! - `--answer-policy safe`: the same answer over every arrival order of three ELs, SYNCING
+//!   with a warning and a metric on a VALID/INVALID split, the first agreeing EL in list order,
+//!   an answer within `--answer-wait` when an EL never answers;
+//! - `--payload-choice best-value`: each EL asked for its own build, the highest `blockValue`
+//!   in time relayed, an EL slower than the deadline and one answering an error left out.
 //!
 //! Every "reached no EL" is checked after a later call was seen arriving (a positive signal),
 //! never after a bare sleep.
@@ -484,4 +490,27 @@ fn best_value_relays_the_highest_block_value_in_time() {
         TIMEOUT,
     );
     assert_eq!(metric(&proxy, &format!("sync_proxy_payload_choice_total{{el=\"{}\"}}", richer.url())), 1);
+}
+
+#[test]
+fn beacon_secrets_are_read_again_on_sighup() {
+    let el = MockEl::start();
+    let secrets = beacon_secrets();
+    let proxy = start_proxy(&[&el], &["--beacon-jwt-secrets", secrets.arg()]);
+    let post =
+        |auth: &str, id: u64| proxy.bn().post_with(&[("Authorization", auth)], &new_payload(id, 100 + id));
+    assert_eq!(post(&bearer(1, Some("bn-a")), 1).status, 200);
+
+    // bn-a's secret rotates to secret 3.
+    std::fs::write(secrets.arg(), format!(r#"{{"bn-a": "{}"}}"#, secret_hex(3))).expect("rewrite the file");
+    let mark = proxy.log_mark();
+    proxy.signal("HUP");
+    proxy.wait_log_from(mark, "secrets changed", TIMEOUT);
+    assert_eq!(post(&bearer(1, Some("bn-a")), 2).status, 401, "the old secret no longer verifies");
+    assert_eq!(post(&bearer(3, Some("bn-a")), 3).status, 200);
+    assert_eq!(
+        post(&bearer(2, Some("bn-b")), 4).status,
+        401,
+        "bn-b's entry is gone, and there is no --jwt-secret"
+    );
 }
