@@ -29,14 +29,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
+use crate::beacons::{self, BestBeacon};
 use crate::config::{Config, Endpoint, TokensServiceConfig};
 use crate::core::budget::Meter;
-use crate::core::exchange::Exchanges;
+use crate::core::exchange::{ExchangeRef, Exchanges};
 use crate::downstream::{Downstream, Flushed, Timeouts};
 use crate::http::Limits;
 use crate::jwt::TokenCache;
 use crate::metrics::Metrics;
-use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
 use crate::tls::{self, Handshake};
@@ -111,7 +111,8 @@ pub struct Proxy {
     /// How many of `ups` are `--builders` (the rest are `--proxies` peers).
     builders: usize,
     exchanges: Exchanges,
-    best: BestBeacon,
+    best: BestBeacon<ExchangeRef>,
+    payloads: crate::payload_choice::PayloadMap,
     scratch: Vec<u8>,
     /// Downstream slots with more to read after their per-wakeup share.
     again: Vec<usize>,
@@ -192,7 +193,8 @@ impl Proxy {
             metrics_listener,
             metrics,
             builders: cfg.builders.len(),
-            best: BestBeacon::new(cfg.beacon_expiry),
+            best: BestBeacon::new(cfg.beacon_expiry, beacons::MAX_AHEAD_SECS, cfg.beacon_switch),
+            payloads: crate::payload_choice::PayloadMap::new(),
             cfg,
             downs: Vec::new(),
             free_downs: Vec::new(),

@@ -4,9 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use sync_proxy::answer_policy::AnswerPolicy;
 use sync_proxy::config::{self, Command, Config};
 use sync_proxy::event_loop::Proxy;
 use sync_proxy::logging;
+use sync_proxy::payload_choice::PayloadChoice;
 use sync_proxy::signals::SignalFlag;
 
 /// How long queued calls may take to go out after SIGTERM/SIGINT.
@@ -63,21 +65,25 @@ fn summary(cfg: &Config) -> String {
     let names =
         |list: &[config::Endpoint]| list.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ");
     let own_secrets = cfg.builder_jwt_secrets.iter().filter(|s| s.is_some()).count();
-    let auth = match (&cfg.jwt_secret, own_secrets) {
+    let checked = cfg.jwt_secret.is_some() || !cfg.beacon_jwt_secrets.is_empty();
+    let auth = match (checked.then_some(()), own_secrets) {
         (None, 0) => "no inbound JWT check; beacon node tokens passed through".to_string(),
         (Some(_), 0) => "inbound JWT checked; beacon node tokens passed through".to_string(),
         (None, n) => format!("no inbound JWT check; own tokens minted for {n} execution client(s)"),
         (Some(_), n) => format!("inbound JWT checked; own tokens minted for {n} execution client(s)"),
     };
     format!(
-        "execution clients (first is primary): {}; peer proxies: [{}]; {}; {}",
+        "execution clients (first is primary): {}; peer proxies: [{}]; {}; {}{}",
         names(&cfg.builders),
         names(&cfg.proxies),
         auth,
         if cfg.mirror_mode {
-            "mirror mode (acknowledge at once)"
+            "mirror mode (acknowledge at once)".to_string()
+        } else if cfg.answer_policy == AnswerPolicy::Safe {
+            format!("--answer-policy safe (wait {} ms)", cfg.answer_wait.as_millis())
         } else {
-            "answering with the primary's answer"
-        }
+            "answering with the primary's answer".to_string()
+        },
+        if cfg.payload_choice == PayloadChoice::BestValue { "; --payload-choice best-value" } else { "" }
     )
 }

@@ -38,13 +38,16 @@ pub enum RequestOutcome {
     Rejected,
     /// Forwarded, but no execution client answered (502).
     Failed,
+    /// A batch holding Engine API calls: answered -32600 here, forwarded to no one.
+    Refused,
 }
 
-const OUTCOMES: [(RequestOutcome, &str); 4] = [
+const OUTCOMES: [(RequestOutcome, &str); 5] = [
     (RequestOutcome::Forwarded, "forwarded"),
     (RequestOutcome::Filtered, "filtered"),
     (RequestOutcome::Rejected, "rejected"),
     (RequestOutcome::Failed, "failed"),
+    (RequestOutcome::Refused, "refused"),
 ];
 
 const FAILURES: [Failure; 6] =
@@ -78,6 +81,8 @@ pub struct ElMetrics {
 #[derive(Debug, Clone)]
 struct Beacon {
     id: String,
+    /// Where the identity came from (`beacons::Source::label`).
+    source: &'static str,
     last_request: Instant,
     last_timestamp: u64,
 }
@@ -89,7 +94,22 @@ pub struct Metrics {
     requests: [[u64; OUTCOMES.len()]; CLASSES.len()],
     pub els: Vec<ElMetrics>,
     best_switches: u64,
+    /// Best-BN candidates ignored: a timestamp too far ahead of the wall clock, an EL answer
+    /// that did not make the payload real.
+    implausible_timestamps: u64,
+    candidates_refused: u64,
+    /// Candidates dropped from the best-BN rule's full table (`BestBeacon::dropped`), set
+    /// before rendering.
+    pub candidates_dropped: u64,
     disagreements: u64,
+    /// `--payload-choice best-value`: payloads relayed per EL, and the wei they beat the BN's
+    /// own EL's payload by, in ETH.
+    payload_picks: Vec<u64>,
+    payload_gain_eth: f64,
+    /// Build mappings dropped from the full map (`PayloadMap::dropped`), set before rendering.
+    pub payload_mappings_dropped: u64,
+    /// `--answer-policy safe` answers of SYNCING because the clients split on validity.
+    safe_syncing: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
@@ -118,7 +138,14 @@ impl Metrics {
             requests: [[0; OUTCOMES.len()]; CLASSES.len()],
             els: vec![ElMetrics::default(); els],
             best_switches: 0,
+            implausible_timestamps: 0,
+            candidates_refused: 0,
+            candidates_dropped: 0,
             disagreements: 0,
+            safe_syncing: 0,
+            payload_picks: vec![0; els],
+            payload_gain_eth: 0.0,
+            payload_mappings_dropped: 0,
             bytes_in: 0,
             bytes_out: 0,
             closed: [0; Expired::ALL.len()],
@@ -191,14 +218,38 @@ impl Metrics {
         self.best_switches += 1;
     }
 
+    /// A request carried a timestamp too far ahead of the wall clock to count.
+    pub fn implausible_timestamp(&mut self) {
+        self.implausible_timestamps += 1;
+    }
+
+    /// An EL's answer did not confirm a BN's larger timestamp.
+    pub fn candidate_refused(&mut self) {
+        self.candidates_refused += 1;
+    }
+
+    /// `--payload-choice best-value` relayed EL `el`'s payload, `gain_eth` more than the BN's own.
+    pub fn payload_picked(&mut self, el: usize, gain_eth: f64) {
+        if el >= self.payload_picks.len() {
+            self.payload_picks.resize(el + 1, 0);
+        }
+        self.payload_picks[el] += 1;
+        self.payload_gain_eth += gain_eth;
+    }
+
+    pub fn safe_syncing(&mut self) {
+        self.safe_syncing += 1;
+    }
+
     pub fn disagreement(&mut self) {
         self.disagreements += 1;
     }
 
     /// Notes a request from a beacon node, for `/status`.
-    pub fn beacon_seen(&mut self, id: &str, timestamp: Option<u64>, now: Instant) {
+    pub fn beacon_seen(&mut self, id: &str, source: &'static str, timestamp: Option<u64>, now: Instant) {
         if let Some(b) = self.beacons.iter_mut().find(|b| b.id == id) {
             b.last_request = now;
+            b.source = source;
             if let Some(ts) = timestamp {
                 b.last_timestamp = b.last_timestamp.max(ts);
             }
@@ -211,6 +262,7 @@ impl Metrics {
         }
         self.beacons.push(Beacon {
             id: id.to_string(),
+            source,
             last_request: now,
             last_timestamp: timestamp.unwrap_or(0),
         });
@@ -377,6 +429,21 @@ impl Metrics {
         let _ = writeln!(out, "sync_proxy_best_beacon_switches_total {}", self.best_switches);
         family(
             &mut out,
+            "sync_proxy_best_beacon_candidates_ignored_total",
+            "counter",
+            "Larger timestamps that did not make their beacon node the best, by reason: too far ahead \
+             of the wall clock, refused by the first EL answer, or dropped from the full table.",
+        );
+        for (reason, n) in [
+            ("implausible", self.implausible_timestamps),
+            ("refused", self.candidates_refused),
+            ("dropped", self.candidates_dropped),
+        ] {
+            let _ =
+                writeln!(out, "sync_proxy_best_beacon_candidates_ignored_total{{reason=\"{reason}\"}} {n}");
+        }
+        family(
+            &mut out,
             "sync_proxy_best_beacon_timestamp_seconds",
             "gauge",
             "Payload timestamp last seen from the best beacon node.",
@@ -390,6 +457,42 @@ impl Metrics {
             "Calls on which execution clients reported different statuses.",
         );
         let _ = writeln!(out, "sync_proxy_status_disagreements_total {}", self.disagreements);
+        family(
+            &mut out,
+            "sync_proxy_answer_policy_syncing_total",
+            "counter",
+            "Calls answered SYNCING under --answer-policy safe because the execution clients split \
+             on validity.",
+        );
+        let _ = writeln!(out, "sync_proxy_answer_policy_syncing_total {}", self.safe_syncing);
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_total",
+            "counter",
+            "getPayload answers relayed under --payload-choice best-value, by the EL that built the payload.",
+        );
+        for (i, (name, ..)) in snap.els.iter().enumerate() {
+            let n = self.payload_picks.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "sync_proxy_payload_choice_total{{el=\"{}\"}} {n}", escape(name));
+        }
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_gain_eth_total",
+            "counter",
+            "ETH by which the relayed payloads beat the ones the beacon node's payloadId named.",
+        );
+        let _ = writeln!(out, "sync_proxy_payload_choice_gain_eth_total {}", self.payload_gain_eth);
+        family(
+            &mut out,
+            "sync_proxy_payload_choice_mappings_dropped_total",
+            "counter",
+            "Payload build mappings dropped because the map was full.",
+        );
+        let _ = writeln!(
+            out,
+            "sync_proxy_payload_choice_mappings_dropped_total {}",
+            self.payload_mappings_dropped
+        );
         family(&mut out, "sync_proxy_received_bytes_total", "counter", "Bytes read from beacon nodes.");
         let _ = writeln!(out, "sync_proxy_received_bytes_total {}", self.bytes_in);
         family(&mut out, "sync_proxy_sent_bytes_total", "counter", "Bytes written to beacon nodes.");
@@ -473,6 +576,7 @@ impl Metrics {
             .map(|b| {
                 serde_json::json!({
                     "id": b.id,
+                    "source": b.source,
                     "last_request_seconds_ago": ago(b.last_request),
                     "last_timestamp": b.last_timestamp,
                 })
@@ -592,7 +696,7 @@ mod tests {
     fn status_is_one_json_document() {
         let now = Instant::now();
         let mut m = Metrics::new(2, 1, now);
-        m.beacon_seen("10.0.0.1", Some(77), now);
+        m.beacon_seen("10.0.0.1", "peer address", Some(77), now);
         m.set_up(0, true);
         let doc: serde_json::Value = serde_json::from_str(m.render_status(&snapshot(), now)).expect("JSON");
         assert_eq!(doc["best_beacon"]["id"], "10.0.0.1");
@@ -614,7 +718,12 @@ mod tests {
         let now = Instant::now();
         let mut m = Metrics::new(0, 0, now);
         for i in 0..(MAX_BEACONS + 10) {
-            m.beacon_seen(&format!("10.0.0.{i}"), None, now + Duration::from_millis(i as u64));
+            m.beacon_seen(
+                &format!("10.0.0.{i}"),
+                "peer address",
+                None,
+                now + Duration::from_millis(i as u64),
+            );
         }
         assert_eq!(m.beacons.len(), MAX_BEACONS);
     }

@@ -1,9 +1,10 @@
 //! Pure routing policy: which execution clients get a call, how long they have, which answer
-//! the beacon node gets, which beacon node is followed, and the answers the proxy writes itself.
+//! the beacon node gets, and the answers the proxy writes itself
+//! (which beacon node is followed is `beacons`).
 //!
 //! Nothing here knows sockets or HTTP; it knows method names, timestamps and JSON-RPC bodies.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What kind of call a request is, by its method name. Versions are matched by prefix so a
 /// new `V<n>` of a known method is handled like its predecessors.
@@ -129,6 +130,8 @@ pub enum Choice {
     Combine(Vec<usize>),
     /// Nobody answered.
     NoAnswer,
+    /// `--answer-policy safe`: the clients split on validity; the beacon node gets SYNCING.
+    Syncing(crate::answer_policy::Disagreement),
 }
 
 /// Decides the beacon node's answer from the clients' standings (in `--builders` order), as
@@ -154,85 +157,6 @@ pub fn choose(combine: Combine, standings: &[Standing]) -> Option<Choice> {
                 (0..standings.len()).filter(|&i| standings[i] == Standing::Answered).collect();
             Some(if answered.is_empty() { Choice::NoAnswer } else { Choice::Combine(answered) })
         }
-    }
-}
-
-/// Follows the best-synced beacon node, as flashbots/sync-proxy does: the first one seen is
-/// the best; another takes over when it sends a larger payload timestamp, or when the best
-/// has sent nothing for `expiry` (so a dead beacon node does not freeze the clients).
-#[derive(Debug)]
-pub struct BestBeacon {
-    best: Option<Best>,
-    expiry: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Best {
-    id: String,
-    timestamp: u64,
-    last_seen: Instant,
-}
-
-/// What the best-beacon filter says of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub forward: bool,
-    /// Set when this request made its sender the best beacon node.
-    pub switched: Option<Switch>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Switch {
-    pub from: Option<String>,
-    pub to: String,
-    pub timestamp: u64,
-}
-
-impl BestBeacon {
-    pub fn new(expiry: Duration) -> Self {
-        BestBeacon { best: None, expiry }
-    }
-
-    /// The best beacon node and its last timestamp.
-    pub fn current(&self) -> Option<(&str, u64)> {
-        self.best.as_ref().map(|b| (b.id.as_str(), b.timestamp))
-    }
-
-    /// Notes a request from beacon node `id` and says whether it is forwarded. Only
-    /// `forkchoiceUpdated` is ever filtered: payloads from every beacon node are useful.
-    pub fn observe(&mut self, id: &str, class: Class, timestamp: Option<u64>, now: Instant) -> Verdict {
-        let mut switched = None;
-        let expired = self
-            .best
-            .as_ref()
-            .is_some_and(|b| b.id != id && now.saturating_duration_since(b.last_seen) > self.expiry);
-        if self.best.is_none() || expired {
-            let from = self.best.take().map(|b| b.id);
-            self.best = Some(Best { id: id.to_string(), timestamp: 0, last_seen: now });
-            switched = Some(Switch { from, to: id.to_string(), timestamp: 0 });
-        }
-        let tracks_time = matches!(class, Class::NewPayload | Class::ForkchoiceUpdated);
-        if let (Some(ts), true, Some(best)) = (timestamp, tracks_time, self.best.as_mut()) {
-            if ts > best.timestamp {
-                if best.id != id {
-                    switched =
-                        Some(Switch { from: Some(best.id.clone()), to: id.to_string(), timestamp: ts });
-                    best.id = id.to_string();
-                }
-                best.timestamp = ts;
-            }
-        }
-        let is_best = match self.best.as_mut() {
-            Some(best) if best.id == id => {
-                best.last_seen = now;
-                if let Some(s) = switched.as_mut() {
-                    s.timestamp = best.timestamp;
-                }
-                true
-            }
-            _ => false,
-        };
-        Verdict { forward: is_best || class != Class::ForkchoiceUpdated, switched }
     }
 }
 
@@ -536,35 +460,6 @@ mod tests {
                 Some(Combined::Relay(0))
             );
         }
-    }
-
-    #[test]
-    fn best_beacon_follows_the_largest_timestamp() {
-        let t0 = Instant::now();
-        let mut best = BestBeacon::new(Duration::from_secs(12));
-        let v = best.observe("a", Class::ForkchoiceUpdated, Some(100), t0);
-        assert!(v.forward && v.switched.is_some());
-        // b is behind: its fcU is filtered, its newPayload forwarded.
-        assert!(!best.observe("b", Class::ForkchoiceUpdated, Some(90), t0).forward);
-        assert!(best.observe("b", Class::NewPayload, Some(90), t0).forward);
-        // b moves ahead and takes over; a's fcU is now filtered.
-        let v = best.observe("b", Class::ForkchoiceUpdated, Some(101), t0);
-        assert!(v.forward);
-        assert_eq!(v.switched, Some(Switch { from: Some("a".into()), to: "b".into(), timestamp: 101 }));
-        assert!(!best.observe("a", Class::ForkchoiceUpdated, None, t0).forward);
-        assert_eq!(best.current(), Some(("b", 101)));
-        // Equal timestamps do not switch.
-        assert!(!best.observe("a", Class::ForkchoiceUpdated, Some(101), t0).forward);
-    }
-
-    #[test]
-    fn a_silent_best_beacon_expires() {
-        let t0 = Instant::now();
-        let mut best = BestBeacon::new(Duration::from_secs(12));
-        best.observe("a", Class::ForkchoiceUpdated, Some(100), t0);
-        assert!(!best.observe("b", Class::ForkchoiceUpdated, Some(50), t0 + Duration::from_secs(5)).forward);
-        let v = best.observe("b", Class::ForkchoiceUpdated, Some(50), t0 + Duration::from_secs(13));
-        assert!(v.forward && v.switched.is_some());
     }
 
     #[test]

@@ -22,3 +22,4 @@ mod reload_resolve;
 mod routing;
 mod stale_token_warning;
 mod tls_el;
+mod trust;

@@ -16,8 +16,8 @@
 //!   forwards;
 //! - a request read whole reaches every EL even when its BN has gone;
 //! - non-engine calls and batches go to the primary only, with fallback;
-//! - the best beacon node (X-Forwarded-For or peer IP; larger timestamp takes over; fcU from
-//!   others answered SYNCING and not forwarded, newPayload from all forwarded);
+//! - the best beacon node (X-Forwarded-For or peer IP; a larger payload timestamp an EL accepted
+//!   takes over; fcU from others answered SYNCING and not forwarded, newPayload from all forwarded);
 //! - `--proxies` peers get every forwarded call, fire-and-forget, bounded by
 //!   `--proxy-request-timeout`;
 //! - per-method timeouts, `--request-timeout`, `BUILDER_TIMEOUT_MS`;
@@ -804,7 +804,7 @@ fn non_engine_calls_and_batches_go_to_the_primary_only() {
         "eth_blockNumber answer",
     );
     let batch = br#"[{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]},
-                     {"jsonrpc":"2.0","id":2,"method":"engine_newPayloadV3","params":[{}]}]"#;
+                     {"jsonrpc":"2.0","id":2,"method":"eth_syncing","params":[]}]"#;
     let response = bn.post(batch);
     assert_eq!(response.status, 200);
     assert_eq!(response.json().as_array().map(Vec::len), Some(2), "{}", response.text());
@@ -884,8 +884,10 @@ fn beacon_node_with_a_larger_timestamp_becomes_the_best() {
         "equal is not larger"
     );
     assert_eq!(post_as(&proxy, b, &fcu(4, None)).json()["result"]["payloadStatus"]["status"], "VALID");
-    // ...and so does a fcU's params[1].timestamp.
-    assert_eq!(post_as(&proxy, a, &fcu(5, Some(102))).json()["result"]["payloadStatus"]["status"], "VALID");
+    // A fcU from a BN that is not the best never switches (it reaches no EL, so no EL can
+    // confirm its timestamp); A's next payload does.
+    assert_eq!(post_as(&proxy, a, &fcu(7, Some(103))).json(), filtered_fcu_answer(json!(7)));
+    assert_eq!(post_as(&proxy, a, &new_payload(5, 102)).json()["result"]["status"], "VALID");
     proxy.wait_log("switching beacon node 10.0.0.2 -> 10.0.0.1 (timestamp 102)", TIMEOUT);
     assert_eq!(post_as(&proxy, b, &fcu(6, None)).json(), filtered_fcu_answer(json!(6)));
 
@@ -907,7 +909,7 @@ fn beacon_identity_is_the_first_forwarded_for_address_else_the_peer_ip() {
     assert_eq!(post_as(&proxy, relayed, &fcu(2, Some(50))).json(), filtered_fcu_answer(json!(2)));
     // A header naming 127.0.0.1 first is the same BN as the bare peer.
     assert_eq!(post_as(&proxy, Some("127.0.0.1, 10.9.9.9"), &fcu(3, None)).status, 200);
-    post_as(&proxy, relayed, &fcu(4, Some(150)));
+    post_as(&proxy, relayed, &new_payload(4, 150));
     proxy.wait_log("switching beacon node 127.0.0.1 -> 10.0.0.1 (timestamp 150)", TIMEOUT);
     post_as(&proxy, Some(" 10.0.0.1 "), &fcu(5, None));
     assert_eq!(post_as(&proxy, None, &fcu(6, None)).json(), filtered_fcu_answer(json!(6)));

@@ -50,6 +50,11 @@ pub(super) fn read_secret_map(path: &Path, flag: &str) -> Result<Vec<(String, Se
     read_parsed(path, flag, jwt::parse_secret_map)
 }
 
+/// `--beacon-jwt-secrets`: a JSON object of beacon node identity to hex secret.
+pub(super) fn read_beacon_secrets(path: &Path) -> Result<Vec<(String, Secret)>, ConfigError> {
+    read_parsed(path, "--beacon-jwt-secrets", crate::beacons::parse_beacon_secrets)
+}
+
 /// `--builder-ca`: the certificates of a PEM file, read and checked at start-up.
 pub(super) fn read_builder_ca(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
     if !tls::ENABLED {

@@ -85,6 +85,20 @@ pub(super) const PROXY_FLAGS: &[Flag] = &[
     value("backlog-bytes", "BYTES", "268435456", "", "most bytes of ordered requests queued for one execution client"),
     value("beacon-expiry", "MS", "12000", "BEACON_EXPIRY_MS",
         "forget the best beacon node after this long without a request from it"),
+    value("answer-policy", "primary|safe", "primary", "",
+        "what a beacon node is told about newPayload and forkchoiceUpdated: the primary's answer \
+         (as the Go proxy), or, with safe, SYNCING when the execution clients split on validity"),
+    value("answer-wait", "MS", "1000", "",
+        "with --answer-policy safe, how long answers are gathered after the first decisive one"),
+    value("payload-choice", "primary|best-value", "primary", "",
+        "whose payload a proposer gets: the one the BN's payloadId names, or, with best-value, \
+         the highest blockValue any execution client built that came within 400 ms"),
+    value("beacon-switch", "valid|not-invalid", "valid", "",
+        "which EL answer to a payload with a larger (plausible) timestamp lets another beacon \
+         node become the best: VALID only, or anything but INVALID or an error"),
+    value("beacon-jwt-secrets", "FILE", "", "",
+        "JSON file mapping a beacon node's identity (its token's id claim or its path) to its \
+         own hex JWT secret, which alone then verifies its tokens; read again on SIGHUP"),
     value("jwt-secret", "FILE", "", "",
         "file with the 32-byte hex JWT secret the beacon nodes sign with; every POST must then \
          carry a valid token; read again on SIGHUP"),

@@ -33,10 +33,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::answer_policy::{AnswerPolicy, DEFAULT_ANSWER_WAIT};
+use crate::beacons::{Confirmation, Keys};
 use crate::jwt::Secret;
+use crate::payload_choice::PayloadChoice;
 pub use endpoints::{parse_endpoint, Endpoint};
 use endpoints::{parse_endpoint_list, read_builders};
-use files::{assign_builder_secrets, read_builder_ca, read_secret_file, read_secret_map, show_path};
+use files::{
+    assign_builder_secrets, read_beacon_secrets, read_builder_ca, read_secret_file, read_secret_map,
+    show_path,
+};
 pub use flags::{help_text, tokens_service_help_text};
 use flags::{parse_raw, RawArgs, PROXY_FLAGS, TOKENS_FLAGS};
 use settings::{parse_millis, Settings};
@@ -96,6 +102,17 @@ pub struct Config {
     /// `--beacon-expiry` / `BEACON_EXPIRY_MS`: the best BN is forgotten after this long without
     /// a request from it.
     pub beacon_expiry: Duration,
+    /// `--payload-choice`: whose payload a proposer gets from getPayload.
+    pub payload_choice: PayloadChoice,
+    /// `--answer-policy`: what a beacon node is told about newPayload and forkchoiceUpdated.
+    pub answer_policy: AnswerPolicy,
+    /// `--answer-wait`: under `safe`, how long answers are gathered after the first decisive one.
+    pub answer_wait: Duration,
+    /// `--beacon-switch`: which EL answers let another BN become the best (see
+    /// `beacons::Confirmation`).
+    pub beacon_switch: Confirmation,
+    /// `--beacon-jwt-secrets`: a BN identity → that BN's own secret (see `beacons::authenticate`).
+    pub beacon_jwt_secrets: Vec<(String, Secret)>,
     /// `--jwt-secret`: the secret beacon nodes sign with; every POST must carry a valid token.
     pub jwt_secret: Option<Secret>,
     /// `--builder-jwt-secrets`: one slot per builder, in the order of `builders`.
@@ -126,6 +143,7 @@ pub struct ReloadSource {
     pub builders: BuilderList,
     pub jwt_secret: Option<PathBuf>,
     pub builder_jwt_secrets: Option<PathBuf>,
+    pub beacon_jwt_secrets: Option<PathBuf>,
 }
 
 /// The part of the configuration a reload replaces.
@@ -134,9 +152,15 @@ pub struct Reloaded {
     pub builders: Vec<Endpoint>,
     pub jwt_secret: Option<Secret>,
     pub builder_jwt_secrets: Vec<Option<Secret>>,
+    pub beacon_jwt_secrets: Vec<(String, Secret)>,
 }
 
 impl Config {
+    /// The secrets a beacon node's token may be signed with (`beacons::authenticate`).
+    pub fn beacon_keys(&self) -> Keys {
+        Keys { shared: self.jwt_secret.clone(), per_beacon: self.beacon_jwt_secrets.clone() }
+    }
+
     /// The settings of a listener that forwards nothing (the `jwt-tokens-service` binary runs the
     /// same event loop with no execution clients): every limit at its default.
     pub fn serving_only(tokens: &TokensServiceConfig) -> Config {
@@ -162,14 +186,20 @@ impl Config {
             backlog_requests: count("backlog-requests"),
             backlog_bytes: count("backlog-bytes"),
             beacon_expiry: millis("beacon-expiry"),
+            beacon_switch: Confirmation::ValidOnly,
+            answer_policy: AnswerPolicy::Primary,
+            payload_choice: PayloadChoice::Primary,
+            answer_wait: DEFAULT_ANSWER_WAIT,
             jwt_secret: None,
             builder_jwt_secrets: Vec::new(),
+            beacon_jwt_secrets: Vec::new(),
             jwt_client_id: None,
             metrics_addr: None,
             reload: ReloadSource {
                 builders: BuilderList::Flag(String::new()),
                 jwt_secret: None,
                 builder_jwt_secrets: None,
+                beacon_jwt_secrets: None,
             },
             builder_ca: Vec::new(),
         }
@@ -247,7 +277,11 @@ pub fn read_reloadable(source: &ReloadSource) -> Result<Reloaded, ConfigError> {
     };
     let jwt_secret =
         source.jwt_secret.as_deref().map(|path| read_secret_file(path, "--jwt-secret")).transpose()?;
-    Ok(Reloaded { builders, jwt_secret, builder_jwt_secrets })
+    let beacon_jwt_secrets = match &source.beacon_jwt_secrets {
+        Some(path) => read_beacon_secrets(path)?,
+        None => Vec::new(),
+    };
+    Ok(Reloaded { builders, jwt_secret, builder_jwt_secrets, beacon_jwt_secrets })
 }
 
 /// Settings are checked in a fixed order (address, builders and their secrets, proxies, timeouts,
@@ -269,13 +303,37 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         builders,
         jwt_secret: s.path("jwt-secret"),
         builder_jwt_secrets: s.path("builder-jwt-secrets"),
+        beacon_jwt_secrets: s.path("beacon-jwt-secrets"),
     };
-    let Reloaded { builders, jwt_secret, builder_jwt_secrets } = read_reloadable(&reload)?;
+    let Reloaded { builders, jwt_secret, builder_jwt_secrets, beacon_jwt_secrets } =
+        read_reloadable(&reload)?;
     let proxies = parse_endpoint_list(s.text("proxies")?.unwrap_or(""), "--proxies")?;
     let request_timeout = s.number("request-timeout", parse_millis)?;
     // Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS too, not only to 2000.
     let proxy_request_timeout = s.millis("proxy-request-timeout")?;
     let beacon_expiry = s.millis("beacon-expiry")?;
+    let beacon_switch = match s.text("beacon-switch")?.unwrap_or(s.default("beacon-switch")) {
+        "valid" => Confirmation::ValidOnly,
+        "not-invalid" => Confirmation::NotInvalid,
+        other => return Err(err!("--beacon-switch must be valid or not-invalid, not {other:?}")),
+    };
+    let answer_policy = AnswerPolicy::parse(s.text("answer-policy")?.unwrap_or(s.default("answer-policy")))
+        .map_err(|why| err!("{why}"))?;
+    let answer_wait = s.millis("answer-wait")?;
+    let payload_choice =
+        PayloadChoice::parse(s.text("payload-choice")?.unwrap_or(s.default("payload-choice")))
+            .map_err(|why| err!("{why}"))?;
+    // Shorter than the shortest timeout of the calls it gathers (newPayloadV5's 6 s, or
+    // --request-timeout), so that the wait, not the timeout, ends a gathering.
+    let longest_wait = request_timeout.unwrap_or(Duration::from_secs(6));
+    let safe = answer_policy == AnswerPolicy::Safe;
+    if answer_wait.is_zero() || (safe && answer_wait >= longest_wait) {
+        return Err(err!(
+            "--answer-wait must be positive and, with --answer-policy safe, below {} ms (the newPayload \
+             timeout)",
+            longest_wait.as_millis()
+        ));
+    }
     let (log_level, log_json) = s.log()?;
     let metrics_addr = s.listen("metrics-addr")?.map(|(_, addr)| addr);
     let mirror_mode = s.boolean("mirror-mode")?;
@@ -299,8 +357,13 @@ fn build_config(s: &Settings) -> Result<Config, ConfigError> {
         backlog_requests: s.count("backlog-requests")?,
         backlog_bytes: s.count("backlog-bytes")?,
         beacon_expiry,
+        answer_policy,
+        answer_wait,
+        payload_choice,
+        beacon_switch,
         jwt_secret,
         builder_jwt_secrets,
+        beacon_jwt_secrets,
         jwt_client_id: non_empty(s.text("jwt-client-id")?),
         metrics_addr,
         reload,
@@ -428,5 +491,46 @@ mod tests {
             assert_mentions(&message, needles);
             assert!(!message.contains(&SECRET_HEX[..10]), "{message}");
         }
+    }
+
+    #[test]
+    fn trust_flags_parse_and_bad_values_are_named() {
+        let c = run(&with_builder(&[]));
+        assert_eq!(
+            (c.answer_policy, c.answer_wait, c.beacon_switch),
+            (AnswerPolicy::Primary, DEFAULT_ANSWER_WAIT, Confirmation::ValidOnly)
+        );
+        assert!(c.beacon_jwt_secrets.is_empty());
+        let c = run(&with_builder(&[
+            "--answer-policy",
+            "safe",
+            "--answer-wait",
+            "250",
+            "--beacon-switch",
+            "not-invalid",
+        ]));
+        assert_eq!(
+            (c.answer_policy, c.answer_wait, c.beacon_switch),
+            (AnswerPolicy::Safe, Duration::from_millis(250), Confirmation::NotInvalid)
+        );
+        let file = secret_map(&[("bn-a", "11".repeat(32).as_str())]);
+        let c = run(&with_builder(&["--beacon-jwt-secrets", file.arg()]));
+        assert_eq!(c.beacon_jwt_secrets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["bn-a"]);
+        let bad_name = secret_map(&[("bn a", "11".repeat(32).as_str())]);
+        assert_mentions(
+            &error(&with_builder(&["--beacon-jwt-secrets", bad_name.arg()])),
+            &["--beacon-jwt-secrets", "not an identity"],
+        );
+        assert_mentions(&error(&with_builder(&["--answer-policy", "vote"])), &["--answer-policy", "vote"]);
+        assert_mentions(&error(&with_builder(&["--beacon-switch", "any"])), &["--beacon-switch", "any"]);
+        assert_eq!(
+            run(&with_builder(&["--payload-choice", "best-value"])).payload_choice,
+            PayloadChoice::BestValue
+        );
+        assert_mentions(&error(&with_builder(&["--payload-choice", "max"])), &["--payload-choice", "max"]);
+        let too_long = ["--answer-policy", "safe", "--request-timeout", "500", "--answer-wait", "500"];
+        assert_mentions(&error(&with_builder(&too_long)), &["--answer-wait", "500 ms"]);
+        // Without safe the wait is unused, so a short --request-timeout is no conflict.
+        run(&with_builder(&["--request-timeout", "100"]));
     }
 }

@@ -5,6 +5,7 @@
 //! It knows the exchange's answers and the choice `policy::choose` made; it knows no sockets,
 //! connections or clocks. Execution clients are named through `name` (for the log only).
 
+use crate::answer_policy;
 use crate::core::exchange::Exchange;
 use crate::downstream::Outgoing;
 use crate::http;
@@ -25,6 +26,7 @@ pub fn answer(
         Choice::Relay(i) => relayed(e.answers.get_mut(*i).and_then(Option::take), keep_alive, minor),
         Choice::Combine(who) => combined_answer(e, who, name, metrics),
         Choice::NoAnswer => None,
+        Choice::Syncing(split) => Some(split_answer(e, split, name, metrics)),
     };
     for a in e.answers.iter_mut() {
         *a = None;
@@ -42,6 +44,29 @@ pub fn answer(
         let body = policy::error_body(id, -32603, "no execution client answered");
         Outgoing::json(502, body, keep_alive, minor)
     })
+}
+
+/// `--answer-policy safe`: the clients split on validity, so the beacon node is told SYNCING
+/// (it imports optimistically and does not attest: a liveness cost, never a safety one).
+fn split_answer(
+    e: &Exchange,
+    split: &answer_policy::Disagreement,
+    name: &dyn Fn(usize) -> String,
+    metrics: &mut Metrics,
+) -> Outgoing {
+    let names = |els: &[usize]| els.iter().map(|&i| name(i)).collect::<Vec<_>>().join(", ");
+    let id = e.inbound.id.as_deref();
+    metrics.safe_syncing();
+    log::warn!(
+        "execution clients split on {} id {}: VALID from {}, INVALID from {}; answering SYNCING \
+         (--answer-policy safe)",
+        e.inbound.method.as_deref().unwrap_or("call"),
+        String::from_utf8_lossy(id.unwrap_or(b"null")),
+        names(&split.valid),
+        names(&split.invalid)
+    );
+    let body = answer_policy::syncing_body(e.inbound.class, id);
+    Outgoing::json(200, body, e.inbound.head.keep_alive, e.inbound.head.minor)
 }
 
 /// An execution client's answer relayed to the beacon node as it came: status, `Content-Type`

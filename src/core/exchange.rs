@@ -8,8 +8,10 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::answer_policy::{self, Clock, Decision, Outcome, Status};
 use crate::core::budget::Charge;
 use crate::http::{RequestHead, Response};
+use crate::payload_choice::{self, Got, PayloadId, Report};
 use crate::policy::{self, Choice, Class, Combine, Standing};
 use crate::pool::{self, SharedPool};
 
@@ -69,6 +71,36 @@ pub struct Exchange {
     pub live_jobs: usize,
     /// Whether a status disagreement was already reported.
     pub warned: bool,
+    /// Whether the best-BN rule awaits this exchange's first EL answer (`BestBeacon::confirm`).
+    pub candidate: bool,
+    /// Set under `--answer-policy safe` for the calls it gathers (`answer_policy`).
+    pub gather: Option<Gather>,
+    /// Set under `--payload-choice best-value` (`payload_choice`).
+    pub pick: Option<Pick>,
+    /// The payload chosen for the beacon node, once decided (for the log and the metric).
+    pub picked: Option<Report>,
+    /// When to decide again although no deadline passed (the end of getPayload's wait for
+    /// better payloads); nothing counts as failed then.
+    pub wake: Option<Instant>,
+}
+
+/// `--payload-choice best-value`'s state of one exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// A forkchoiceUpdated with payload attributes: each EL's own payloadId (in list order) and,
+    /// once decided, the one the beacon node was given.
+    Build { ids: Vec<Option<PayloadId>>, given: Option<PayloadId> },
+    /// A getPayload asked of several ELs, each with its own id: what each answered, the EL
+    /// whose id the beacon node holds, and when the calls went out.
+    Fetch { got: Vec<Got>, holder: usize, sent_at: Instant },
+}
+
+/// How an exchange under `--answer-policy safe` gathers its answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Gather {
+    /// `--answer-wait`.
+    pub wait: Duration,
+    pub clock: Clock,
 }
 
 impl Exchange {
@@ -86,6 +118,11 @@ impl Exchange {
             deadline,
             live_jobs: 0,
             warned: false,
+            candidate: false,
+            gather: None,
+            pick: None,
+            picked: None,
+            wake: None,
         }
     }
 
@@ -107,20 +144,86 @@ impl Exchange {
 
     /// The choice of the beacon node's answer, once the standings allow it; the exchange is
     /// decided from then on (None ever after).
-    pub fn decide(&mut self) -> Option<Choice> {
+    ///
+    /// Under `--answer-policy safe` the answers are gathered first (`answer_policy::decide`),
+    /// and under `--payload-choice best-value` a getPayload asked of several clients waits for
+    /// better payloads (`payload_choice::choose`); while either says to wait, `wake` holds the
+    /// end of the wait, when `on_timeout` lets the next `decide` answer without the clients
+    /// still silent (they are not counted as failed: the call's own deadline is unchanged).
+    pub fn decide(&mut self, now: Instant) -> Option<Choice> {
         if self.decided {
             return None;
         }
-        let choice = policy::choose(self.combine, &self.standings)?;
+        if let Some(Pick::Fetch { got, holder, sent_at }) = &self.pick {
+            let got: Vec<Got> = got
+                .iter()
+                .zip(&self.standings)
+                .map(|(g, s)| if *g == Got::Pending && *s == Standing::Failed { Got::Failed } else { *g })
+                .collect();
+            let deadline = payload_choice::DEFAULT_CHOICE_DEADLINE;
+            let choice = match payload_choice::choose(&got, *holder, *sent_at, deadline, now) {
+                payload_choice::Choice::Wait { until } => {
+                    self.wake = Some(until);
+                    return None;
+                }
+                payload_choice::Choice::Relay(report) => {
+                    let el = report.el;
+                    self.picked = Some(report);
+                    Choice::Relay(el)
+                }
+                payload_choice::Choice::Fallback => policy::choose(self.combine, &self.standings)?,
+            };
+            self.decided = true;
+            return Some(choice);
+        }
+        let choice = match self.gather {
+            None => policy::choose(self.combine, &self.standings)?,
+            Some(gather) => match answer_policy::decide(&self.gathered(), &gather.clock, gather.wait, now) {
+                Decision::Wait { until } => {
+                    self.wake = until;
+                    return None;
+                }
+                Decision::Answer(Outcome::Relay(i)) => Choice::Relay(i),
+                Decision::Answer(Outcome::Syncing(split)) => Choice::Syncing(split),
+                Decision::Answer(Outcome::NoAnswer) => Choice::NoAnswer,
+            },
+        };
         self.decided = true;
         Some(choice)
     }
 
-    /// Its deadline has passed: every client that has not answered counts as failed. True
-    /// when that happened now (the exchange is then ready to `decide`).
+    /// An answer with this status came (for `--answer-policy safe`'s clock).
+    pub fn on_answer(&mut self, status: Status, now: Instant) {
+        if let Some(gather) = self.gather.as_mut() {
+            gather.clock.on_answer(status, now);
+        }
+    }
+
+    /// The standings as `answer_policy` sees them: an answer with its status.
+    fn gathered(&self) -> Vec<answer_policy::Standing> {
+        let status = |i: usize| Status::of(self.statuses.get(i).and_then(Option::as_deref));
+        (0..self.standings.len())
+            .map(|i| match self.standings[i] {
+                Standing::Pending => answer_policy::Standing::Pending,
+                Standing::Failed => answer_policy::Standing::Failed,
+                Standing::Answered => answer_policy::Standing::Answered(status(i)),
+            })
+            .collect()
+    }
+
+    /// Its deadline has passed: every client that has not answered counts as failed. Or its
+    /// `wake` has: a wait ended, and nothing counts as failed. True when either happened now
+    /// (the exchange is then ready to `decide`).
     pub fn on_timeout(&mut self, now: Instant) -> bool {
-        if self.decided || self.deadline > now {
+        if self.decided {
             return false;
+        }
+        if self.deadline > now {
+            let woken = self.wake.is_some_and(|w| w <= now);
+            if woken {
+                self.wake = None;
+            }
+            return woken;
         }
         for s in self.standings.iter_mut() {
             if *s == Standing::Pending {
@@ -176,6 +279,18 @@ impl Exchanges {
         ExchangeRef { index: (self.slots.len() - 1) as u32, generation: 0 }
     }
 
+    /// The reference the next `insert` returns (so that a request can be named before its
+    /// exchange exists).
+    pub fn next_ref(&self) -> ExchangeRef {
+        match self.free.last() {
+            Some(&index) => {
+                let generation = self.slots.get(index as usize).map_or(0, |s| s.0.wrapping_add(1));
+                ExchangeRef { index, generation }
+            }
+            None => ExchangeRef { index: self.slots.len() as u32, generation: 0 },
+        }
+    }
+
     pub fn get(&self, r: ExchangeRef) -> Option<&Exchange> {
         match self.slots.get(r.index as usize) {
             Some((generation, Some(e))) if *generation == r.generation => Some(e),
@@ -221,7 +336,8 @@ impl Exchanges {
 
     /// The earliest deadline of an exchange still waiting for a decision.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(|e| e.deadline).min()
+        let due = |e: &Exchange| e.wake.map_or(e.deadline, |w| w.min(e.deadline));
+        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(due).min()
     }
 }
 
@@ -287,10 +403,10 @@ mod tests {
         let mut e = non_engine(3);
         assert_eq!(e.settle(0, Standing::Failed, 3), Some(1));
         assert_eq!(e.settle(0, Standing::Failed, 3), None, "reported failed twice, sent on once");
-        assert_eq!(e.decide(), None, "the next client has not answered yet");
+        assert_eq!(e.decide(e.inbound.received), None, "the next client has not answered yet");
         assert_eq!(e.settle(1, Standing::Answered, 3), None);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
-        assert_eq!(e.decide(), None, "decided once");
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), None, "decided once");
         // The last client listed, or fewer listed after a reload: nowhere to fall back to.
         let mut e = non_engine(3);
         assert_eq!(e.settle(2, Standing::Failed, 3), None);
@@ -302,7 +418,7 @@ mod tests {
         let mut e = exchange(2);
         assert_eq!(e.settle(0, Standing::Failed, 2), None);
         assert_eq!(e.settle(1, Standing::Answered, 2), None);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
     }
 
     #[test]
@@ -311,11 +427,67 @@ mod tests {
         let t0 = e.deadline - Duration::from_secs(8);
         assert_eq!(e.settle(1, Standing::Answered, 2), None);
         assert!(!e.on_timeout(t0 + Duration::from_millis(7_999)));
-        assert_eq!(e.decide(), None, "the primary may still answer");
+        assert_eq!(e.decide(e.inbound.received), None, "the primary may still answer");
         assert!(e.on_timeout(e.deadline));
         assert_eq!(e.standings, vec![Standing::Failed, Standing::Answered]);
-        assert_eq!(e.decide(), Some(Choice::Relay(1)));
+        assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
         assert!(!e.on_timeout(e.deadline), "a decided exchange has nothing left to time out");
+    }
+
+    #[test]
+    fn next_ref_is_what_insert_returns() {
+        let mut slab = Exchanges::default();
+        let next = slab.next_ref();
+        assert_eq!(slab.insert(exchange(1)), next);
+        let next = slab.next_ref();
+        let b = slab.insert(exchange(1));
+        assert_eq!(b, next);
+        slab.remove(b);
+        let next = slab.next_ref();
+        assert_eq!(slab.insert(exchange(1)), next, "a reused slot's next generation");
+    }
+
+    #[test]
+    fn safe_gathers_until_the_wait_then_answers_without_the_silent_client_on_a_fake_clock() {
+        let mut e = exchange(3);
+        let t0 = e.inbound.received;
+        let wait = Duration::from_millis(1000);
+        e.gather = Some(Gather { wait, clock: Clock::default() });
+        let answer = |e: &mut Exchange, el: usize, status: &str, at: Instant| {
+            e.record_status(el, Some(status.to_string()));
+            e.on_answer(Status::of(Some(status)), at);
+            e.settle(el, Standing::Answered, 3);
+        };
+        answer(&mut e, 0, "VALID", t0 + Duration::from_millis(10));
+        assert_eq!(e.decide(t0 + Duration::from_millis(10)), None, "the primary alone does not decide");
+        let end = t0 + Duration::from_millis(1010);
+        assert_eq!(e.wake, Some(end), "gathering ends 1 s after the first decisive answer");
+        answer(&mut e, 1, "INVALID", t0 + Duration::from_millis(20));
+        assert_eq!(e.decide(t0 + Duration::from_millis(20)), None);
+        assert!(!e.on_timeout(end - Duration::from_millis(1)));
+        assert!(e.on_timeout(end));
+        assert_eq!(e.standings[2], Standing::Pending, "the silent client is not counted as failed");
+        let split = answer_policy::Disagreement { valid: vec![0], invalid: vec![1] };
+        assert_eq!(e.decide(end), Some(Choice::Syncing(split)));
+    }
+
+    #[test]
+    fn a_wake_decides_again_without_failing_anyone_on_a_fake_clock() {
+        let mut e = exchange(2);
+        let t0 = e.inbound.received;
+        e.wake = Some(t0 + Duration::from_millis(400));
+        let mut slab = Exchanges::default();
+        assert!(!e.on_timeout(t0 + Duration::from_millis(399)));
+        assert!(e.on_timeout(t0 + Duration::from_millis(400)), "woken");
+        assert_eq!(e.standings, vec![Standing::Pending; 2], "a wake fails no one");
+        assert_eq!(e.wake, None);
+        e.wake = Some(t0 + Duration::from_millis(400));
+        slab.insert(e);
+        assert_eq!(
+            slab.next_deadline(),
+            Some(t0 + Duration::from_millis(400)),
+            "the wake is the next deadline"
+        );
     }
 
     #[test]

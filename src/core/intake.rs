@@ -5,6 +5,9 @@
 //! Pure functions of the request head, the configuration and the wall-clock seconds passed in;
 //! it knows no connections, sockets or clocks.
 
+use std::net::IpAddr;
+
+use crate::beacons::{self, AuthError, Authenticated, Hints, Keys};
 use crate::http::RequestHead;
 use crate::jwt;
 
@@ -34,13 +37,18 @@ pub fn route(method: &str, metrics_only: bool) -> Route {
     }
 }
 
-/// Whether a request carries a valid `Authorization: Bearer` token for `secret` at
-/// `unix_now` (seconds); why not if not.
-pub fn check_token(secret: &jwt::Secret, head: &RequestHead, unix_now: u64) -> Result<(), String> {
-    match head.header("authorization").and_then(jwt::bearer_token) {
-        None => Err("missing bearer token".to_string()),
-        Some(token) => jwt::verify(secret, token, unix_now, jwt::IAT_LEEWAY_SECS).map_err(|e| e.to_string()),
-    }
+/// Who sent a request (its token's `id` claim, its path, its token's `clv` claim, its first
+/// `X-Forwarded-For` address or `peer`: see `beacons`), and whether its token is valid for
+/// the secret that identity selects (`beacons::authenticate`).
+pub fn authenticate(
+    head: &RequestHead,
+    peer: IpAddr,
+    keys: &Keys,
+    unix_now: u64,
+) -> Result<Authenticated, AuthError> {
+    let token = head.header("authorization").and_then(jwt::bearer_token);
+    let hints = Hints { claims: None, path: &head.path, forwarded_for: head.header("x-forwarded-for"), peer };
+    beacons::authenticate(token, hints, keys, unix_now)
 }
 
 #[cfg(test)]

@@ -10,10 +10,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::Proxy;
-use crate::core::exchange::{Exchange, ExchangeRef, Reply};
+use crate::answer_policy::Status;
+use crate::beacons::Confirmed;
+use crate::core::exchange::{Exchange, ExchangeRef, Pick, Reply};
 use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
 use crate::http;
+use crate::payload_choice;
+use crate::policy::Choice;
 use crate::policy::{Class, Standing};
 use crate::rpc;
 use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
@@ -31,7 +35,30 @@ impl Proxy {
     /// Answers the beacon node as soon as the answer is decided.
     pub(super) fn decide(&mut self, r: ExchangeRef, now: Instant) {
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        if let Some(choice) = e.decide() {
+        if let Some(choice) = e.decide(now) {
+            if let (Some(Pick::Build { ids, given }), Choice::Relay(i)) = (e.pick.as_mut(), &choice) {
+                // The beacon node gets EL i's payloadId: every EL's own id is remembered under it.
+                *given = ids.get(*i).copied().flatten();
+                if let Some(given) = *given {
+                    for (el, id) in ids.iter().enumerate() {
+                        if let Some(id) = *id {
+                            self.payloads.remember(given, el, id, now);
+                        }
+                    }
+                }
+            }
+            if let Some(report) = e.picked.take() {
+                let ups = &self.ups;
+                let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
+                let gain = report.gain.map_or(0.0, |g| g.as_eth_f64());
+                self.metrics.payload_picked(report.el, gain);
+                let over = match (report.gain, report.primary_value) {
+                    (Some(gain), Some(_)) => format!(", +{gain} over the payload the beacon node's id named"),
+                    (None, Some(_)) => String::new(),
+                    _ => ", the only one in time with a value".to_string(),
+                };
+                log::info!("payload built by {}, value {}{over}", name(report.el), report.value);
+            }
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
@@ -41,7 +68,10 @@ impl Proxy {
             }
         }
         if self.exchanges.get(r).is_some_and(Exchange::finished) {
-            self.exchanges.remove(r);
+            // No EL answered it: its timestamp, if it was a candidate, proves nothing.
+            if self.exchanges.remove(r).is_some_and(|e| e.candidate) {
+                self.best.forget(&r);
+            }
         }
     }
 
@@ -242,6 +272,7 @@ impl Proxy {
         let Some(e) = self.exchanges.get_mut(r) else { return };
         e.live_jobs = e.live_jobs.saturating_sub(1);
         let mine = status.clone();
+        let mine_status = Status::of(status.as_deref());
         if let Some((other, theirs)) = e.record_status(job.target, status) {
             self.metrics.disagreement();
             let other_name = self.ups.get(other).map_or("?", |u| u.name());
@@ -256,12 +287,75 @@ impl Proxy {
             );
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.on_answer(mine_status, now);
+        self.note_pick(r, job.target, &resp, now);
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        if std::mem::take(&mut e.candidate) {
+            self.confirm_beacon(r, job.target, mine_status, now);
+        }
+        let Some(e) = self.exchanges.get_mut(r) else { return };
         if !e.decided {
             if let Some(slot) = e.answers.get_mut(job.target) {
                 *slot = Some(resp);
             }
         }
         self.standing(r, job.target, Standing::Answered, now);
+    }
+
+    /// `--payload-choice best-value`: EL `target`'s own payloadId for a build, or its getPayload
+    /// answer, noted on exchange `r`.
+    fn note_pick(&mut self, r: ExchangeRef, target: usize, resp: &http::Response, now: Instant) {
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        match e.pick.as_mut() {
+            Some(Pick::Build { ids, given }) => {
+                let scan = rpc::scan_response(&resp.body).ok();
+                let result = scan.and_then(|s| s.result).and_then(|range| resp.body.get(range));
+                let id = result.and_then(payload_choice::payload_id_of_fcu_result);
+                if let (Some(slot), Some(id)) = (ids.get_mut(target), id) {
+                    *slot = Some(id);
+                    if let Some(given) = *given {
+                        self.payloads.remember(given, target, id, now);
+                    }
+                }
+            }
+            Some(Pick::Fetch { got, .. }) => {
+                if let Some(slot) = got.get_mut(target) {
+                    *slot = payload_choice::answer_of(&resp.body);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The first EL answer to a call that may make its BN the best (`beacons::BestBeacon`):
+    /// applied before the BN is answered, so that its next forkchoiceUpdated already finds it
+    /// the best. A failed call is no answer: the next EL's answer decides, and an exchange that
+    /// ends with none forgets its candidate (`decide`).
+    pub(super) fn confirm_beacon(&mut self, r: ExchangeRef, target: usize, status: Status, now: Instant) {
+        let el = self.ups.get(target).map_or("?", |u| u.name()).to_string();
+        match self.best.confirm(&r, status, now) {
+            Confirmed::Switched(switch) => {
+                self.metrics.best_switched();
+                match switch.from {
+                    None => log::info!("following beacon node {} ({el} confirmed it)", switch.to),
+                    Some(from) => log::info!(
+                        "switching beacon node {from} -> {} (timestamp {}): {el} answered {}",
+                        switch.to,
+                        switch.timestamp,
+                        status.label()
+                    ),
+                }
+            }
+            Confirmed::Refused { beacon, timestamp, status } => {
+                self.metrics.candidate_refused();
+                log::info!(
+                    "beacon node {beacon} stays behind: {el} answered {} to its payload with timestamp \
+                     {timestamp}",
+                    status.label()
+                );
+            }
+            Confirmed::Advanced { .. } | Confirmed::Stale | Confirmed::Unknown => {}
+        }
     }
 
     /// Execution client `up` called a payload VALID: it moves its head in the sync view (the

@@ -209,9 +209,11 @@ impl Proxy {
         let new_urls: Vec<&str> = new.builders.iter().map(|e| e.url.as_str()).collect();
         let plan = reload::plan(&old_refs, &new_urls);
         let removed: Vec<String> = plan.removed.iter().map(|&i| self.ups[i].endpoint.name.clone()).collect();
-        let rotated =
-            self.cfg.jwt_secret != new.jwt_secret || self.cfg.builder_jwt_secrets != new.builder_jwt_secrets;
+        let rotated = self.cfg.jwt_secret != new.jwt_secret
+            || self.cfg.builder_jwt_secrets != new.builder_jwt_secrets
+            || self.cfg.beacon_jwt_secrets != new.beacon_jwt_secrets;
         self.cfg.jwt_secret = new.jwt_secret;
+        self.cfg.beacon_jwt_secrets = new.beacon_jwt_secrets;
 
         // Removed ELs give up their calls while every index is still the old one. A non-engine
         // call failing over may land on another removed EL; the next pass takes it from there

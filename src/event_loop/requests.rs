@@ -11,12 +11,15 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::{unix_now, Proxy};
+use crate::answer_policy::Clock;
+use crate::beacons::{self, Batch, Candidate};
 use crate::core::budget;
-use crate::core::exchange::{Exchange, ExchangeRef, Inbound, Reply};
+use crate::core::exchange::{Exchange, ExchangeRef, Gather, Inbound, Pick, Reply};
 use crate::core::intake::{self, Route, METRICS_ONLY_404};
 use crate::downstream::{Outgoing, Slot};
 use crate::http::{self, HttpError, Refusal, Request, RequestEvent};
 use crate::metrics::{RequestOutcome, Snapshot};
+use crate::payload_choice::{self, Got, PayloadChoice, PayloadId};
 use crate::policy::{self, Class, Standing};
 use crate::probes;
 use crate::rpc;
@@ -88,14 +91,12 @@ impl Proxy {
                 );
             }
         }
-        let secret = self.cfg.jwt_secret.as_ref();
+        let keys = self.cfg.beacon_keys();
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let Some(head) = down.reader.held_head() else { return };
-        let verdict = match secret {
-            Some(secret) if head.method == "POST" && !down.metrics_only => {
-                intake::check_token(secret, head, unix_now())
-            }
-            _ => Ok(()),
+        let verdict = match keys.required() && head.method == "POST" && !down.metrics_only {
+            true => intake::authenticate(head, down.peer.ip(), &keys, unix_now()).map(drop),
+            false => Ok(()),
         };
         let Err(why) = verdict else {
             if !admitted {
@@ -158,15 +159,18 @@ impl Proxy {
             }
         }
         // A request with a body had its token checked at the head (`on_head`); this check is
-        // the one for bodiless requests, and stays as the last word for all of them.
-        if let Some(secret) = self.cfg.jwt_secret.as_ref() {
-            if let Err(why) = intake::check_token(secret, &req.head, unix_now()) {
-                log::warn!("rejected a request from {}: {why}", down.peer);
-                self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
-                down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
-                return;
-            }
-        }
+        // the one for bodiless requests, and stays as the last word for all of them. It also
+        // names the sender (`beacons`).
+        let identity =
+            match intake::authenticate(&req.head, down.peer.ip(), &self.cfg.beacon_keys(), unix_now()) {
+                Ok(auth) => auth.identity,
+                Err(why) => {
+                    log::warn!("rejected a request from {}: {why}", down.peer);
+                    self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
+                    down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
+                    return;
+                }
+            };
         let scan = match rpc::scan_request(&req.body) {
             Ok(scan) => scan,
             Err(e) => {
@@ -181,16 +185,35 @@ impl Proxy {
         } else {
             Class::NonEngine
         };
+        // An Engine API call inside a batch would escape the best-BN filter, the ordering and
+        // the fan-out: such a batch is refused whole (see `beacons::check_batch`).
+        if scan.shape == rpc::Shape::Array {
+            if let Batch::Refuse(body) = beacons::check_batch(&req.body) {
+                log::warn!("refused a batch with engine_* calls from beacon node {identity}");
+                self.metrics.request(Class::NonEngine, RequestOutcome::Refused);
+                down.push(answer(200, body));
+                return;
+            }
+        }
         let id = scan.id.as_ref().and_then(|r| req.body.get(r.clone())).map(<[u8]>::to_vec);
         let client = down.peer.ip().to_string();
-        let beacon = req
-            .head
-            .header("x-forwarded-for")
-            .and_then(http::first_forwarded_for)
-            .map_or_else(|| client.clone(), str::to_string);
-        let verdict = self.best.observe(&beacon, class, scan.timestamp, now);
-        self.metrics.beacon_seen(&beacon, scan.timestamp, now);
-        if let (Class::NewPayload, Some(ts)) = (class, scan.timestamp) {
+        let beacon = identity.name.as_str();
+        let key = self.exchanges.next_ref();
+        let verdict = self.best.observe(key, beacon, class, scan.timestamp, now, unix_now());
+        let mut plausible = scan.timestamp;
+        if let Candidate::Implausible { timestamp, limit } = verdict.candidate {
+            plausible = None;
+            self.metrics.implausible_timestamp();
+            log::warn!(
+                "beacon node {identity} ({}) sent {} with timestamp {timestamp}, more than {} s ahead of \
+                 the clock (limit {limit}): it does not count for the best beacon node (is a clock wrong?)",
+                identity.source.label(),
+                class.label(),
+                beacons::MAX_AHEAD_SECS
+            );
+        }
+        self.metrics.beacon_seen(beacon, identity.source.label(), plausible, now);
+        if let (Class::NewPayload, Some(ts)) = (class, plausible) {
             self.metrics.sync.payload_seen(ts);
         }
         if let Some(switch) = verdict.switched {
@@ -237,13 +260,59 @@ impl Proxy {
             charge,
         });
         let reply = (!mirror).then_some(Reply { slot, serial });
-        let r = self.exchanges.insert(Exchange::new(inbound.clone(), reply, self.builders, now));
+        let mut exchange = Exchange::new(inbound.clone(), reply, self.builders, now);
+        exchange.candidate = verdict.candidate == Candidate::Pending;
+        if self.cfg.answer_policy.gathers(class) && !mirror {
+            exchange.gather = Some(Gather { wait: self.cfg.answer_wait, clock: Clock::default() });
+        }
+        let best_value = self.cfg.payload_choice == PayloadChoice::BestValue && !mirror;
+        if best_value && class == Class::ForkchoiceUpdated && scan.timestamp.is_some() {
+            exchange.pick = Some(Pick::Build { ids: vec![None; self.builders], given: None });
+        }
+        let fetch =
+            if best_value && class == Class::GetPayload { self.fetch_targets(&inbound, now) } else { None };
+        if let Some((targets, holder)) = &fetch {
+            let got = targets.iter().map(|t| if t.is_some() { Got::Pending } else { Got::Failed }).collect();
+            exchange.pick = Some(Pick::Fetch { got, holder: *holder, sent_at: now });
+            for (standing, target) in exchange.standings.iter_mut().zip(targets) {
+                if target.is_none() {
+                    *standing = Standing::Failed;
+                }
+            }
+        }
+        let r = self.exchanges.insert(exchange);
+        debug_assert_eq!(r, key, "the best-BN candidate is keyed by this exchange");
         if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
             down.push(Slot::Waiting(r));
         }
         if class.is_fanned_out() {
-            for target in 0..self.builders {
-                self.send(target, r, target, &inbound, now);
+            if let Some((targets, holder)) = fetch {
+                // Every EL with a build of its own is asked at once, with its own id.
+                for (el, id) in targets.iter().enumerate() {
+                    let Some(id) = *id else { continue };
+                    match payload_choice::rewrite_get_payload(&inbound.body, id).filter(|_| el != holder) {
+                        Some(body) => {
+                            let own = Rc::new(Inbound {
+                                head: inbound.head.clone(),
+                                body,
+                                client: inbound.client.clone(),
+                                method: inbound.method.clone(),
+                                class,
+                                id: inbound.id.clone(),
+                                timeout,
+                                received: now,
+                                pool: None,
+                                charge: None,
+                            });
+                            self.send(el, r, el, &own, now);
+                        }
+                        None => self.send(el, r, el, &inbound, now),
+                    }
+                }
+            } else {
+                for target in 0..self.builders {
+                    self.send(target, r, target, &inbound, now);
+                }
             }
             let peer_timeout = self.cfg.proxy_request_timeout;
             for up in self.builders..self.ups.len() {
@@ -261,6 +330,16 @@ impl Proxy {
             self.send(0, r, 0, &inbound, now);
         }
         self.decide(r, now);
+    }
+
+    /// `--payload-choice best-value`: which ELs to ask for a getPayload, each with its own id,
+    /// and the one whose id the beacon node holds; None when only that one (or none) has a
+    /// build for it, and the call is routed as under `primary`.
+    fn fetch_targets(&mut self, inbound: &Inbound, now: Instant) -> Option<(Vec<Option<PayloadId>>, usize)> {
+        let given = payload_choice::payload_id_of_request(&inbound.body)?;
+        let targets = self.payloads.targets(given, self.builders, now);
+        let holder = targets.iter().position(|t| *t == Some(given))?;
+        (targets.iter().flatten().count() > 1).then_some((targets, holder))
     }
 
     /// Answers a GET or HEAD: `/metrics`, `/status`, `/healthz`, `/readyz`, or (any other path)
@@ -289,6 +368,8 @@ impl Proxy {
     /// The status, content type and body of an admin path.
     pub(super) fn admin_answer(&mut self, path: &str, now: Instant) -> (u16, &'static [u8], Vec<u8>) {
         const JSON: &[u8] = b"application/json";
+        self.metrics.candidates_dropped = self.best.dropped();
+        self.metrics.payload_mappings_dropped = self.payloads.dropped();
         let snapshot = Snapshot {
             open_connections: self.live_downs,
             best: self.best.current(),
