@@ -12,7 +12,8 @@
 //! 12 s. The `seq-*-8` and `seq-*-16` scenarios and `paced-1k-16` measure the fan-out width
 //! against the 2-EL scenario of the same size in the same run (CPU per call per added EL); the
 //! `paced-getpayload-*` ones make the answer the large body (a getPayloadV5 answer with 21 or
-//! 48 blobs from every EL). Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time the sum of
+//! 48 blobs from every EL; with 1 EL, no secondary's answer arrives while the primary's is
+//! relayed). Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time the sum of
 //! `/proc/PID/task/*/schedstat`.
 //!
 //! `cargo bench --bench loopback` (or `benches/load.sh`, which installs nginx when it is
@@ -315,6 +316,18 @@ const SCENARIOS: &[Scenario] = &[
         size: "128k",
         call: Call::GetPayload { blobs: 48 },
         els: 2,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
+    },
+    Scenario {
+        key: "paced-getpayload-48b-1",
+        title: "1 BN, getPayloadV5 answer with 48 blobs (~13 MB), 1 EL, 30 ms between calls",
+        size: "128k",
+        call: Call::GetPayload { blobs: 48 },
+        els: 1,
         conns: 1,
         requests: 40,
         warmup: 2,
