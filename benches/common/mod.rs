@@ -57,3 +57,14 @@ pub fn get_payload_answer(request: &[u8]) -> Vec<u8> {
 /// A newPayload answer as an execution client writes it.
 pub const VALID_ANSWER: &[u8] =
     br#"{"jsonrpc":"2.0","id":1,"result":{"status":"VALID","latestValidHash":"0x3559e851470f6e7bbed1db474980683e8c315bfce99b2a6ef47c057c04de7858","validationError":null}}"#;
+
+/// The `engine_getPayloadV5` (Osaka) request a beacon node sends when it proposes.
+pub const GET_PAYLOAD_V5: &[u8] =
+    br#"{"jsonrpc":"2.0","id":1,"method":"engine_getPayloadV5","params":["0x0000000000000001"]}"#;
+
+/// An `engine_getPayloadV5` answer for a 128 KiB block with `blobs` blobs (BlobsBundleV2: 128
+/// cell proofs per blob), as an execution client writes it: 21 blobs make ~5.9 MB of JSON, 48
+/// ~13 MB.
+pub fn get_payload_v5_answer(blobs: usize) -> Vec<u8> {
+    payload::get_payload_answer(payload::Fork::Osaka, 1, 128 << 10, blobs, 1)
+}

@@ -1,5 +1,5 @@
-//! The load benchmark: a beacon node (BN) client sends newPayload calls over keep-alive
-//! connections on 127.0.0.1 to (a) the release `sync-proxy` binary in front of fast mock ELs,
+//! The load benchmark: a beacon node (BN) client sends newPayload (or getPayload) calls over
+//! keep-alive connections on 127.0.0.1 to (a) the release `sync-proxy` binary in front of fast mock ELs,
 //! (b) nginx with `mirror` in front of the same kind of mock ELs (answer from the first,
 //! mirror to the others, as in the Go project's README), (c) one mock EL directly — the
 //! floor — and (d) a minimal blocking forwarder, the least any fan-out proxy costs here, and
@@ -8,7 +8,13 @@
 //! fast. All are measured in the same run, interleaved per repetition, and each figure is the
 //! median over the repetitions. The `seq-*` scenarios send back to back (throughput-bound:
 //! every copy of the previous call competes with the next); the `paced-*` ones leave 30 ms
-//! after each answer, so each call meets an idle proxy, as a block does every 12 s. Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time `/proc/PID/schedstat`.
+//! (5 ms at 1 KiB) after each answer, so each call meets an idle proxy, as a block does every
+//! 12 s. The `seq-*-8` and `seq-*-16` scenarios and `paced-1k-16` measure the fan-out width
+//! against the 2-EL scenario of the same size in the same run (CPU per call per added EL); the
+//! `paced-getpayload-*` ones make the answer the large body (a getPayloadV5 answer with 21 or
+//! 48 blobs from every EL; with 1 EL, no secondary's answer arrives while the primary's is
+//! relayed). Peak RSS is `VmHWM` from `/proc/PID/status`, CPU time the sum of
+//! `/proc/PID/task/*/schedstat`.
 //!
 //! `cargo bench --bench loopback` (or `benches/load.sh`, which installs nginx when it is
 //! missing). Environment: `LOOPBACK_REPS` (default 3), `LOOPBACK_ONLY` (run the scenarios
@@ -45,7 +51,7 @@ use mock::{closed_port, spawn_cut_through, spawn_forwarder, spawn_mock_el, Secon
 use procs::{
     count_lines, cpu_ns, dropped_calls, find_nginx, probe_backlog, start_nginx, start_proxy, Backlog, Started,
 };
-use report::{mib, nginx_version, source_version, table, us};
+use report::{fan_out, mib, nginx_version, source_version, table, us};
 use wire::request_wire;
 
 /// One run of a target never lasts longer than this (nginx waits for a slow mirror).
@@ -55,15 +61,29 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pause after each answer in the paced scenarios: long enough for every EL to have its
 /// copy before the next call, as between blocks (one every 12 s) in real life.
 const PACED_GAP: Duration = Duration::from_millis(30);
-/// What a mock EL answers to every call.
-const ANSWER_BODY: &[u8] = common::VALID_ANSWER;
+/// The same for 1 KiB calls, whose copies to 16 ELs are done well within it: enough to see
+/// whether the BN's p50 grows with the number of secondaries when their copies do not overlap
+/// the next call (primary first), short enough for 400 calls per run.
+const PACED_SMALL_GAP: Duration = Duration::from_millis(5);
 
 // ------------------------------------------------------------------------------- scenarios
+
+/// What the BN asks in a scenario.
+#[derive(Clone, Copy, PartialEq)]
+enum Call {
+    /// `engine_newPayloadV3` bodies of the scenario's size; the ELs answer `VALID`.
+    NewPayload,
+    /// `engine_getPayloadV5`; every EL answers a payload of 128 KiB with this many blobs
+    /// (21: ~5.9 MB of JSON, 48: ~13 MB), so the large body is the answer.
+    GetPayload { blobs: usize },
+}
 
 struct Scenario {
     key: &'static str,
     title: &'static str,
+    /// The newPayload body's size (`Call::NewPayload`); only a label for `Call::GetPayload`.
     size: &'static str,
+    call: Call,
     els: usize,
     conns: usize,
     requests: usize,
@@ -78,6 +98,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-1k-2",
         title: "1 BN sequential, 1 KiB, 2 ELs",
         size: "1k",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 2000,
@@ -89,7 +110,32 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-1k-4",
         title: "1 BN sequential, 1 KiB, 4 ELs",
         size: "1k",
+        call: Call::NewPayload,
         els: 4,
+        conns: 1,
+        requests: 2000,
+        warmup: 50,
+        secondary: Secondary::Fast,
+        gap: Duration::ZERO,
+    },
+    Scenario {
+        key: "seq-1k-8",
+        title: "1 BN sequential, 1 KiB, 8 ELs",
+        size: "1k",
+        call: Call::NewPayload,
+        els: 8,
+        conns: 1,
+        requests: 2000,
+        warmup: 50,
+        secondary: Secondary::Fast,
+        gap: Duration::ZERO,
+    },
+    Scenario {
+        key: "seq-1k-16",
+        title: "1 BN sequential, 1 KiB, 16 ELs",
+        size: "1k",
+        call: Call::NewPayload,
+        els: 16,
         conns: 1,
         requests: 2000,
         warmup: 50,
@@ -100,6 +146,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-1m-2",
         title: "1 BN sequential, 1 MiB, 2 ELs",
         size: "1m",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 200,
@@ -111,7 +158,32 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-1m-4",
         title: "1 BN sequential, 1 MiB, 4 ELs",
         size: "1m",
+        call: Call::NewPayload,
         els: 4,
+        conns: 1,
+        requests: 200,
+        warmup: 5,
+        secondary: Secondary::Fast,
+        gap: Duration::ZERO,
+    },
+    Scenario {
+        key: "seq-1m-8",
+        title: "1 BN sequential, 1 MiB, 8 ELs",
+        size: "1m",
+        call: Call::NewPayload,
+        els: 8,
+        conns: 1,
+        requests: 200,
+        warmup: 5,
+        secondary: Secondary::Fast,
+        gap: Duration::ZERO,
+    },
+    Scenario {
+        key: "seq-1m-16",
+        title: "1 BN sequential, 1 MiB, 16 ELs",
+        size: "1m",
+        call: Call::NewPayload,
+        els: 16,
         conns: 1,
         requests: 200,
         warmup: 5,
@@ -122,6 +194,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-8m-2",
         title: "1 BN sequential, 8 MiB, 2 ELs",
         size: "8m",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 50,
@@ -133,6 +206,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "seq-8m-4",
         title: "1 BN sequential, 8 MiB, 4 ELs",
         size: "8m",
+        call: Call::NewPayload,
         els: 4,
         conns: 1,
         requests: 50,
@@ -144,6 +218,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "conc16-1k-2",
         title: "16 BN connections, 1 KiB, 2 ELs",
         size: "1k",
+        call: Call::NewPayload,
         els: 2,
         conns: 16,
         requests: 8000,
@@ -155,6 +230,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "late-1k-2",
         title: "1 BN sequential, 1 KiB, 2 ELs, secondary 50 ms late",
         size: "1k",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 2000,
@@ -166,6 +242,7 @@ const SCENARIOS: &[Scenario] = &[
         key: "down-1k-2",
         title: "1 BN sequential, 1 KiB, 2 ELs, secondary down",
         size: "1k",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 2000,
@@ -174,9 +251,34 @@ const SCENARIOS: &[Scenario] = &[
         gap: Duration::ZERO,
     },
     Scenario {
+        key: "paced-1k-2",
+        title: "1 BN, 1 KiB, 2 ELs, 5 ms between calls",
+        size: "1k",
+        call: Call::NewPayload,
+        els: 2,
+        conns: 1,
+        requests: 400,
+        warmup: 20,
+        secondary: Secondary::Fast,
+        gap: PACED_SMALL_GAP,
+    },
+    Scenario {
+        key: "paced-1k-16",
+        title: "1 BN, 1 KiB, 16 ELs, 5 ms between calls",
+        size: "1k",
+        call: Call::NewPayload,
+        els: 16,
+        conns: 1,
+        requests: 400,
+        warmup: 20,
+        secondary: Secondary::Fast,
+        gap: PACED_SMALL_GAP,
+    },
+    Scenario {
         key: "paced-8m-2",
         title: "1 BN, 8 MiB, 2 ELs, 30 ms between calls",
         size: "8m",
+        call: Call::NewPayload,
         els: 2,
         conns: 1,
         requests: 40,
@@ -188,7 +290,44 @@ const SCENARIOS: &[Scenario] = &[
         key: "paced-8m-4",
         title: "1 BN, 8 MiB, 4 ELs, 30 ms between calls",
         size: "8m",
+        call: Call::NewPayload,
         els: 4,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
+    },
+    Scenario {
+        key: "paced-getpayload-21b-2",
+        title: "1 BN, getPayloadV5 answer with 21 blobs (~5.9 MB), 2 ELs, 30 ms between calls",
+        size: "128k",
+        call: Call::GetPayload { blobs: 21 },
+        els: 2,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
+    },
+    Scenario {
+        key: "paced-getpayload-48b-2",
+        title: "1 BN, getPayloadV5 answer with 48 blobs (~13 MB), 2 ELs, 30 ms between calls",
+        size: "128k",
+        call: Call::GetPayload { blobs: 48 },
+        els: 2,
+        conns: 1,
+        requests: 40,
+        warmup: 2,
+        secondary: Secondary::Fast,
+        gap: PACED_GAP,
+    },
+    Scenario {
+        key: "paced-getpayload-48b-1",
+        title: "1 BN, getPayloadV5 answer with 48 blobs (~13 MB), 1 EL, 30 ms between calls",
+        size: "128k",
+        call: Call::GetPayload { blobs: 48 },
+        els: 1,
         conns: 1,
         requests: 40,
         warmup: 2,
@@ -256,11 +395,32 @@ const TARGET_NAMES: [&str; TARGETS] = [
     "cut-through forwarder (reference)",
 ];
 
-fn spawn_els(count: usize, secondary: Secondary) -> Vec<SocketAddr> {
+/// The BN's request body and the answer body every mock EL gives, for a scenario. None when the
+/// newPayload size does not parse.
+fn bodies(s: &Scenario) -> Option<(Vec<u8>, Vec<u8>)> {
+    match s.call {
+        Call::NewPayload => Some((common::new_payload(s.size)?, common::VALID_ANSWER.to_vec())),
+        Call::GetPayload { blobs } => {
+            Some((common::GET_PAYLOAD_V5.to_vec(), common::get_payload_v5_answer(blobs)))
+        }
+    }
+}
+
+/// What a scenario's tables say it sends and answers.
+fn describe(s: &Scenario, request: &[u8], answer: &[u8]) -> String {
+    match s.call {
+        Call::NewPayload => format!("{} B newPayload bodies", request.len()),
+        Call::GetPayload { blobs } => {
+            format!("{} B getPayloadV5 requests, {} B answers ({blobs} blobs)", request.len(), answer.len())
+        }
+    }
+}
+
+fn spawn_els(count: usize, secondary: Secondary, answer: &[u8]) -> Vec<SocketAddr> {
     (0..count)
         .map(|i| match (i, secondary) {
-            (0, _) | (_, Secondary::Fast) => spawn_mock_el(Duration::ZERO),
-            (_, Secondary::Late(delay)) => spawn_mock_el(delay),
+            (0, _) | (_, Secondary::Fast) => spawn_mock_el(Duration::ZERO, answer),
+            (_, Secondary::Late(delay)) => spawn_mock_el(delay, answer),
             (_, Secondary::Down) => closed_port(),
         })
         .collect()
@@ -268,20 +428,20 @@ fn spawn_els(count: usize, secondary: Secondary) -> Vec<SocketAddr> {
 
 fn run_scenario(
     s: &Scenario,
+    (body, answer): (&[u8], &[u8]),
     proxy_bin: &Path,
     nginx: Option<&Path>,
     reps: usize,
     scratch: &Path,
-) -> Option<[Option<Row>; TARGETS]> {
-    let body = common::new_payload(s.size)?;
-    let wire = Arc::new(request_wire(&body));
-    let els = spawn_els(s.els, s.secondary);
+) -> [Option<Row>; TARGETS] {
+    let wire = Arc::new(request_wire(body));
+    let els = spawn_els(s.els, s.secondary, answer);
     let proxy = start_proxy(proxy_bin, &els, &scratch.join(format!("proxy-{}.log", s.key)));
     let nginx = nginx.and_then(|bin| start_nginx(bin, &scratch.join(format!("nginx-{}", s.key)), &els));
     let baseline = (s.secondary != Secondary::Fast).then(|| {
         start_proxy(
             proxy_bin,
-            &spawn_els(s.els, Secondary::Fast),
+            &spawn_els(s.els, Secondary::Fast, answer),
             &scratch.join(format!("baseline-{}.log", s.key)),
         )
     });
@@ -353,7 +513,7 @@ fn run_scenario(
     if let Some(row) = rows[PROXY].as_mut() {
         row.backlog = backlog;
     }
-    Some(rows)
+    rows
 }
 
 fn main() {
@@ -382,16 +542,17 @@ fn main() {
     );
     print!("{report}");
     let mut summary = String::from(
-        "| scenario | proxy req/s | proxy p50 | proxy p99 | proxy peak RSS | nginx req/s | nginx p50 | nginx p99 | nginx peak RSS | direct req/s | direct p50 | direct p99 | proxy−direct p50 | proxy/direct p50 | proxy/nginx req/s |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | proxy req/s | proxy p50 | proxy p99 | proxy peak RSS | proxy CPU/call | nginx req/s | nginx p50 | nginx p99 | nginx peak RSS | direct req/s | direct p50 | direct p99 | proxy−direct p50 | proxy/direct p50 | proxy/nginx req/s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let mut done: Vec<(&Scenario, [Option<Row>; TARGETS])> = Vec::new();
     for s in SCENARIOS.iter().filter(|s| only.as_deref().map_or(true, |o| s.key.contains(o))) {
-        let Some(rows) = run_scenario(s, &proxy_bin, nginx.as_deref(), reps, &scratch) else {
+        let Some((body, answer)) = bodies(s) else {
             println!("### {}: no {} body; skipped\n", s.title, s.size);
             continue;
         };
-        let body_len = common::new_payload(s.size).map_or(0, |b| b.len());
-        let text = table(s, body_len, reps, &rows);
+        let rows = run_scenario(s, (&body, &answer), &proxy_bin, nginx.as_deref(), reps, &scratch);
+        let text = table(s, &describe(s, &body, &answer), reps, &rows);
         print!("{text}");
         let _ = io::stdout().flush();
         report.push_str(&text);
@@ -402,12 +563,13 @@ fn main() {
         };
         let _ = writeln!(
             summary,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.key,
             cell(PROXY, &|r| format!("{:.0}", r.rps)),
             cell(PROXY, &|r| us(r.p50)),
             cell(PROXY, &|r| us(r.p99)),
             cell(PROXY, &|r| mib(r.peak_kib)),
+            cell(PROXY, &|r| r.cpu_us.map_or("—".to_string(), us)),
             cell(NGINX, &|r| format!("{:.0}", r.rps)),
             cell(NGINX, &|r| us(r.p50)),
             cell(NGINX, &|r| us(r.p99)),
@@ -419,8 +581,10 @@ fn main() {
             ratio(PROXY, DIRECT, &|p, d| format!("{:.2}×", p.p50 / d.p50)),
             ratio(PROXY, NGINX, &|p, n| format!("{:.2}×", p.rps / n.rps)),
         );
+        done.push((s, rows));
     }
-    let tail = format!("### Summary\n\n{summary}\nTotal time: {:.0} s\n", t0.elapsed().as_secs_f64());
+    let width = fan_out(&done);
+    let tail = format!("### Summary\n\n{summary}\n{width}Total time: {:.0} s\n", t0.elapsed().as_secs_f64());
     print!("{tail}");
     report.push_str(&tail);
     if let Ok(path) = std::env::var("LOOPBACK_OUT") {

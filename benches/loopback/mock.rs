@@ -8,7 +8,6 @@ use std::thread;
 use std::time::Duration;
 
 use crate::wire::{Framer, MessageKind};
-use crate::ANSWER_BODY;
 
 /// How the secondary ELs of a scenario behave.
 #[derive(Clone, Copy, PartialEq)]
@@ -19,16 +18,17 @@ pub enum Secondary {
 }
 
 /// Starts a mock EL on an ephemeral port: it reads each request whole, waits `delay`, and
-/// answers a small JSON body with a Content-Length. One thread per connection.
-pub fn spawn_mock_el(delay: Duration) -> SocketAddr {
+/// answers `body` (a small newPayload result, or a getPayload answer of megabytes) with a
+/// Content-Length, written in one call. One thread per connection.
+pub fn spawn_mock_el(delay: Duration, body: &[u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a mock EL");
     let addr = listener.local_addr().expect("mock EL address");
     let mut answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        ANSWER_BODY.len()
+        body.len()
     )
     .into_bytes();
-    answer.extend_from_slice(ANSWER_BODY);
+    answer.extend_from_slice(body);
     let answer: Arc<[u8]> = answer.into();
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {

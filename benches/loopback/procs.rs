@@ -81,10 +81,23 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Nanoseconds the process's main thread has run on a CPU (`/proc/PID/schedstat`); the proxy
-/// and an nginx worker each do their work on that one thread.
+/// Nanoseconds the process has run on a CPU, all its threads together
+/// (`/proc/PID/task/*/schedstat`, exact where `utime + stime` counts 10 ms ticks). The proxy
+/// and an nginx worker do their work on the main thread; the proxy's other threads (signals,
+/// name resolution) are counted too, so the figure is the process's whole cost. A thread that
+/// ended during the scenario is not counted (none of them does).
 pub fn cpu_ns(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+    let read = |path: std::path::PathBuf| -> Option<u64> {
+        std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = None;
+    for task in tasks.flatten() {
+        if let Some(ns) = read(task.path().join("schedstat")) {
+            total = Some(total.unwrap_or(0) + ns);
+        }
+    }
+    total
 }
 
 /// A child process this benchmark started, stopped with SIGTERM by its own pid.

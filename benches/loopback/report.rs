@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::{Row, Scenario, BASELINE, CUT_THROUGH, DIRECT, FORWARDER, NGINX, PROXY, TARGETS, TARGET_NAMES};
+use crate::mock::Secondary;
+use crate::{
+    Call, Row, Scenario, BASELINE, CUT_THROUGH, DIRECT, FORWARDER, NGINX, PROXY, TARGETS, TARGET_NAMES,
+};
 
 pub fn us(v: f64) -> String {
     if v >= 10_000.0 {
@@ -20,13 +23,13 @@ pub fn mib(kib: Option<u64>) -> String {
     kib.map_or("—".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
-pub fn table(s: &Scenario, body_len: usize, reps: usize, rows: &[Option<Row>; TARGETS]) -> String {
+pub fn table(s: &Scenario, what: &str, reps: usize, rows: &[Option<Row>; TARGETS]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "### {} (`{}`)\n", s.title, s.key);
     let _ = writeln!(
         out,
-        "{} B newPayload bodies, {} connection(s), {} requests per run (5 s cap), median of {reps} runs.\n",
-        body_len, s.conns, s.requests
+        "{what}, {} connection(s), {} requests per run (5 s cap), median of {reps} runs.\n",
+        s.conns, s.requests
     );
     let _ = writeln!(
         out,
@@ -119,6 +122,69 @@ pub fn table(s: &Scenario, body_len: usize, reps: usize, rows: &[Option<Row>; TA
         );
     }
     out.push('\n');
+    out
+}
+
+/// The fan-out width table: each newPayload scenario with more than 2 fast ELs against the 2-EL
+/// one of the same body size and pace (`seq-1k-16` against `seq-1k-2`, `paced-1k-16` against
+/// `paced-1k-2`) in the same run. "CPU per call per added EL" is the slope of the proxy's CPU per
+/// call from 2 ELs to N: (CPU(N) − CPU(2)) / (N − 2). Empty when no such pair ran.
+pub fn fan_out(done: &[(&Scenario, [Option<Row>; TARGETS])]) -> String {
+    let width_scenario =
+        |s: &Scenario| s.call == Call::NewPayload && s.conns == 1 && s.secondary == Secondary::Fast;
+    let mut out = String::new();
+    for (base, base_rows) in done.iter().filter(|(s, _)| width_scenario(s) && s.els == 2) {
+        let (Some(b), Some(bd)) = (&base_rows[PROXY], &base_rows[DIRECT]) else { continue };
+        let wider: Vec<_> = done
+            .iter()
+            .filter(|(s, _)| width_scenario(s) && s.size == base.size && s.gap == base.gap && s.els > 2)
+            .filter_map(|(s, rows)| Some((s, rows[PROXY].as_ref()?, rows[DIRECT].as_ref()?)))
+            .collect();
+        if wider.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str(
+                "### Fan-out width (1 BN, against the 2-EL scenario of the same size and pace in this run)\n\n\
+                 | scenario | ELs | proxy p50 | proxy p99 | direct p50 | proxy−direct p50 | p50 / 2-EL p50 | added p50 / 2-EL added p50 | proxy CPU/call | CPU/call per added EL |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
+        }
+        let added_base = b.p50 - bd.p50;
+        let _ = writeln!(
+            out,
+            "| {} | 2 | {} | {} | {} | +{} | 1.00× | 1.00× | {} | — |",
+            base.key,
+            us(b.p50),
+            us(b.p99),
+            us(bd.p50),
+            us(added_base),
+            b.cpu_us.map_or("—".to_string(), us),
+        );
+        for (s, p, d) in wider {
+            let slope = match (p.cpu_us, b.cpu_us) {
+                (Some(n), Some(two)) => format!("{:+.1} µs", (n - two) / (s.els - 2) as f64),
+                _ => "—".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | +{} | {:.2}× | {:.2}× | {} | {} |",
+                s.key,
+                s.els,
+                us(p.p50),
+                us(p.p99),
+                us(d.p50),
+                us(p.p50 - d.p50),
+                p.p50 / b.p50,
+                (p.p50 - d.p50) / added_base,
+                p.cpu_us.map_or("—".to_string(), us),
+                slope,
+            );
+        }
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
     out
 }
 
