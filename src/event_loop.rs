@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
+use crate::shell::ElSockets;
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
@@ -108,6 +109,8 @@ pub struct Proxy {
     metrics_accepting: bool,
     next_serial: u64,
     ups: Vec<Upstream>,
+    /// The sockets of `ups`' connections (the connections own none).
+    el_sockets: ElSockets,
     /// How many of `ups` are `--builders` (the rest are `--proxies` peers).
     builders: usize,
     exchanges: Exchanges,
@@ -200,6 +203,7 @@ impl Proxy {
             live_metrics: 0,
             metrics_accepting: true,
             next_serial: 0,
+            el_sockets: ElSockets::with_clients(ups.len()),
             ups,
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
@@ -570,12 +574,10 @@ impl Proxy {
         let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
-            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self.poll.registry().register(&mut conn.stream, token, interest) {
-                    log::debug!("{name}: cannot register a connection: {e}");
-                    unregistered.push((slot, e));
-                }
+            let Some(addr) = self.ups[up].conns[slot].as_ref().map(|c| c.addr) else { continue };
+            if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token) {
+                log::debug!("{name}: cannot connect or register a connection: {e}");
+                unregistered.push((slot, e));
             }
         }
         // Jobs handed to idle kept-alive connections are written at once.
@@ -591,7 +593,7 @@ impl Proxy {
             }
         }
         for (slot, e) in unregistered {
-            self.connect_failed_because(up, slot, &format!("cannot register a connection: {e}"), now);
+            self.connect_failed_because(up, slot, &format!("cannot connect: {e}"), now);
         }
     }
 
@@ -600,15 +602,16 @@ impl Proxy {
         if conn.dead {
             return;
         }
+        let Some(socket) = self.el_sockets.get_mut(up, slot) else { return };
         if conn.state == ConnState::Connecting {
             if !writable && !readable {
                 return;
             }
             // A non-blocking connect ends with WRITABLE; the error (if any) is in SO_ERROR,
             // and a peer address confirms the connection really is established.
-            let failed = match conn.stream.take_error() {
+            let failed = match socket.take_error() {
                 Ok(Some(_)) | Err(_) => true,
-                Ok(None) => match conn.stream.peer_addr() {
+                Ok(None) => match socket.peer_addr() {
                     Ok(_) => false,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                     Err(_) => true,
@@ -619,7 +622,7 @@ impl Proxy {
                 return;
             }
             // Over TLS the connection is made only once the handshake is done.
-            match conn.handshake() {
+            match conn.handshake(socket) {
                 Handshake::Done => {}
                 Handshake::Pending => return,
                 Handshake::Failed(why) => {
@@ -638,8 +641,9 @@ impl Proxy {
             self.up_write(up, slot, now);
         }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        let Some(socket) = self.el_sockets.get_mut(up, slot) else { return };
         if readable || conn.dead {
-            let outcome = conn.read(&mut self.scratch, now);
+            let outcome = conn.read(socket, &mut self.scratch, now);
             self.on_outcome(up, outcome, now);
         }
     }
@@ -736,11 +740,11 @@ impl Proxy {
                 }
             }
         }
-        for up in self.ups.iter_mut() {
-            for conn in up.conns.iter_mut() {
+        for (i, up) in self.ups.iter_mut().enumerate() {
+            for (slot, conn) in up.conns.iter_mut().enumerate() {
                 if conn.as_ref().is_some_and(|c| c.dead && c.job.is_none()) {
-                    if let Some(mut c) = conn.take() {
-                        let _ = self.poll.registry().deregister(&mut c.stream);
+                    if let Some(c) = conn.take() {
+                        self.el_sockets.close(self.poll.registry(), i, slot, c.abort);
                     }
                 }
             }

@@ -39,6 +39,7 @@ pub mod probes;
 pub mod reload;
 pub mod resolve;
 pub mod rpc;
+pub mod shell;
 pub mod signals;
 pub mod sync_view;
 pub mod tls;

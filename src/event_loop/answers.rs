@@ -84,7 +84,11 @@ impl Proxy {
         if conn.job.is_none() || conn.request_sent() {
             return;
         }
-        if conn.write(now).is_err() {
+        let written = match self.el_sockets.get_mut(up, slot) {
+            Some(socket) => conn.write(socket, now),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        if written.is_err() {
             let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
         }
