@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
-use crate::shell::ElSockets;
+use crate::shell::{bn_sockets, BnSockets, ElSockets};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
@@ -53,23 +53,9 @@ const METRICS_LISTENER: Token = Token(1);
 const WORKER: Token = Token(2);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
-/// Downstream connection tokens: `DOWN_BASE | slot`, with the connection's serial number in
-/// the bits above (`down_token`).
-const DOWN_BASE: usize = 1 << 24;
+/// Beacon node connection tokens: see `shell::bn_sockets`.
+const DOWN_BASE: usize = bn_sockets::BASE;
 
-/// The token of the beacon node connection in `slot` with serial number `serial`. The serial
-/// (its low bits) is part of the token, so an event meant for a closed connection is told apart
-/// from one for the connection that reused its slot (mio may report an event for a socket
-/// after it was deregistered), not only by reaping after the event batch.
-fn down_token(slot: usize, serial: u64) -> Token {
-    let generation = (serial as usize) << (DOWN_BASE.trailing_zeros() + 1);
-    Token(generation | DOWN_BASE | slot)
-}
-
-/// The slot a beacon node connection's token names (its serial is checked by the caller).
-fn down_slot(token: usize) -> usize {
-    token & (DOWN_BASE - 1)
-}
 /// Most connections open at once on `--metrics-addr`: a few scrapers and an operator's curl.
 /// They are never counted against `--max-connections`, so `/metrics` answers exactly when
 /// the beacon node side is saturated.
@@ -100,6 +86,8 @@ pub struct Proxy {
     metrics: Metrics,
     cfg: Config,
     downs: Vec<Option<Downstream>>,
+    /// The sockets of `downs` (the connections own none).
+    bn_sockets: BnSockets,
     free_downs: Vec<usize>,
     /// Beacon node connections open (`--max-connections`)…
     live_downs: usize,
@@ -198,6 +186,7 @@ impl Proxy {
             best: BestBeacon::new(cfg.beacon_expiry),
             cfg,
             downs: Vec::new(),
+            bn_sockets: BnSockets::default(),
             free_downs: Vec::new(),
             live_downs: 0,
             live_metrics: 0,
@@ -302,13 +291,8 @@ impl Proxy {
             1 => self.accept_metrics(now),
             2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
-                let slot = down_slot(t);
-                let current =
-                    self.downs.get(slot).and_then(Option::as_ref).map(|d| down_token(slot, d.serial));
-                if current != Some(token) {
-                    // A stale event: the connection it was for is gone.
-                    return;
-                }
+                // A stale event (the connection it was for is gone) names no slot.
+                let Some(slot) = self.bn_sockets.slot_of(token) else { return };
                 if writable {
                     self.down_flush(slot, now);
                 }
@@ -393,31 +377,23 @@ impl Proxy {
     /// Registers an accepted connection and gives it a slot.
     fn adopt(
         &mut self,
-        mut stream: mio::net::TcpStream,
+        stream: mio::net::TcpStream,
         peer: std::net::SocketAddr,
         metrics_only: bool,
         now: Instant,
     ) -> Option<usize> {
-        let _ = stream.set_nodelay(true);
         let slot = self.free_downs.pop().unwrap_or_else(|| {
             self.downs.push(None);
             self.downs.len() - 1
         });
-        if slot >= DOWN_BASE {
-            // More slots than a token can name (16 M connections): refused, as at the cap.
-            self.free_downs.push(slot);
-            return None;
-        }
         self.next_serial += 1;
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        let token = down_token(slot, self.next_serial);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+        if let Err(e) = self.bn_sockets.adopt(self.poll.registry(), slot, self.next_serial, stream) {
             log::warn!("cannot register a connection from {peer}: {e}");
             self.free_downs.push(slot);
             return None;
         }
         let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
-        let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
+        let mut down = Downstream::new(self.next_serial, peer, limits, now);
         if self.tokens.is_some() {
             down.reader.answer_get_at_head();
         } else {
@@ -456,7 +432,8 @@ impl Proxy {
             if down.dead || down.no_more_requests || down.backpressured() || down.has_pending() {
                 return;
             }
-            let n = match down.stream.read(&mut self.scratch) {
+            let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
+            let n = match socket.read(&mut self.scratch) {
                 Ok(0) => {
                     down.on_eof();
                     return;
@@ -489,7 +466,8 @@ impl Proxy {
             if down.dead {
                 return;
             }
-            match down.stream.read(&mut self.scratch) {
+            let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
+            match socket.read(&mut self.scratch) {
                 Ok(0) => {
                     down.on_eof();
                     return;
@@ -519,7 +497,8 @@ impl Proxy {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
         let was_backpressured = down.backpressured();
         let before = down.sent;
-        let flushed = down.flush(now);
+        let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
+        let flushed = down.flush(socket, now);
         self.metrics.bytes_out += down.sent - before;
         match flushed {
             Ok(Flushed::Drained) => {
@@ -534,7 +513,7 @@ impl Proxy {
                 // The client reads the answer and then the end of the stream; what it still
                 // sends is read (now: it may be waiting already, and no new edge would say so)
                 // and dropped.
-                if down.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                if self.bn_sockets.shutdown_write(slot).is_err() {
                     down.dead = true;
                 } else {
                     self.again.push(slot);
@@ -725,13 +704,13 @@ impl Proxy {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
                 continue;
             }
-            if let Some(mut down) = self.downs[slot].take() {
+            if let Some(down) = self.downs[slot].take() {
                 for r in down.waiting().collect::<Vec<_>>() {
                     if let Some(e) = self.exchanges.get_mut(r) {
                         e.reply = None;
                     }
                 }
-                let _ = self.poll.registry().deregister(&mut down.stream);
+                self.bn_sockets.close(self.poll.registry(), slot);
                 self.free_downs.push(slot);
                 if down.metrics_only {
                     self.live_metrics -= 1;
@@ -762,23 +741,6 @@ impl Proxy {
         if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
             self.metrics_accepting = true;
             self.accept_metrics(now);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reused_slot_gets_a_token_of_its_own() {
-        for slot in [0, 1, 4095, DOWN_BASE - 1] {
-            let old = down_token(slot, 7);
-            let new = down_token(slot, 8);
-            assert_ne!(old, new, "slot {slot}");
-            assert_eq!(down_slot(old.0), slot);
-            assert_eq!(down_slot(new.0), slot);
-            assert!(old.0 >= DOWN_BASE && new.0 >= DOWN_BASE, "never taken for an EL token");
         }
     }
 }

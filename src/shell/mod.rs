@@ -1,9 +1,11 @@
 //! The shell: the code that owns sockets. The connection state machines (`downstream` for
 //! beacon nodes, `upstream::Conn` for execution clients) own none; they decide, and the shell
-//! connects, registers, lends a socket for one read or write, and closes (with RST when a
-//! connection asks to be aborted). Every error the shell meets on a connection's socket is
-//! handed back to the event loop as that connection's failure.
+//! connects, registers, lends a socket for one read or write, shuts down the write side, and
+//! closes (with RST when a connection asks to be aborted). Every error the shell meets on a
+//! connection's socket is handed back to the event loop as that connection's failure.
 
+pub mod bn_sockets;
 pub mod el_sockets;
 
+pub use bn_sockets::BnSockets;
 pub use el_sockets::ElSockets;
