@@ -26,8 +26,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
 use crate::config::{Config, Endpoint, TokensServiceConfig};
 use crate::core::budget::Meter;
@@ -39,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
-use crate::shell::{bn_sockets, BnSockets, ElSockets};
+use crate::shell::{bn_sockets, BnSockets, ElSockets, Listener};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
@@ -64,8 +63,6 @@ pub const METRICS_MAX_CONNECTIONS: usize = 8;
 const MAX_HEAD: usize = 64 * 1024;
 /// Reads per connection per wakeup before others get their turn.
 const READS_PER_WAKEUP: usize = 16;
-/// After running out of file descriptors, accepting pauses this long instead of spinning.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
 
 /// Something the event loop can stop: set from a signal handler's token in `main`.
@@ -80,21 +77,17 @@ pub trait Stopper {
 
 pub struct Proxy {
     poll: Poll,
-    listener: TcpListener,
-    /// `--metrics-addr`: a second listener that serves only `/metrics` and `/status`.
-    metrics_listener: Option<TcpListener>,
+    /// The beacon nodes' listener (`--max-connections`)…
+    listener: Listener,
+    /// …and `--metrics-addr`'s, which serves only `/metrics` and `/status`, with its own cap
+    /// (`METRICS_MAX_CONNECTIONS`).
+    metrics_listener: Option<Listener>,
     metrics: Metrics,
     cfg: Config,
     downs: Vec<Option<Downstream>>,
     /// The sockets of `downs` (the connections own none).
     bn_sockets: BnSockets,
     free_downs: Vec<usize>,
-    /// Beacon node connections open (`--max-connections`)…
-    live_downs: usize,
-    /// …and connections open on `--metrics-addr` (`METRICS_MAX_CONNECTIONS`), each with its
-    /// own accept hysteresis.
-    live_metrics: usize,
-    metrics_accepting: bool,
     next_serial: u64,
     ups: Vec<Upstream>,
     /// The sockets of `ups`' connections (the connections own none).
@@ -106,12 +99,8 @@ pub struct Proxy {
     scratch: Vec<u8>,
     /// Downstream slots with more to read after their per-wakeup share.
     again: Vec<usize>,
-    accepting: bool,
-    accept_paused_until: Option<Instant>,
     /// Set once a stop was requested: accepting never resumes.
     stopping: bool,
-    /// Accepting fails (out of file descriptors): said once, not at every retry.
-    accept_failing: bool,
     /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
     tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
@@ -138,14 +127,18 @@ impl Proxy {
     /// Binds the listener; nothing is accepted until `run`.
     pub fn bind(cfg: Config) -> io::Result<Proxy> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(cfg.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let registry = poll.registry();
+        let listener =
+            Listener::bind(registry, cfg.listen, LISTENER, cfg.max_connections, "", log::Level::Warn)?;
         let metrics_listener = match cfg.metrics_addr {
-            Some(addr) => {
-                let mut l = TcpListener::bind(addr)?;
-                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
-                Some(l)
-            }
+            Some(addr) => Some(Listener::bind(
+                registry,
+                addr,
+                METRICS_LISTENER,
+                METRICS_MAX_CONNECTIONS,
+                "metrics ",
+                log::Level::Debug,
+            )?),
             None => None,
         };
         let now = Instant::now();
@@ -188,9 +181,6 @@ impl Proxy {
             downs: Vec::new(),
             bn_sockets: BnSockets::default(),
             free_downs: Vec::new(),
-            live_downs: 0,
-            live_metrics: 0,
-            metrics_accepting: true,
             next_serial: 0,
             el_sockets: ElSockets::with_clients(ups.len()),
             ups,
@@ -200,10 +190,7 @@ impl Proxy {
             meter: Meter::default(),
             budget_reached: false,
             again: Vec::new(),
-            accepting: true,
-            accept_paused_until: None,
             stopping: false,
-            accept_failing: false,
             tokens: None,
             worker,
             reload_in_flight: false,
@@ -237,8 +224,7 @@ impl Proxy {
             let now = Instant::now();
             if stop_deadline.is_none() && stopper.stop_requested() {
                 log::info!("stopping: no new connections; delivering what is queued (up to {drain:?})");
-                let _ = self.poll.registry().deregister(&mut self.listener);
-                self.accepting = false;
+                self.listener.stop(self.poll.registry());
                 self.stopping = true;
                 stop_deadline = Some(now + drain);
             }
@@ -312,35 +298,9 @@ impl Proxy {
     }
 
     fn accept(&mut self, now: Instant) {
-        while self.accepting && !self.stopping && self.accept_paused_until.is_none() {
-            if self.live_downs >= self.cfg.max_connections {
-                log::warn!("{} connections open: not accepting until some close", self.live_downs);
-                self.accepting = false;
-                return;
-            }
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.accept_failing {
-                        log::info!("accepting connections again");
-                        self.accept_failing = false;
-                    }
-                    self.adopt(stream, peer, false, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of file descriptors (EMFILE/ENFILE) or similar: the pending connection
-                    // stays queued, and retrying at once would spin, so wait a moment.
-                    // The first failure of a run is a warning; the retries every 100 ms are not.
-                    if self.accept_failing {
-                        log::debug!("accept failed again: {e}");
-                    } else {
-                        log::warn!("accept failed: {e}; retrying every {ACCEPT_PAUSE:?} until it works");
-                        self.accept_failing = true;
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
-                }
+        while let Some((stream, peer)) = self.listener.accept(now) {
+            if self.adopt(stream, peer, false, now).is_some() {
+                self.listener.opened();
             }
         }
     }
@@ -348,29 +308,23 @@ impl Proxy {
     /// Connections on `--metrics-addr`: few and short, with their own cap
     /// (`METRICS_MAX_CONNECTIONS`), never counted against `--max-connections`.
     fn accept_metrics(&mut self, now: Instant) {
-        while self.metrics_accepting && self.accept_paused_until.is_none() {
-            let Some(listener) = self.metrics_listener.as_ref() else { return };
-            if self.live_metrics >= METRICS_MAX_CONNECTIONS {
-                log::debug!(
-                    "{} metrics connections open: not accepting more until some close",
-                    self.live_metrics
-                );
-                self.metrics_accepting = false;
-                return;
-            }
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    self.adopt(stream, peer, true, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // As for the main listener: out of file descriptors, retried after a pause.
-                    log::warn!("metrics accept failed: {e}");
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
+        while let Some((stream, peer)) = self.metrics_listener.as_mut().and_then(|l| l.accept(now)) {
+            if self.adopt(stream, peer, true, now).is_some() {
+                if let Some(l) = self.metrics_listener.as_mut() {
+                    l.opened();
                 }
             }
+        }
+    }
+
+    /// Accepts again on a listener whose pause ended or that fell below 90 % of its cap (an
+    /// edge-triggered listener would not say again that connections are waiting).
+    fn resume_listeners(&mut self, now: Instant) {
+        if self.listener.resume(now) {
+            self.accept(now);
+        }
+        if self.metrics_listener.as_mut().is_some_and(|l| l.resume(now)) {
+            self.accept_metrics(now);
         }
     }
 
@@ -404,11 +358,6 @@ impl Proxy {
         down.reader.use_pool(self.pool.clone());
         down.metrics_only = metrics_only;
         self.downs[slot] = Some(down);
-        if metrics_only {
-            self.live_metrics += 1;
-        } else {
-            self.live_downs += 1;
-        }
         Some(slot)
     }
 
@@ -646,18 +595,15 @@ impl Proxy {
         downs
             .chain(ups)
             .chain(self.exchanges.next_deadline())
-            .chain(self.accept_paused_until)
+            .chain(self.listener.deadline())
+            .chain(self.metrics_listener.as_ref().and_then(Listener::deadline))
             .chain(self.pool.borrow().deadline())
             .chain(if self.stopping { None } else { self.next_lookup() })
             .min()
     }
 
     fn on_timeouts(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            self.accept(now);
-            self.accept_metrics(now);
-        }
+        self.resume_listeners(now);
         let freed = self.pool.borrow_mut().tick(now);
         if let Some(freed) = freed {
             log::debug!(
@@ -698,7 +644,7 @@ impl Proxy {
         }
     }
 
-    /// Drops dead connections after the event batch, and resumes accepting below 90 % of the cap.
+    /// Drops dead connections after the event batch, and resumes accepting below 90 % of a cap.
     fn reap(&mut self, now: Instant) {
         for slot in 0..self.downs.len() {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
@@ -712,10 +658,9 @@ impl Proxy {
                 }
                 self.bn_sockets.close(self.poll.registry(), slot);
                 self.free_downs.push(slot);
-                if down.metrics_only {
-                    self.live_metrics -= 1;
-                } else {
-                    self.live_downs -= 1;
+                match self.metrics_listener.as_mut() {
+                    Some(l) if down.metrics_only => l.closed(),
+                    _ => self.listener.closed(),
                 }
             }
         }
@@ -728,19 +673,6 @@ impl Proxy {
                 }
             }
         }
-        if !self.accepting
-            && !self.stopping
-            && self.accept_paused_until.is_none()
-            && self.live_downs * 10 < self.cfg.max_connections * 9
-        {
-            self.accepting = true;
-            self.accept(now);
-        }
-        // The metrics listener is resumed the same way (an edge-triggered listener would not
-        // say again that connections are waiting).
-        if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
-            self.metrics_accepting = true;
-            self.accept_metrics(now);
-        }
+        self.resume_listeners(now);
     }
 }

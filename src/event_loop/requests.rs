@@ -290,7 +290,7 @@ impl Proxy {
     pub(super) fn admin_answer(&mut self, path: &str, now: Instant) -> (u16, &'static [u8], Vec<u8>) {
         const JSON: &[u8] = b"application/json";
         let snapshot = Snapshot {
-            open_connections: self.live_downs,
+            open_connections: self.listener.open(),
             best: self.best.current(),
             els: self
                 .ups

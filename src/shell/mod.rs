@@ -6,6 +6,8 @@
 
 pub mod bn_sockets;
 pub mod el_sockets;
+pub mod listener;
 
 pub use bn_sockets::BnSockets;
 pub use el_sockets::ElSockets;
+pub use listener::Listener;
