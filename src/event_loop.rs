@@ -22,23 +22,23 @@
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::{Events, Poll, Token};
 
-use crate::config::{Config, Endpoint, TokensServiceConfig};
+use crate::config::{Config, Endpoint};
 use crate::core::budget::Meter;
 use crate::core::exchange::Exchanges;
-use crate::downstream::{Downstream, Flushed, Timeouts};
+use crate::downstream::{Downstream, Timeouts};
 use crate::http::Limits;
-use crate::jwt::TokenCache;
 use crate::metrics::Metrics;
 use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
-use crate::shell::{bn_sockets, BnSockets, ElSockets, Listener};
+use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
+use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
@@ -101,8 +101,6 @@ pub struct Proxy {
     again: Vec<usize>,
     /// Set once a stop was requested: accepting never resumes.
     stopping: bool,
-    /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
-    tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
     /// The request bodies read whole and still held, for `--memory-budget-bytes`…
@@ -191,24 +189,11 @@ impl Proxy {
             budget_reached: false,
             again: Vec::new(),
             stopping: false,
-            tokens: None,
             worker,
             reload_in_flight: false,
             reload_again: false,
             tls,
         })
-    }
-
-    /// The `jwt-tokens-service` role: the same loop and HTTP code, answering `GET /tokens/`
-    /// with one `Authorization-<name>: Bearer <token>` header per configured secret.
-    pub fn bind_tokens_service(t: &TokensServiceConfig) -> io::Result<Proxy> {
-        let mut proxy = Proxy::bind(Config::serving_only(t))?;
-        let caches = t
-            .entries
-            .iter()
-            .map(|(name, secret)| (name.clone(), TokenCache::new(secret.clone(), t.client_id.clone())));
-        proxy.tokens = Some(caches.collect());
-        Ok(proxy)
     }
 
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
@@ -348,13 +333,9 @@ impl Proxy {
         }
         let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
         let mut down = Downstream::new(self.next_serial, peer, limits, now);
-        if self.tokens.is_some() {
-            down.reader.answer_get_at_head();
-        } else {
-            // Tokens and the memory budget are checked at the head, before any body is
-            // buffered (`on_head`).
-            down.reader.hold_heads();
-        }
+        // Tokens and the memory budget are checked at the head, before any body is buffered
+        // (`on_head`).
+        down.reader.hold_heads();
         down.reader.use_pool(self.pool.clone());
         down.metrics_only = metrics_only;
         self.downs[slot] = Some(down);
@@ -381,16 +362,14 @@ impl Proxy {
             if down.dead || down.no_more_requests || down.backpressured() || down.has_pending() {
                 return;
             }
-            let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
-            let n = match socket.read(&mut self.scratch) {
-                Ok(0) => {
+            let n = match self.bn_sockets.read(slot, &mut self.scratch) {
+                ReadStep::Bytes(n) => n,
+                ReadStep::End => {
                     down.on_eof();
                     return;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                ReadStep::Blocked => return,
+                ReadStep::Failed => {
                     down.dead = true;
                     return;
                 }
@@ -415,13 +394,8 @@ impl Proxy {
             if down.dead {
                 return;
             }
-            let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
-            match socket.read(&mut self.scratch) {
-                Ok(0) => {
-                    down.on_eof();
-                    return;
-                }
-                Ok(n) => {
+            match self.bn_sockets.read(slot, &mut self.scratch) {
+                ReadStep::Bytes(n) => {
                     self.metrics.bytes_in += n as u64;
                     down.discarded(n);
                     if down.dead {
@@ -431,9 +405,12 @@ impl Proxy {
                         );
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                ReadStep::End => {
+                    down.on_eof();
+                    return;
+                }
+                ReadStep::Blocked => return,
+                ReadStep::Failed => {
                     down.dead = true;
                     return;
                 }
@@ -444,31 +421,10 @@ impl Proxy {
 
     fn down_flush(&mut self, slot: usize, now: Instant) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-        let was_backpressured = down.backpressured();
-        let before = down.sent;
-        let Some(socket) = self.bn_sockets.get_mut(slot) else { return };
-        let flushed = down.flush(socket, now);
-        self.metrics.bytes_out += down.sent - before;
-        match flushed {
-            Ok(Flushed::Drained) => {
-                if was_backpressured && !down.backpressured() {
-                    // Reading stopped at the pipeline limit; bytes may be waiting already,
-                    // and an edge-triggered poll will not say so again.
-                    self.again.push(slot);
-                }
-            }
-            Ok(Flushed::Blocked) => {}
-            Ok(Flushed::Linger) => {
-                // The client reads the answer and then the end of the stream; what it still
-                // sends is read (now: it may be waiting already, and no new edge would say so)
-                // and dropped.
-                if self.bn_sockets.shutdown_write(slot).is_err() {
-                    down.dead = true;
-                } else {
-                    self.again.push(slot);
-                }
-            }
-            Err(_) => down.dead = true,
+        let step = self.bn_sockets.flush(slot, down, now);
+        self.metrics.bytes_out += step.moved;
+        if step.revisit {
+            self.again.push(slot);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The beacon node side of the event loop's work, once bytes are read: parsing them into
 //! requests (`feed`), refusing or answering what needs no execution client (bad requests, 401
-//! at the head, admin GETs, the tokens service), and turning each call into an exchange with
+//! at the head, admin GETs), and turning each call into an exchange with
 //! a job per execution client (`on_request`, `send`).
 //!
 //! It reads no socket: the bytes come from `event_loop`'s reads, and answers are queued on the
@@ -20,7 +20,6 @@ use crate::metrics::{RequestOutcome, Snapshot};
 use crate::policy::{self, Class, Standing};
 use crate::probes;
 use crate::rpc;
-use crate::tokens_service;
 use crate::upstream::{Failure, Job};
 
 /// A full backlog is reported at most this often.
@@ -132,10 +131,6 @@ impl Proxy {
         }
         let answer =
             |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
-        if let Some(tokens) = self.tokens.as_mut() {
-            down.push(Slot::Ready(tokens_service::answer(tokens, &req.head, unix_now())));
-            return;
-        }
         let metrics_only = down.metrics_only;
         match intake::route(&req.head.method, metrics_only) {
             Route::Admin => {

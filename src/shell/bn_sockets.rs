@@ -4,11 +4,14 @@
 //! one for the connection that reused its slot (mio may report an event for a socket after it
 //! was deregistered), not only by reaping after the event batch.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+
+use crate::downstream::{Downstream, Flushed};
 
 /// Beacon node connection tokens: `BASE | slot`, with the connection's serial number in the
 /// bits above (`token`). Every token below `BASE` is free for listeners and execution clients.
@@ -23,6 +26,29 @@ pub fn token(slot: usize, serial: u64) -> Token {
 /// The slot a connection's token names (its serial is checked by `BnSockets::slot_of`).
 fn slot(token: usize) -> usize {
     token & (BASE - 1)
+}
+
+/// What one read from a connection's socket gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadStep {
+    /// This many bytes are at the start of the buffer.
+    Bytes(usize),
+    /// The client closed its side.
+    End,
+    /// Nothing more now (`WouldBlock`): the next edge says when.
+    Blocked,
+    /// The socket failed (or is gone): the connection is over.
+    Failed,
+}
+
+/// What a flush did.
+#[derive(Debug, Default)]
+pub struct FlushStep {
+    /// Bytes written.
+    pub moved: u64,
+    /// The connection may have bytes to read that no new edge will announce (reading was
+    /// paused by backpressure, or a lingering close began): revisit it before the next poll.
+    pub revisit: bool,
 }
 
 #[derive(Default)]
@@ -70,6 +96,51 @@ impl BnSockets {
     /// The socket in `slot`, lent for one read or write.
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut TcpStream> {
         self.slots.get_mut(slot)?.as_mut().map(|(_, s)| s)
+    }
+
+    /// One read into `buf`, retried when interrupted.
+    pub fn read(&mut self, slot: usize, buf: &mut [u8]) -> ReadStep {
+        let Some(socket) = self.get_mut(slot) else { return ReadStep::Failed };
+        loop {
+            return match socket.read(buf) {
+                Ok(0) => ReadStep::End,
+                Ok(n) => ReadStep::Bytes(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadStep::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => ReadStep::Failed,
+            };
+        }
+    }
+
+    /// Writes what connection `slot` has ready, and does what its state machine asks after:
+    /// shut the write side down for a lingering close. A write error ends the connection.
+    pub fn flush(&mut self, slot: usize, down: &mut Downstream, now: Instant) -> FlushStep {
+        let Some(socket) = self.get_mut(slot) else {
+            down.dead = true;
+            return FlushStep::default();
+        };
+        let was_backpressured = down.backpressured();
+        let before = down.sent;
+        let flushed = down.flush(socket, now);
+        let mut step = FlushStep { moved: down.sent - before, revisit: false };
+        match flushed {
+            // Reading stopped at the pipeline limit; bytes may be waiting already, and an
+            // edge-triggered poll will not say so again.
+            Ok(Flushed::Drained) => step.revisit = was_backpressured && !down.backpressured(),
+            Ok(Flushed::Blocked) => {}
+            Ok(Flushed::Linger) => {
+                // The client reads the answer and then the end of the stream; what it still
+                // sends is read (now: it may be waiting already, and no new edge would say so)
+                // and dropped.
+                if self.shutdown_write(slot).is_err() {
+                    down.dead = true;
+                } else {
+                    step.revisit = true;
+                }
+            }
+            Err(_) => down.dead = true,
+        }
+        step
     }
 
     /// Shuts down the write side (a lingering close: the client reads the answer, then the end).
