@@ -215,6 +215,9 @@ pub struct Downstream {
     pub sent: u64,
     /// Accepted on `--metrics-addr`: only `/metrics` and `/status` are served.
     pub metrics_only: bool,
+    /// Its last request was refused because the memory budget was reached (see
+    /// `waits_for_budget`).
+    pub budget_refused: bool,
 }
 
 /// What a flush achieved.
@@ -249,6 +252,7 @@ impl Downstream {
             request_started: None,
             sent: 0,
             metrics_only: false,
+            budget_refused: false,
         }
     }
 
@@ -328,6 +332,16 @@ impl Downstream {
         self.push(Slot::Ready(answer));
         self.no_more_requests = true;
         self.linger_after_close = true;
+    }
+
+    /// Whether reading this connection waits while the memory budget is reached: its last
+    /// request was refused for the budget, so its next one would only be refused too, and
+    /// the client is better slowed down by TCP than answered 503 in a loop. Only between
+    /// requests: a request partly read (or a refused body being dropped) is read on, so that
+    /// what it is owed is never held up, and a lingering close goes on dropping bytes. The
+    /// event loop reads it again once the budget clears.
+    pub fn waits_for_budget(&self) -> bool {
+        self.budget_refused && !self.reader.in_progress() && !self.lingering() && !self.dead
     }
 
     /// Whether the connection is in its lingering close: reads are dropped, not parsed.
@@ -722,6 +736,24 @@ mod tests {
         let out = Outgoing::answer(200, None, b"12345".to_vec(), true, 1).without_body();
         assert!(String::from_utf8_lossy(&out.head).contains("Content-Length: 5\r\n"));
         assert!(out.body.is_empty());
+    }
+
+    #[test]
+    fn reading_waits_for_the_budget_only_between_requests_of_a_refused_connection() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        assert!(!down.waits_for_budget(), "a connection never refused is read");
+        down.budget_refused = true;
+        assert!(down.waits_for_budget(), "between requests, a refused connection waits");
+        down.reader.advance(b"POST / HTTP/1.1\r\nHost: x\r\n");
+        assert!(!down.waits_for_budget(), "a request partly read is read on");
+        let mut lingering = lingering(t0);
+        lingering.budget_refused = true;
+        assert!(!lingering.waits_for_budget(), "a lingering close goes on dropping bytes");
+        let mut dead = connection(usize::MAX, t0);
+        dead.budget_refused = true;
+        dead.dead = true;
+        assert!(!dead.waits_for_budget());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll, Token};
 
 use crate::config::{Config, Endpoint};
-use crate::core::budget::Meter;
+use crate::core::budget::{self, Meter};
 use crate::core::exchange::Exchanges;
 use crate::downstream::{Downstream, Timeouts};
 use crate::http::Limits;
@@ -107,6 +107,9 @@ pub struct Proxy {
     meter: Meter,
     /// …and whether the budget was reached at the last head (said once per episode).
     budget_reached: bool,
+    /// Beacon node connections (slot, serial) whose reading waits for the budget to clear
+    /// (`Downstream::waits_for_budget`).
+    budget_paused: Vec<(usize, u64)>,
     /// The helper thread for name lookups and reloads (None without execution clients).
     worker: Option<Worker>,
     /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
@@ -187,6 +190,7 @@ impl Proxy {
             pool: BodyPool::shared(),
             meter: Meter::default(),
             budget_reached: false,
+            budget_paused: Vec::new(),
             again: Vec::new(),
             stopping: false,
             worker,
@@ -253,6 +257,31 @@ impl Proxy {
             self.on_timeouts(now);
             self.pump_all(now);
             self.reap(now);
+            self.resume_budget_paused();
+        }
+    }
+
+    /// Reads again the connections that waited for the memory budget, once it has cleared
+    /// (answers went out, bodies were delivered). Checked after every pass while one waits,
+    /// since a head that would notice it will not come from a connection that is not read.
+    fn resume_budget_paused(&mut self) {
+        if self.budget_paused.is_empty() {
+            return;
+        }
+        if self.budget_reached {
+            if !budget::admits(self.memory_held(), self.cfg.memory_budget_bytes) {
+                return;
+            }
+            self.budget_reached = false;
+            log::info!("memory budget: below --memory-budget-bytes again; reading new requests");
+        }
+        for (slot, serial) in std::mem::take(&mut self.budget_paused) {
+            if let Some(down) =
+                self.downs.get_mut(slot).and_then(Option::as_mut).filter(|d| d.serial == serial)
+            {
+                down.budget_refused = false;
+                self.again.push(slot);
+            }
         }
     }
 
@@ -360,6 +389,15 @@ impl Proxy {
         for _ in 0..READS_PER_WAKEUP {
             let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
             if down.dead || down.no_more_requests || down.backpressured() || down.has_pending() {
+                return;
+            }
+            if self.budget_reached && down.waits_for_budget() {
+                // Revisited by `resume_budget_paused` once the budget clears: an
+                // edge-triggered poll will not say again that bytes are waiting.
+                if !self.budget_paused.iter().any(|&(s, _)| s == slot) {
+                    log::debug!("reading from {} waits for the memory budget", down.peer);
+                    self.budget_paused.push((slot, down.serial));
+                }
                 return;
             }
             let n = match self.bn_sockets.read(slot, &mut self.scratch) {

@@ -100,6 +100,7 @@ impl Proxy {
             if !admitted {
                 let (keep_alive, minor) = (head.keep_alive, head.minor);
                 log::debug!("refused a request from {}: memory budget reached", down.peer);
+                down.budget_refused = true;
                 self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 match down.reader.refuse_body() {
                     Refusal::Discard => down.push(Slot::Ready(budget::busy_answer(keep_alive, minor))),
