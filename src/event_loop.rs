@@ -38,6 +38,7 @@ use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
 use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
+use crate::shell::el_sockets::{self, ConnectOutcome};
 use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
@@ -529,19 +530,13 @@ impl Proxy {
             if !writable && !readable {
                 return;
             }
-            // A non-blocking connect ends with WRITABLE; the error (if any) is in SO_ERROR,
-            // and a peer address confirms the connection really is established.
-            let failed = match socket.take_error() {
-                Ok(Some(_)) | Err(_) => true,
-                Ok(None) => match socket.peer_addr() {
-                    Ok(_) => false,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Err(_) => true,
-                },
-            };
-            if failed {
-                self.connect_failed(up, slot, now);
-                return;
+            match el_sockets::connect_outcome(socket) {
+                ConnectOutcome::Connected => {}
+                ConnectOutcome::NotYet => return,
+                ConnectOutcome::Failed => {
+                    self.connect_failed(up, slot, now);
+                    return;
+                }
             }
             // Over TLS the connection is made only once the handshake is done.
             match conn.handshake(socket) {

@@ -12,6 +12,28 @@ use mio::{Interest, Registry, Token};
 
 use crate::upstream::MAX_CONNS;
 
+/// Where a non-blocking connect stands after an edge.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    Connected,
+    /// A spurious edge: still connecting.
+    NotYet,
+    Failed,
+}
+
+/// A non-blocking connect ends with WRITABLE; the error (if any) is in `SO_ERROR`, and a peer
+/// address confirms the connection really is established (mio's `TcpStream::connect` docs).
+pub fn connect_outcome(socket: &TcpStream) -> ConnectOutcome {
+    match socket.take_error() {
+        Ok(Some(_)) | Err(_) => ConnectOutcome::Failed,
+        Ok(None) => match socket.peer_addr() {
+            Ok(_) => ConnectOutcome::Connected,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectOutcome::NotYet,
+            Err(_) => ConnectOutcome::Failed,
+        },
+    }
+}
+
 #[derive(Default)]
 pub struct ElSockets {
     by_el: Vec<Vec<Option<TcpStream>>>,
@@ -116,5 +138,62 @@ impl ElSockets {
             }
         }
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(el: usize, slot: usize) -> Token {
+        Token(16 + el * MAX_CONNS + slot)
+    }
+
+    /// Polls (bounded) until the socket's connect is no longer pending.
+    fn settle(poll: &mut mio::Poll, sockets: &mut ElSockets, el: usize, slot: usize) -> ConnectOutcome {
+        let mut events = mio::Events::with_capacity(8);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let outcome = connect_outcome(sockets.get_mut(el, slot).expect("socket"));
+            if outcome != ConnectOutcome::NotYet || std::time::Instant::now() > deadline {
+                return outcome;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+        }
+    }
+
+    #[test]
+    fn a_connect_ends_connected_or_failed() {
+        let mut poll = mio::Poll::new().expect("poll");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let open = listener.local_addr().expect("address");
+        let closed = {
+            let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+            gone.local_addr().expect("address")
+        };
+        let mut sockets = ElSockets::with_clients(1);
+        sockets.connect(poll.registry(), 0, 0, open, token(0, 0)).expect("connect");
+        assert_eq!(settle(&mut poll, &mut sockets, 0, 0), ConnectOutcome::Connected);
+        // A refused connect may fail at once or after an edge; both are the connection's failure.
+        if sockets.connect(poll.registry(), 0, 1, closed, token(0, 1)).is_ok() {
+            assert_eq!(settle(&mut poll, &mut sockets, 0, 1), ConnectOutcome::Failed);
+        }
+    }
+
+    #[test]
+    fn sockets_follow_their_clients_on_a_reload() {
+        let poll = mio::Poll::new().expect("poll");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let addr = listener.local_addr().expect("address");
+        let mut sockets = ElSockets::with_clients(3);
+        for el in 0..3 {
+            sockets.connect(poll.registry(), el, el, addr, token(el, el)).expect("connect");
+        }
+        // Client 2 becomes 0, client 0 stays second, client 1 is removed, one is added.
+        let failed = sockets.rearrange(poll.registry(), &[Some(2), Some(0), None], token);
+        assert!(failed.is_empty());
+        assert!(sockets.get_mut(0, 2).is_some() && sockets.get_mut(0, 0).is_none());
+        assert!(sockets.get_mut(1, 0).is_some());
+        assert!((0..MAX_CONNS).all(|slot| sockets.get_mut(2, slot).is_none()), "the added client has none");
     }
 }
