@@ -1,4 +1,4 @@
-//! The only owner of `mio::Poll`: accepts beacon node connections, connects to execution
+//! The proxy's owner of `mio::Poll`: accepts beacon node connections, connects to execution
 //! clients, dispatches readiness to the connection state machines, turns requests into
 //! exchanges and answers, and fires deadlines. The poll timeout is the earliest deadline;
 //! closed connections are reaped after each event batch so a reused slot never receives its
@@ -14,8 +14,10 @@
 //! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
 //! `mio::Waker`; `live_config` applies its results. No thread touches a request.
 //!
-//! This file is the I/O: accepting, reading, writing, connecting, registering, reaping and
-//! the clock. What happens to the bytes read is in `requests` (beacon node side: requests
+//! This file drives the I/O: the poll, the per-wakeup read caps and revisit list, reaping,
+//! the clock, and which connection is asked what. The sockets themselves are the shell's
+//! (`shell::Listener`, `shell::BnSockets`, `shell::ElSockets`): the connection state machines
+//! own none and are lent one for a single read or write. What happens to the bytes read is in `requests` (beacon node side: requests
 //! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
 //! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
 //!
