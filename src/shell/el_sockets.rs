@@ -68,9 +68,9 @@ impl ElSockets {
         let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        if let Some(old) = self.by_el[el][slot].replace(stream) {
+        if let Some(mut old) = self.by_el[el][slot].replace(stream) {
             // A slot is reused only after its connection was reaped; a leftover is closed.
-            let _ = registry.deregister(&mut { old });
+            let _ = registry.deregister(&mut old);
         }
         Ok(())
     }
