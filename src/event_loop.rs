@@ -68,15 +68,7 @@ const MAX_HEAD: usize = 64 * 1024;
 const READS_PER_WAKEUP: usize = 16;
 const SCRATCH: usize = 64 * 1024;
 
-/// Something the event loop can stop: set from a signal handler's token in `main`.
-pub trait Stopper {
-    fn stop_requested(&self) -> bool;
-
-    /// True once per reload request (SIGHUP) since the last call.
-    fn take_reload(&self) -> bool {
-        false
-    }
-}
+pub use crate::shell::Stopper;
 
 pub struct Proxy {
     poll: Poll,

@@ -17,12 +17,12 @@ use mio::{Events, Poll, Token};
 
 use crate::config::{Config, TokensServiceConfig};
 use crate::downstream::{Downstream, Outgoing, Slot, Timeouts};
-use crate::event_loop::Stopper;
 use crate::http::{self, Limits, RequestEvent};
 use crate::jwt::TokenCache;
 use crate::policy;
 use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
 use crate::shell::Listener;
+use crate::shell::Stopper;
 
 const LISTENER: Token = Token(0);
 /// Largest request head read; a tokens request has no body worth reading.

@@ -8,6 +8,16 @@ pub mod bn_sockets;
 pub mod el_sockets;
 pub mod listener;
 
+/// Something a poll loop can stop: set from a signal handler's token in `main`.
+pub trait Stopper {
+    fn stop_requested(&self) -> bool;
+
+    /// True once per reload request (SIGHUP) since the last call.
+    fn take_reload(&self) -> bool {
+        false
+    }
+}
+
 pub use bn_sockets::BnSockets;
 pub use el_sockets::ElSockets;
 pub use listener::Listener;
