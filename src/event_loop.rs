@@ -40,7 +40,6 @@ use crate::policy::BestBeacon;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
 use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
-use crate::shell::el_sockets::{self, ConnectOutcome};
 use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
@@ -519,21 +518,12 @@ impl Proxy {
         if conn.dead {
             return;
         }
-        let Some(socket) = self.el_sockets.get_mut(up, slot) else { return };
         if conn.state == ConnState::Connecting {
             if !writable && !readable {
                 return;
             }
-            match el_sockets::connect_outcome(socket) {
-                ConnectOutcome::Connected => {}
-                ConnectOutcome::NotYet => return,
-                ConnectOutcome::Failed => {
-                    self.connect_failed(up, slot, now);
-                    return;
-                }
-            }
             // Over TLS the connection is made only once the handshake is done.
-            match conn.handshake(socket) {
+            match self.el_sockets.finish_connect(up, slot, conn) {
                 Handshake::Done => {}
                 Handshake::Pending => return,
                 Handshake::Failed(why) => {
@@ -552,9 +542,8 @@ impl Proxy {
             self.up_write(up, slot, now);
         }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
-        let Some(socket) = self.el_sockets.get_mut(up, slot) else { return };
         if readable || conn.dead {
-            let outcome = conn.read(socket, &mut self.scratch, now);
+            let outcome = self.el_sockets.read(up, slot, conn, &mut self.scratch, now);
             self.on_outcome(up, outcome, now);
         }
     }

@@ -84,11 +84,7 @@ impl Proxy {
         if conn.job.is_none() || conn.request_sent() {
             return;
         }
-        let written = match self.el_sockets.get_mut(up, slot) {
-            Some(socket) => conn.write(socket, now),
-            None => Err(std::io::ErrorKind::NotConnected.into()),
-        };
-        if written.is_err() {
+        if self.el_sockets.write(up, slot, conn, now).is_err() {
             let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
         }

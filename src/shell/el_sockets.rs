@@ -10,7 +10,8 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::upstream::MAX_CONNS;
+use crate::tls::Handshake;
+use crate::upstream::{Conn, Failure, Outcome, MAX_CONNS};
 
 /// Where a non-blocking connect stands after an edge.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +79,48 @@ impl ElSockets {
     /// The socket of connection `slot` of client `el`, lent for one I/O step.
     pub fn get_mut(&mut self, el: usize, slot: usize) -> Option<&mut TcpStream> {
         self.by_el.get_mut(el)?.get_mut(slot)?.as_mut()
+    }
+
+    /// Moves a connect on after an edge: the socket's connect, then (over TLS) the
+    /// connection's handshake, which its state machine steps on the lent socket.
+    pub fn finish_connect(&mut self, el: usize, slot: usize, conn: &mut Conn) -> Handshake {
+        let Some(socket) = self.get_mut(el, slot) else {
+            return Handshake::Failed("the connection has no socket".to_owned());
+        };
+        match connect_outcome(socket) {
+            ConnectOutcome::Connected => conn.handshake(socket),
+            ConnectOutcome::NotYet => Handshake::Pending,
+            ConnectOutcome::Failed => Handshake::Failed("cannot connect".to_owned()),
+        }
+    }
+
+    /// Writes what connection `slot` of client `el` has to send on its socket.
+    pub fn write(
+        &mut self,
+        el: usize,
+        slot: usize,
+        conn: &mut Conn,
+        now: std::time::Instant,
+    ) -> io::Result<()> {
+        match self.get_mut(el, slot) {
+            Some(socket) => conn.write(socket, now),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// Reads what arrived for connection `slot` of client `el` (a missing socket is a reset).
+    pub fn read(
+        &mut self,
+        el: usize,
+        slot: usize,
+        conn: &mut Conn,
+        scratch: &mut [u8],
+        now: std::time::Instant,
+    ) -> Outcome {
+        match self.get_mut(el, slot) {
+            Some(socket) => conn.read(socket, scratch, now),
+            None => conn.fail(Failure::Reset),
+        }
     }
 
     /// Closes the socket of connection `slot` of client `el`. With `abort`, closing sends
