@@ -1,6 +1,7 @@
 //! One beacon node connection: the request reader, the answers owed in request order, and
-//! the connection's deadlines. The event loop moves bytes in and out; this file decides what
-//! those bytes mean for the connection. It knows no JSON, no execution clients.
+//! the connection's deadlines. It owns no socket: the shell (`shell::BnSockets`) reads bytes
+//! and hands them in, lends the socket for `flush`, and shuts down or closes it when this
+//! state machine says so (`Flushed::Linger`, `dead`). It knows no JSON, no execution clients.
 //!
 //! An answer written before its request was read whole (413 decided from `Content-Length`, 431,
 //! 400 on bad framing, 401 at the head) ends with a lingering close, as nginx's
@@ -179,9 +180,8 @@ impl Expired {
     }
 }
 
-/// One beacon node connection; `S` is its socket (a plain writer in unit tests).
-pub struct Downstream<S = mio::net::TcpStream> {
-    pub stream: S,
+/// One beacon node connection.
+pub struct Downstream {
     /// Unique for the life of the process, so an answer never reaches a later connection that
     /// reused this one's slot.
     pub serial: u64,
@@ -215,6 +215,9 @@ pub struct Downstream<S = mio::net::TcpStream> {
     pub sent: u64,
     /// Accepted on `--metrics-addr`: only `/metrics` and `/status` are served.
     pub metrics_only: bool,
+    /// Its last request was refused because the memory budget was reached (see
+    /// `waits_for_budget`).
+    pub budget_refused: bool,
 }
 
 /// What a flush achieved.
@@ -229,10 +232,9 @@ pub enum Flushed {
     Linger,
 }
 
-impl<S: io::Write> Downstream<S> {
-    pub fn new(stream: S, serial: u64, peer: SocketAddr, limits: Limits, now: Instant) -> Self {
+impl Downstream {
+    pub fn new(serial: u64, peer: SocketAddr, limits: Limits, now: Instant) -> Self {
         Downstream {
-            stream,
             serial,
             peer,
             reader: RequestReader::new(limits),
@@ -250,6 +252,7 @@ impl<S: io::Write> Downstream<S> {
             request_started: None,
             sent: 0,
             metrics_only: false,
+            budget_refused: false,
         }
     }
 
@@ -331,6 +334,16 @@ impl<S: io::Write> Downstream<S> {
         self.linger_after_close = true;
     }
 
+    /// Whether reading this connection waits while the memory budget is reached: its last
+    /// request was refused for the budget, so its next one would only be refused too, and
+    /// the client is better slowed down by TCP than answered 503 in a loop. Only between
+    /// requests: a request partly read (or a refused body being dropped) is read on, so that
+    /// what it is owed is never held up, and a lingering close goes on dropping bytes. The
+    /// event loop reads it again once the budget clears.
+    pub fn waits_for_budget(&self) -> bool {
+        self.budget_refused && !self.reader.in_progress() && !self.lingering() && !self.dead
+    }
+
     /// Whether the connection is in its lingering close: reads are dropped, not parsed.
     pub fn lingering(&self) -> bool {
         self.linger.is_some()
@@ -376,16 +389,16 @@ impl<S: io::Write> Downstream<S> {
         })
     }
 
-    /// Writes ready answers, in order, until one is still waiting or the socket is full.
-    pub fn flush(&mut self, now: Instant) -> io::Result<Flushed> {
+    /// Writes ready answers to `socket` (lent by the shell), in order, until one is still
+    /// waiting or the socket is full.
+    pub fn flush(&mut self, socket: &mut impl io::Write, now: Instant) -> io::Result<Flushed> {
         if self.lingering() {
             // Everything was written and the write side is shut.
             return Ok(Flushed::Drained);
         }
         let mut moved_any = false;
         while let Some(Slot::Ready(out)) = self.out.front() {
-            let (moved, done) =
-                http::write_head_body(&mut self.stream, &out.head, &out.body, &mut self.written)?;
+            let (moved, done) = http::write_head_body(socket, &out.head, &out.body, &mut self.written)?;
             self.sent += moved as u64;
             moved_any |= moved > 0;
             if !done {
@@ -482,13 +495,39 @@ mod tests {
         }
     }
 
-    fn connection(room: usize, now: Instant) -> Downstream<Sink> {
+    /// A connection with the socket the shell would lend it.
+    struct Tested {
+        down: Downstream,
+        stream: Sink,
+    }
+
+    impl std::ops::Deref for Tested {
+        type Target = Downstream;
+        fn deref(&self) -> &Downstream {
+            &self.down
+        }
+    }
+
+    impl std::ops::DerefMut for Tested {
+        fn deref_mut(&mut self) -> &mut Downstream {
+            &mut self.down
+        }
+    }
+
+    impl Tested {
+        fn flush(&mut self, now: Instant) -> io::Result<Flushed> {
+            self.down.flush(&mut self.stream, now)
+        }
+    }
+
+    fn connection(room: usize, now: Instant) -> Tested {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        Downstream::new(Sink { written: Vec::new(), room }, 1, peer, Limits::default(), now)
+        let down = Downstream::new(1, peer, Limits::default(), now);
+        Tested { down, stream: Sink { written: Vec::new(), room } }
     }
 
     /// A connection whose 413 was answered early (half a head had arrived) and written at `t0`.
-    fn lingering(t0: Instant) -> Downstream<Sink> {
+    fn lingering(t0: Instant) -> Tested {
         let mut down = connection(usize::MAX, t0);
         down.reader.advance(b"POST / HTTP/1.1\r\n");
         down.after_read(t0);
@@ -697,6 +736,24 @@ mod tests {
         let out = Outgoing::answer(200, None, b"12345".to_vec(), true, 1).without_body();
         assert!(String::from_utf8_lossy(&out.head).contains("Content-Length: 5\r\n"));
         assert!(out.body.is_empty());
+    }
+
+    #[test]
+    fn reading_waits_for_the_budget_only_between_requests_of_a_refused_connection() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        assert!(!down.waits_for_budget(), "a connection never refused is read");
+        down.budget_refused = true;
+        assert!(down.waits_for_budget(), "between requests, a refused connection waits");
+        down.reader.advance(b"POST / HTTP/1.1\r\nHost: x\r\n");
+        assert!(!down.waits_for_budget(), "a request partly read is read on");
+        let mut lingering = lingering(t0);
+        lingering.budget_refused = true;
+        assert!(!lingering.waits_for_budget(), "a lingering close goes on dropping bytes");
+        let mut dead = connection(usize::MAX, t0);
+        dead.budget_refused = true;
+        dead.dead = true;
+        assert!(!dead.waits_for_budget());
     }
 
     #[test]

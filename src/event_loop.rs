@@ -1,4 +1,4 @@
-//! The only owner of `mio::Poll`: accepts beacon node connections, connects to execution
+//! The proxy's owner of `mio::Poll`: accepts beacon node connections, connects to execution
 //! clients, dispatches readiness to the connection state machines, turns requests into
 //! exchanges and answers, and fires deadlines. The poll timeout is the earliest deadline;
 //! closed connections are reaped after each event batch so a reused slot never receives its
@@ -14,31 +14,33 @@
 //! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
 //! `mio::Waker`; `live_config` applies its results. No thread touches a request.
 //!
-//! This file is the I/O: accepting, reading, writing, connecting, registering, reaping and
-//! the clock. What happens to the bytes read is in `requests` (beacon node side: requests
+//! This file drives the I/O: the poll, the per-wakeup read caps and revisit list, reaping,
+//! the clock, and which connection is asked what. The sockets themselves are the shell's
+//! (`shell::Listener`, `shell::BnSockets`, `shell::ElSockets`): the connection state machines
+//! own none and are lent one for a single read or write. What happens to the bytes read is in `requests` (beacon node side: requests
 //! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
 //! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
 //!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 
 use crate::beacons::{self, BestBeacon};
-use crate::config::{Config, Endpoint, TokensServiceConfig};
-use crate::core::budget::Meter;
+use crate::config::{Config, Endpoint};
+use crate::core::budget::{self, Meter};
 use crate::core::exchange::{ExchangeRef, Exchanges};
-use crate::downstream::{Downstream, Flushed, Timeouts};
+use crate::downstream::{Downstream, Timeouts};
 use crate::http::Limits;
-use crate::jwt::TokenCache;
 use crate::metrics::Metrics;
 use crate::pool::{BodyPool, SharedPool, SPARE_KEEP};
 use crate::resolve::{SystemLookup, Worker};
+use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
+use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
@@ -52,23 +54,9 @@ const METRICS_LISTENER: Token = Token(1);
 const WORKER: Token = Token(2);
 /// Upstream connection tokens: `UP_BASE + upstream * MAX_CONNS + slot`.
 const UP_BASE: usize = 16;
-/// Downstream connection tokens: `DOWN_BASE | slot`, with the connection's serial number in
-/// the bits above (`down_token`).
-const DOWN_BASE: usize = 1 << 24;
+/// Beacon node connection tokens: see `shell::bn_sockets`.
+const DOWN_BASE: usize = bn_sockets::BASE;
 
-/// The token of the beacon node connection in `slot` with serial number `serial`. The serial
-/// (its low bits) is part of the token, so an event meant for a closed connection is told apart
-/// from one for the connection that reused its slot (mio may report an event for a socket
-/// after it was deregistered), not only by reaping after the event batch.
-fn down_token(slot: usize, serial: u64) -> Token {
-    let generation = (serial as usize) << (DOWN_BASE.trailing_zeros() + 1);
-    Token(generation | DOWN_BASE | slot)
-}
-
-/// The slot a beacon node connection's token names (its serial is checked by the caller).
-fn down_slot(token: usize) -> usize {
-    token & (DOWN_BASE - 1)
-}
 /// Most connections open at once on `--metrics-addr`: a few scrapers and an operator's curl.
 /// They are never counted against `--max-connections`, so `/metrics` answers exactly when
 /// the beacon node side is saturated.
@@ -77,37 +65,27 @@ pub const METRICS_MAX_CONNECTIONS: usize = 8;
 const MAX_HEAD: usize = 64 * 1024;
 /// Reads per connection per wakeup before others get their turn.
 const READS_PER_WAKEUP: usize = 16;
-/// After running out of file descriptors, accepting pauses this long instead of spinning.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const SCRATCH: usize = 64 * 1024;
 
-/// Something the event loop can stop: set from a signal handler's token in `main`.
-pub trait Stopper {
-    fn stop_requested(&self) -> bool;
-
-    /// True once per reload request (SIGHUP) since the last call.
-    fn take_reload(&self) -> bool {
-        false
-    }
-}
+pub use crate::shell::Stopper;
 
 pub struct Proxy {
     poll: Poll,
-    listener: TcpListener,
-    /// `--metrics-addr`: a second listener that serves only `/metrics` and `/status`.
-    metrics_listener: Option<TcpListener>,
+    /// The beacon nodes' listener (`--max-connections`)…
+    listener: Listener,
+    /// …and `--metrics-addr`'s, which serves only `/metrics` and `/status`, with its own cap
+    /// (`METRICS_MAX_CONNECTIONS`).
+    metrics_listener: Option<Listener>,
     metrics: Metrics,
     cfg: Config,
     downs: Vec<Option<Downstream>>,
+    /// The sockets of `downs` (the connections own none).
+    bn_sockets: BnSockets,
     free_downs: Vec<usize>,
-    /// Beacon node connections open (`--max-connections`)…
-    live_downs: usize,
-    /// …and connections open on `--metrics-addr` (`METRICS_MAX_CONNECTIONS`), each with its
-    /// own accept hysteresis.
-    live_metrics: usize,
-    metrics_accepting: bool,
     next_serial: u64,
     ups: Vec<Upstream>,
+    /// The sockets of `ups`' connections (the connections own none).
+    el_sockets: ElSockets,
     /// How many of `ups` are `--builders` (the rest are `--proxies` peers).
     builders: usize,
     exchanges: Exchanges,
@@ -116,20 +94,17 @@ pub struct Proxy {
     scratch: Vec<u8>,
     /// Downstream slots with more to read after their per-wakeup share.
     again: Vec<usize>,
-    accepting: bool,
-    accept_paused_until: Option<Instant>,
     /// Set once a stop was requested: accepting never resumes.
     stopping: bool,
-    /// Accepting fails (out of file descriptors): said once, not at every retry.
-    accept_failing: bool,
-    /// `jwt-tokens-service`: the tokens handed out on `GET /tokens/` (nothing is forwarded).
-    tokens: Option<Vec<(String, TokenCache)>>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
     /// The request bodies read whole and still held, for `--memory-budget-bytes`…
     meter: Meter,
     /// …and whether the budget was reached at the last head (said once per episode).
     budget_reached: bool,
+    /// Beacon node connections (slot, serial) whose reading waits for the budget to clear
+    /// (`Downstream::waits_for_budget`).
+    budget_paused: Vec<(usize, u64)>,
     /// The helper thread for name lookups and reloads (None without execution clients).
     worker: Option<Worker>,
     /// A reload is being read on the helper thread; another SIGHUP meanwhile asks again after it.
@@ -148,14 +123,18 @@ impl Proxy {
     /// Binds the listener; nothing is accepted until `run`.
     pub fn bind(cfg: Config) -> io::Result<Proxy> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(cfg.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let registry = poll.registry();
+        let listener =
+            Listener::bind(registry, cfg.listen, LISTENER, cfg.max_connections, "", log::Level::Warn)?;
         let metrics_listener = match cfg.metrics_addr {
-            Some(addr) => {
-                let mut l = TcpListener::bind(addr)?;
-                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
-                Some(l)
-            }
+            Some(addr) => Some(Listener::bind(
+                registry,
+                addr,
+                METRICS_LISTENER,
+                METRICS_MAX_CONNECTIONS,
+                "metrics ",
+                log::Level::Debug,
+            )?),
             None => None,
         };
         let now = Instant::now();
@@ -197,40 +176,24 @@ impl Proxy {
             payloads: crate::payload_choice::PayloadMap::new(),
             cfg,
             downs: Vec::new(),
+            bn_sockets: BnSockets::default(),
             free_downs: Vec::new(),
-            live_downs: 0,
-            live_metrics: 0,
-            metrics_accepting: true,
             next_serial: 0,
+            el_sockets: ElSockets::with_clients(ups.len()),
             ups,
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
             meter: Meter::default(),
             budget_reached: false,
+            budget_paused: Vec::new(),
             again: Vec::new(),
-            accepting: true,
-            accept_paused_until: None,
             stopping: false,
-            accept_failing: false,
-            tokens: None,
             worker,
             reload_in_flight: false,
             reload_again: false,
             tls,
         })
-    }
-
-    /// The `jwt-tokens-service` role: the same loop and HTTP code, answering `GET /tokens/`
-    /// with one `Authorization-<name>: Bearer <token>` header per configured secret.
-    pub fn bind_tokens_service(t: &TokensServiceConfig) -> io::Result<Proxy> {
-        let mut proxy = Proxy::bind(Config::serving_only(t))?;
-        let caches = t
-            .entries
-            .iter()
-            .map(|(name, secret)| (name.clone(), TokenCache::new(secret.clone(), t.client_id.clone())));
-        proxy.tokens = Some(caches.collect());
-        Ok(proxy)
     }
 
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
@@ -246,8 +209,7 @@ impl Proxy {
             let now = Instant::now();
             if stop_deadline.is_none() && stopper.stop_requested() {
                 log::info!("stopping: no new connections; delivering what is queued (up to {drain:?})");
-                let _ = self.poll.registry().deregister(&mut self.listener);
-                self.accepting = false;
+                self.listener.stop(self.poll.registry());
                 self.stopping = true;
                 stop_deadline = Some(now + drain);
             }
@@ -291,6 +253,31 @@ impl Proxy {
             self.on_timeouts(now);
             self.pump_all(now);
             self.reap(now);
+            self.resume_budget_paused();
+        }
+    }
+
+    /// Reads again the connections that waited for the memory budget, once it has cleared
+    /// (answers went out, bodies were delivered). Checked after every pass while one waits,
+    /// since a head that would notice it will not come from a connection that is not read.
+    fn resume_budget_paused(&mut self) {
+        if self.budget_paused.is_empty() {
+            return;
+        }
+        if self.budget_reached {
+            if !budget::admits(self.memory_held(), self.cfg.memory_budget_bytes) {
+                return;
+            }
+            self.budget_reached = false;
+            log::info!("memory budget: below --memory-budget-bytes again; reading new requests");
+        }
+        for (slot, serial) in std::mem::take(&mut self.budget_paused) {
+            if let Some(down) =
+                self.downs.get_mut(slot).and_then(Option::as_mut).filter(|d| d.serial == serial)
+            {
+                down.budget_refused = false;
+                self.again.push(slot);
+            }
         }
     }
 
@@ -300,13 +287,8 @@ impl Proxy {
             1 => self.accept_metrics(now),
             2 => self.on_worker_done(now),
             t if t >= DOWN_BASE => {
-                let slot = down_slot(t);
-                let current =
-                    self.downs.get(slot).and_then(Option::as_ref).map(|d| down_token(slot, d.serial));
-                if current != Some(token) {
-                    // A stale event: the connection it was for is gone.
-                    return;
-                }
+                // A stale event (the connection it was for is gone) names no slot.
+                let Some(slot) = self.bn_sockets.slot_of(token) else { return };
                 if writable {
                     self.down_flush(slot, now);
                 }
@@ -326,35 +308,9 @@ impl Proxy {
     }
 
     fn accept(&mut self, now: Instant) {
-        while self.accepting && !self.stopping && self.accept_paused_until.is_none() {
-            if self.live_downs >= self.cfg.max_connections {
-                log::warn!("{} connections open: not accepting until some close", self.live_downs);
-                self.accepting = false;
-                return;
-            }
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.accept_failing {
-                        log::info!("accepting connections again");
-                        self.accept_failing = false;
-                    }
-                    self.adopt(stream, peer, false, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of file descriptors (EMFILE/ENFILE) or similar: the pending connection
-                    // stays queued, and retrying at once would spin, so wait a moment.
-                    // The first failure of a run is a warning; the retries every 100 ms are not.
-                    if self.accept_failing {
-                        log::debug!("accept failed again: {e}");
-                    } else {
-                        log::warn!("accept failed: {e}; retrying every {ACCEPT_PAUSE:?} until it works");
-                        self.accept_failing = true;
-                    }
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
-                }
+        while let Some((stream, peer)) = self.listener.accept(now) {
+            if self.adopt(stream, peer, false, now).is_some() {
+                self.listener.opened();
             }
         }
     }
@@ -362,75 +318,52 @@ impl Proxy {
     /// Connections on `--metrics-addr`: few and short, with their own cap
     /// (`METRICS_MAX_CONNECTIONS`), never counted against `--max-connections`.
     fn accept_metrics(&mut self, now: Instant) {
-        while self.metrics_accepting && self.accept_paused_until.is_none() {
-            let Some(listener) = self.metrics_listener.as_ref() else { return };
-            if self.live_metrics >= METRICS_MAX_CONNECTIONS {
-                log::debug!(
-                    "{} metrics connections open: not accepting more until some close",
-                    self.live_metrics
-                );
-                self.metrics_accepting = false;
-                return;
-            }
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    self.adopt(stream, peer, true, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // As for the main listener: out of file descriptors, retried after a pause.
-                    log::warn!("metrics accept failed: {e}");
-                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
-                    return;
+        while let Some((stream, peer)) = self.metrics_listener.as_mut().and_then(|l| l.accept(now)) {
+            if self.adopt(stream, peer, true, now).is_some() {
+                if let Some(l) = self.metrics_listener.as_mut() {
+                    l.opened();
                 }
             }
+        }
+    }
+
+    /// Accepts again on a listener whose pause ended or that fell below 90 % of its cap (an
+    /// edge-triggered listener would not say again that connections are waiting).
+    fn resume_listeners(&mut self, now: Instant) {
+        if self.listener.resume(now) {
+            self.accept(now);
+        }
+        if self.metrics_listener.as_mut().is_some_and(|l| l.resume(now)) {
+            self.accept_metrics(now);
         }
     }
 
     /// Registers an accepted connection and gives it a slot.
     fn adopt(
         &mut self,
-        mut stream: mio::net::TcpStream,
+        stream: mio::net::TcpStream,
         peer: std::net::SocketAddr,
         metrics_only: bool,
         now: Instant,
     ) -> Option<usize> {
-        let _ = stream.set_nodelay(true);
         let slot = self.free_downs.pop().unwrap_or_else(|| {
             self.downs.push(None);
             self.downs.len() - 1
         });
-        if slot >= DOWN_BASE {
-            // More slots than a token can name (16 M connections): refused, as at the cap.
-            self.free_downs.push(slot);
-            return None;
-        }
         self.next_serial += 1;
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        let token = down_token(slot, self.next_serial);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+        if let Err(e) = self.bn_sockets.adopt(self.poll.registry(), slot, self.next_serial, stream) {
             log::warn!("cannot register a connection from {peer}: {e}");
             self.free_downs.push(slot);
             return None;
         }
         let limits = Limits { max_head: MAX_HEAD, max_body: self.cfg.max_body_bytes };
-        let mut down = Downstream::new(stream, self.next_serial, peer, limits, now);
-        if self.tokens.is_some() {
-            down.reader.answer_get_at_head();
-        } else {
-            // Tokens and the memory budget are checked at the head, before any body is
-            // buffered (`on_head`).
-            down.reader.hold_heads();
-        }
+        let mut down = Downstream::new(self.next_serial, peer, limits, now);
+        // Tokens and the memory budget are checked at the head, before any body is buffered
+        // (`on_head`).
+        down.reader.hold_heads();
         down.reader.use_pool(self.pool.clone());
         down.metrics_only = metrics_only;
         self.downs[slot] = Some(down);
-        if metrics_only {
-            self.live_metrics += 1;
-        } else {
-            self.live_downs += 1;
-        }
         Some(slot)
     }
 
@@ -454,15 +387,23 @@ impl Proxy {
             if down.dead || down.no_more_requests || down.backpressured() || down.has_pending() {
                 return;
             }
-            let n = match down.stream.read(&mut self.scratch) {
-                Ok(0) => {
+            if self.budget_reached && down.waits_for_budget() {
+                // Revisited by `resume_budget_paused` once the budget clears: an
+                // edge-triggered poll will not say again that bytes are waiting.
+                if !self.budget_paused.iter().any(|&(s, _)| s == slot) {
+                    log::debug!("reading from {} waits for the memory budget", down.peer);
+                    self.budget_paused.push((slot, down.serial));
+                }
+                return;
+            }
+            let n = match self.bn_sockets.read(slot, &mut self.scratch) {
+                ReadStep::Bytes(n) => n,
+                ReadStep::End => {
                     down.on_eof();
                     return;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
+                ReadStep::Blocked => return,
+                ReadStep::Failed => {
                     down.dead = true;
                     return;
                 }
@@ -487,12 +428,8 @@ impl Proxy {
             if down.dead {
                 return;
             }
-            match down.stream.read(&mut self.scratch) {
-                Ok(0) => {
-                    down.on_eof();
-                    return;
-                }
-                Ok(n) => {
+            match self.bn_sockets.read(slot, &mut self.scratch) {
+                ReadStep::Bytes(n) => {
                     self.metrics.bytes_in += n as u64;
                     down.discarded(n);
                     if down.dead {
@@ -502,9 +439,12 @@ impl Proxy {
                         );
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                ReadStep::End => {
+                    down.on_eof();
+                    return;
+                }
+                ReadStep::Blocked => return,
+                ReadStep::Failed => {
                     down.dead = true;
                     return;
                 }
@@ -515,30 +455,10 @@ impl Proxy {
 
     fn down_flush(&mut self, slot: usize, now: Instant) {
         let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
-        let was_backpressured = down.backpressured();
-        let before = down.sent;
-        let flushed = down.flush(now);
-        self.metrics.bytes_out += down.sent - before;
-        match flushed {
-            Ok(Flushed::Drained) => {
-                if was_backpressured && !down.backpressured() {
-                    // Reading stopped at the pipeline limit; bytes may be waiting already,
-                    // and an edge-triggered poll will not say so again.
-                    self.again.push(slot);
-                }
-            }
-            Ok(Flushed::Blocked) => {}
-            Ok(Flushed::Linger) => {
-                // The client reads the answer and then the end of the stream; what it still
-                // sends is read (now: it may be waiting already, and no new edge would say so)
-                // and dropped.
-                if down.stream.shutdown(std::net::Shutdown::Write).is_err() {
-                    down.dead = true;
-                } else {
-                    self.again.push(slot);
-                }
-            }
-            Err(_) => down.dead = true,
+        let step = self.bn_sockets.flush(slot, down, now);
+        self.metrics.bytes_out += step.moved;
+        if step.revisit {
+            self.again.push(slot);
         }
     }
 
@@ -572,12 +492,10 @@ impl Proxy {
         let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
-            if let Some(conn) = self.ups[up].conns[slot].as_mut() {
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self.poll.registry().register(&mut conn.stream, token, interest) {
-                    log::debug!("{name}: cannot register a connection: {e}");
-                    unregistered.push((slot, e));
-                }
+            let Some(addr) = self.ups[up].conns[slot].as_ref().map(|c| c.addr) else { continue };
+            if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token) {
+                log::debug!("{name}: cannot connect or register a connection: {e}");
+                unregistered.push((slot, e));
             }
         }
         // Jobs handed to idle kept-alive connections are written at once.
@@ -593,7 +511,7 @@ impl Proxy {
             }
         }
         for (slot, e) in unregistered {
-            self.connect_failed_because(up, slot, &format!("cannot register a connection: {e}"), now);
+            self.connect_failed_because(up, slot, &format!("cannot connect: {e}"), now);
         }
     }
 
@@ -606,22 +524,8 @@ impl Proxy {
             if !writable && !readable {
                 return;
             }
-            // A non-blocking connect ends with WRITABLE; the error (if any) is in SO_ERROR,
-            // and a peer address confirms the connection really is established.
-            let failed = match conn.stream.take_error() {
-                Ok(Some(_)) | Err(_) => true,
-                Ok(None) => match conn.stream.peer_addr() {
-                    Ok(_) => false,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                    Err(_) => true,
-                },
-            };
-            if failed {
-                self.connect_failed(up, slot, now);
-                return;
-            }
             // Over TLS the connection is made only once the handshake is done.
-            match conn.handshake() {
+            match self.el_sockets.finish_connect(up, slot, conn) {
                 Handshake::Done => {}
                 Handshake::Pending => return,
                 Handshake::Failed(why) => {
@@ -641,7 +545,7 @@ impl Proxy {
         }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
         if readable || conn.dead {
-            let outcome = conn.read(&mut self.scratch, now);
+            let outcome = self.el_sockets.read(up, slot, conn, &mut self.scratch, now);
             self.on_outcome(up, outcome, now);
         }
     }
@@ -665,18 +569,15 @@ impl Proxy {
         downs
             .chain(ups)
             .chain(self.exchanges.next_deadline())
-            .chain(self.accept_paused_until)
+            .chain(self.listener.deadline())
+            .chain(self.metrics_listener.as_ref().and_then(Listener::deadline))
             .chain(self.pool.borrow().deadline())
             .chain(if self.stopping { None } else { self.next_lookup() })
             .min()
     }
 
     fn on_timeouts(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            self.accept(now);
-            self.accept_metrics(now);
-        }
+        self.resume_listeners(now);
         let freed = self.pool.borrow_mut().tick(now);
         if let Some(freed) = freed {
             log::debug!(
@@ -717,66 +618,35 @@ impl Proxy {
         }
     }
 
-    /// Drops dead connections after the event batch, and resumes accepting below 90 % of the cap.
+    /// Drops dead connections after the event batch, and resumes accepting below 90 % of a cap.
     fn reap(&mut self, now: Instant) {
         for slot in 0..self.downs.len() {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
                 continue;
             }
-            if let Some(mut down) = self.downs[slot].take() {
+            if let Some(down) = self.downs[slot].take() {
                 for r in down.waiting().collect::<Vec<_>>() {
                     if let Some(e) = self.exchanges.get_mut(r) {
                         e.reply = None;
                     }
                 }
-                let _ = self.poll.registry().deregister(&mut down.stream);
+                self.bn_sockets.close(self.poll.registry(), slot);
                 self.free_downs.push(slot);
-                if down.metrics_only {
-                    self.live_metrics -= 1;
-                } else {
-                    self.live_downs -= 1;
+                match self.metrics_listener.as_mut() {
+                    Some(l) if down.metrics_only => l.closed(),
+                    _ => self.listener.closed(),
                 }
             }
         }
-        for up in self.ups.iter_mut() {
-            for conn in up.conns.iter_mut() {
+        for (i, up) in self.ups.iter_mut().enumerate() {
+            for (slot, conn) in up.conns.iter_mut().enumerate() {
                 if conn.as_ref().is_some_and(|c| c.dead && c.job.is_none()) {
-                    if let Some(mut c) = conn.take() {
-                        let _ = self.poll.registry().deregister(&mut c.stream);
+                    if let Some(c) = conn.take() {
+                        self.el_sockets.close(self.poll.registry(), i, slot, c.abort);
                     }
                 }
             }
         }
-        if !self.accepting
-            && !self.stopping
-            && self.accept_paused_until.is_none()
-            && self.live_downs * 10 < self.cfg.max_connections * 9
-        {
-            self.accepting = true;
-            self.accept(now);
-        }
-        // The metrics listener is resumed the same way (an edge-triggered listener would not
-        // say again that connections are waiting).
-        if !self.metrics_accepting && self.live_metrics * 10 < METRICS_MAX_CONNECTIONS * 9 {
-            self.metrics_accepting = true;
-            self.accept_metrics(now);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reused_slot_gets_a_token_of_its_own() {
-        for slot in [0, 1, 4095, DOWN_BASE - 1] {
-            let old = down_token(slot, 7);
-            let new = down_token(slot, 8);
-            assert_ne!(old, new, "slot {slot}");
-            assert_eq!(down_slot(old.0), slot);
-            assert_eq!(down_slot(new.0), slot);
-            assert!(old.0 >= DOWN_BASE && new.0 >= DOWN_BASE, "never taken for an EL token");
-        }
+        self.resume_listeners(now);
     }
 }

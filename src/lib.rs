@@ -7,9 +7,10 @@
 //! decisions on the way (`intake`: a request's route and token; `budget`: the process-wide
 //! memory budget; `exchange`: one request's life across the execution clients, its fallback,
 //! decision and deadline; `hold`: the primary-first hold; `compose`: the answer of a decided
-//! exchange); `tokens_service` answers for
-//! `jwt-tokens-service`; `downstream` is one beacon node connection (pipelined
-//! requests answered in order); `http` reads and writes HTTP/1.1 without sockets; `rpc` finds
+//! exchange); `shell` owns the sockets (listeners with their caps, the beacon node and
+//! execution client connections' sockets), which the connection state machines never hold;
+//! `tokens_service` is `jwt-tokens-service`, a small program of its own on the shell;
+//! `downstream` is one beacon node connection (pipelined requests answered in order); `http` reads and writes HTTP/1.1 without sockets; `rpc` finds
 //! method, id, timestamps and status in raw JSON without building a tree; `policy` decides who
 //! gets a call, which answer wins and which beacon node is followed; `upstream` is one execution client with its ordered,
 //! bounded backlog; `jwt` mints and checks HS256 tokens; `config` turns the command line into
@@ -39,6 +40,7 @@ pub mod probes;
 pub mod reload;
 pub mod resolve;
 pub mod rpc;
+pub mod shell;
 pub mod signals;
 pub mod sync_view;
 pub mod tls;

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::event_loop::Stopper;
+use crate::shell::Stopper;
 
 /// Set once SIGTERM or SIGINT has arrived; `reload` is set by each SIGHUP until taken.
 pub struct SignalFlag {

@@ -14,10 +14,14 @@
 //! any later call can go out: a request stuck in a partitioned network must not reach the
 //! client later, behind newer calls.
 //!
-//! This file knows no JSON and no beacon nodes; the event loop registers the sockets.
+//! This file knows no JSON and no beacon nodes, and owns no socket: `shell::ElSockets` connects,
+//! registers and closes them (with RST when a connection asks to be aborted), and lends a
+//! connection its socket for the length of one read, write or handshake step. A connection
+//! owns its TLS session (`tls`): the handshake is part of its `Connecting` state, under its
+//! connect deadline, and whether its request is out depends on what the session still holds.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -130,7 +134,8 @@ pub enum ConnState {
 }
 
 pub struct Conn {
-    pub stream: mio::net::TcpStream,
+    /// Where the shell connects this connection's socket.
+    pub addr: SocketAddr,
     pub state: ConnState,
     pub job: Option<Job>,
     out: Vec<u8>,
@@ -147,6 +152,8 @@ pub struct Conn {
     pub last_progress: Instant,
     /// For an `https://` client: the TLS session between the socket and the HTTP bytes.
     pub tls: Option<tls::Session>,
+    /// Closing must send RST and discard what the kernel has not delivered (see `abort`).
+    pub abort: bool,
 }
 
 /// What became of the job on a connection after I/O.
@@ -160,9 +167,9 @@ pub enum Outcome {
 }
 
 impl Conn {
-    fn new(stream: mio::net::TcpStream, answer_limits: Limits, now: Instant) -> Self {
+    fn new(addr: SocketAddr, answer_limits: Limits, now: Instant) -> Self {
         Conn {
-            stream,
+            addr,
             state: ConnState::Connecting,
             job: None,
             out: Vec::new(),
@@ -175,6 +182,7 @@ impl Conn {
             hold_until: None,
             last_progress: now,
             tls: None,
+            abort: false,
         }
     }
 
@@ -183,15 +191,15 @@ impl Conn {
     }
 
     /// Writes the request head and the shared body with vectored writes, never copying the body
-    /// (over TLS, through the session's bounded buffer).
-    pub fn write(&mut self, now: Instant) -> io::Result<()> {
+    /// (over TLS, through the session's bounded buffer) to `socket`, lent by the shell.
+    pub fn write(&mut self, socket: &mut impl Write, now: Instant) -> io::Result<()> {
         let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
         let moved = match self.tls.as_mut() {
-            None => http::write_head_body(&mut self.stream, &self.out, body, &mut self.written)?.0,
+            None => http::write_head_body(socket, &self.out, body, &mut self.written)?.0,
             Some(session) => {
                 // Records encrypted earlier go out first, even when all plaintext was taken.
-                let sent = session.send(&mut self.stream)?;
-                let mut writer = session.writer(&mut self.stream);
+                let sent = session.send(socket)?;
+                let mut writer = session.writer(socket);
                 sent + http::write_head_body(&mut writer, &self.out, body, &mut self.written)?.0
             }
         };
@@ -220,18 +228,18 @@ impl Conn {
 
     /// Moves the TLS handshake on (a plain connection has none): until it is done, the
     /// connection stays `Connecting`, under the connect deadline.
-    pub fn handshake(&mut self) -> Handshake {
+    pub fn handshake(&mut self, socket: &mut (impl Read + Write)) -> Handshake {
         match self.tls.as_mut() {
             None => Handshake::Done,
-            Some(session) => session.handshake(&mut self.stream),
+            Some(session) => session.handshake(socket),
         }
     }
 
     /// Reads what arrived. An idle connection that the client closed is simply marked dead.
     /// Over TLS, the bytes are the decrypted ones; a TLS error is a reset, close_notify an end.
-    pub fn read(&mut self, scratch: &mut [u8], now: Instant) -> Outcome {
+    pub fn read(&mut self, socket: &mut (impl Read + Write), scratch: &mut [u8], now: Instant) -> Outcome {
         loop {
-            let n = match tls::read(self.tls.as_mut(), &mut self.stream, scratch) {
+            let n = match tls::read(self.tls.as_mut(), socket, scratch) {
                 Ok(0) => {
                     if self.job.is_none() {
                         self.dead = true;
@@ -316,13 +324,11 @@ impl Conn {
 
     /// Makes closing this connection send RST and discard what the kernel has not delivered:
     /// a request abandoned here must never reach the client later, after the calls that
-    /// follow it on another connection. Dropping the stream closes it when the event loop
-    /// reaps the dead connection at the end of this loop pass; the retry waits for the
+    /// follow it on another connection. The shell closes the socket that way (`SO_LINGER` 0)
+    /// when it reaps the dead connection at the end of this loop pass; the retry waits for the
     /// backoff (`after_failure`), so it always goes out after that.
     fn abort(&mut self) {
-        if let Err(e) = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO)) {
-            log::debug!("cannot set SO_LINGER 0 on an abandoned connection: {e}");
-        }
+        self.abort = true;
     }
 
     /// A failed connect: the job goes back to its client for later.
@@ -386,11 +392,11 @@ pub struct Upstream {
 /// What `dispatch` wants the event loop to do.
 #[derive(Debug, Default)]
 pub struct Dispatch {
-    /// New connections to register (indices into `conns`).
+    /// New connections for the shell to connect and register (indices into `conns`).
     pub opened: Vec<usize>,
     /// Jobs that cannot be served: the client is down and they do not wait.
     pub failed: Vec<(Job, Failure)>,
-    /// A connection attempt failed at once; true when the client was not already down.
+    /// No connection could be started (no TLS session); true when the client was not already down.
     pub went_down: Option<bool>,
 }
 
@@ -677,21 +683,13 @@ impl Upstream {
                 return None;
             }
         };
-        match mio::net::TcpStream::connect(addr) {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let mut conn = Conn::new(stream, self.answer_limits, now);
-                conn.tls = session;
-                self.conns[slot] = Some(conn);
-                result.opened.push(slot);
-                Some(slot)
-            }
-            Err(e) => {
-                log::debug!("connect to {} failed at once: {e}", self.endpoint.name);
-                result.went_down = Some(self.mark_down(now));
-                None
-            }
-        }
+        // The shell connects the socket (`Dispatch::opened`); a connect that fails at once
+        // comes back as `connect_failed`, like a refused one.
+        let mut conn = Conn::new(addr, self.answer_limits, now);
+        conn.tls = session;
+        self.conns[slot] = Some(conn);
+        result.opened.push(slot);
+        Some(slot)
     }
 
     /// Puts a job on a connection: the head is written now, with a fresh token, so that calls
@@ -1132,11 +1130,10 @@ mod tests {
 
     #[test]
     fn regression_a_connection_that_could_not_be_registered_wedged_the_ordered_lane() {
-        // A listener, so that the non-blocking connect itself starts; the event loop then
-        // fails to register the socket, which it reports as this connection's failure.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        // The shell fails to connect or register the socket of the connection `dispatch`
+        // opened, which it reports as this connection's failure. No socket is needed here:
+        // the connection state machine owns none.
         let mut up = upstream(10, 1 << 20);
-        up.endpoint.addrs = vec![listener.local_addr().expect("address")];
         let t0 = Instant::now();
         up.enqueue(job(1, 1, true));
         up.enqueue(job(2, 1, true));
@@ -1162,9 +1159,7 @@ mod tests {
 
     #[test]
     fn other_calls_leave_one_connection_to_the_ordered_lane() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
         let mut up = upstream(10, 1 << 20);
-        up.endpoint.addrs = vec![listener.local_addr().expect("address")];
         up.mark_up();
         let now = Instant::now();
         for id in 1..=MAX_CONNS as u8 {

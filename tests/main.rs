@@ -7,6 +7,7 @@ mod util_selftest;
 mod auth_metrics;
 mod bounds;
 mod budget;
+mod budget_pause;
 mod combined_errors;
 mod engine_api;
 mod hostile;

@@ -50,7 +50,9 @@ impl io::Write for Sink {
 }
 
 struct Model {
-    down: Downstream<Sink>,
+    down: Downstream,
+    /// The socket the shell would lend the connection to flush.
+    sink: Sink,
     exchanges: Exchanges,
     waiting: Vec<ExchangeRef>,
     meter: Meter,
@@ -99,7 +101,7 @@ impl Model {
         }
         self.down.after_read(self.now);
         // As the event loop does after every read and every answer filled in.
-        let _ = self.down.flush(self.now);
+        let _ = self.down.flush(&mut self.sink, self.now);
     }
 
     fn on_head(&mut self) {
@@ -130,7 +132,7 @@ impl Model {
         let r = self.waiting.remove(0);
         self.exchanges.remove(r);
         if self.down.fill(r, Outgoing::json(200, vec![b' '; size], true, 1)) {
-            let _ = self.down.flush(self.now);
+            let _ = self.down.flush(&mut self.sink, self.now);
         }
     }
 
@@ -172,12 +174,13 @@ pub fn run(data: &[u8]) {
     let events: Vec<u8> = data.iter().take(16).copied().collect();
     let now = Instant::now();
     let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-    let mut down = Downstream::new(Sink { room: 0 }, 1, peer, input.limits, now);
+    let mut down = Downstream::new(1, peer, input.limits, now);
     down.reader.hold_heads();
     let budget = [usize::MAX, 1 << 16, 1024, 0][usize::from(data.first().copied().unwrap_or(0) >> 6)];
     let largest_piece = pieces.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut model = Model {
         down,
+        sink: Sink { room: 0 },
         exchanges: Exchanges::default(),
         waiting: Vec::new(),
         meter: Meter::default(),
@@ -204,8 +207,8 @@ pub fn run(data: &[u8]) {
             }
             2 => model.answer(usize::from(event) * 97 + i),
             3 => {
-                model.down.stream.room = usize::from(event) * 31;
-                let _ = model.down.flush(model.now);
+                model.sink.room = usize::from(event) * 31;
+                let _ = model.down.flush(&mut model.sink, model.now);
             }
             _ => {
                 model.now += Duration::from_millis(u64::from(event));

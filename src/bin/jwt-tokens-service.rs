@@ -1,12 +1,12 @@
 //! `jwt-tokens-service`: answers nginx's `auth_request` with a fresh HS256 token per execution
-//! client, as flashbots' Go tool does, on the same event loop and HTTP code as `sync-proxy`.
+//! client, as flashbots' Go tool does: a small program of its own (`tokens_service`) on the
+//! same shell, connection state machine and HTTP code as `sync-proxy`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use sync_proxy::config::{self, TokensCommand, TokensServiceConfig};
-use sync_proxy::event_loop::Proxy;
 use sync_proxy::signals::SignalFlag;
+use sync_proxy::tokens_service::TokensService;
 use sync_proxy::{http, logging};
 
 fn main() -> ExitCode {
@@ -43,10 +43,10 @@ fn main() -> ExitCode {
 fn run(cfg: &TokensServiceConfig) -> Result<(), String> {
     let stop = SignalFlag::install().map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut service =
-        Proxy::bind_tokens_service(cfg).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen_text))?;
+        TokensService::bind(cfg).map_err(|e| format!("cannot listen on {}: {e}", cfg.listen_text))?;
     match service.local_addr() {
         Ok(addr) => log::info!("jwt-tokens-service listening on {addr} with {} entries", cfg.entries.len()),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    service.run(&stop, Duration::ZERO).map_err(|e| format!("event loop failed: {e}"))
+    service.run(&stop).map_err(|e| format!("event loop failed: {e}"))
 }

@@ -114,7 +114,7 @@ impl Proxy {
         if conn.job.is_none() || conn.request_sent() {
             return;
         }
-        if conn.write(now).is_err() {
+        if self.el_sockets.write(up, slot, conn, now).is_err() {
             let outcome = conn.fail(Failure::Reset);
             self.on_outcome(up, outcome, now);
         }

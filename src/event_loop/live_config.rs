@@ -7,8 +7,6 @@
 
 use std::time::Instant;
 
-use mio::Interest;
-
 use super::Proxy;
 use crate::config::{Config, Endpoint, Reloaded};
 use crate::http::Limits;
@@ -232,18 +230,11 @@ impl Proxy {
                 self.job_failed(i, job, Failure::Dropped, now);
             }
         }
-        for &i in &plan.removed {
-            for conn in self.ups[i].conns.iter_mut().flatten() {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
-        }
 
         let old_builders = self.builders;
         let mut old: Vec<Option<Upstream>> = self.ups.drain(..).map(Some).collect();
         let mut old_metrics = std::mem::take(&mut self.metrics.els);
         old_metrics.resize_with(old.len(), ElMetrics::default);
-        // (new index, old index) of every EL that moves, to register its connections again.
-        let mut moved = Vec::new();
         let mut els = Vec::new();
         for (i, (origin, endpoint)) in plan.order.iter().zip(new.builders.iter().cloned()).enumerate() {
             let own = new.builder_jwt_secrets.get(i).cloned().flatten();
@@ -266,9 +257,6 @@ impl Proxy {
                         u.set_addrs(addrs, now);
                     }
                     set_tokens(&mut u, &self.cfg, own);
-                    if o != i {
-                        moved.push((i, o));
-                    }
                     els.push(std::mem::take(&mut old_metrics[o]));
                     self.ups.push(u);
                 }
@@ -281,9 +269,6 @@ impl Proxy {
         let builders = self.ups.len();
         for o in old_builders..old.len() {
             if let Some(peer) = old[o].take() {
-                if builders + (o - old_builders) != o {
-                    moved.push((builders + (o - old_builders), o));
-                }
                 self.ups.push(peer);
                 els.push(std::mem::take(&mut old_metrics[o]));
             }
@@ -299,17 +284,14 @@ impl Proxy {
             .collect();
         self.metrics.sync.rearrange(&origins);
         self.builders = builders;
-        for (i, _) in moved {
-            let u = &mut self.ups[i];
-            for (slot, conn) in u.conns.iter_mut().enumerate() {
-                let Some(conn) = conn.as_mut() else { continue };
-                let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) =
-                    self.poll.registry().reregister(&mut conn.stream, Self::up_token(i, slot), interest)
-                {
-                    log::warn!("{}: cannot register a connection again: {e}", u.endpoint.name);
-                    conn.dead = true;
-                }
+        // The sockets follow their clients; those of removed clients are closed.
+        let mut all_origins = origins;
+        all_origins.extend((old_builders..old.len()).map(Some));
+        let unregistered = self.el_sockets.rearrange(self.poll.registry(), &all_origins, Self::up_token);
+        for (i, slot) in unregistered {
+            log::warn!("{}: cannot register a connection again", self.ups[i].endpoint.name);
+            if let Some(conn) = self.ups[i].conns[slot].as_mut() {
+                conn.dead = true;
             }
         }
         self.cfg.builders = new.builders;

@@ -1,6 +1,6 @@
 //! The beacon node side of the event loop's work, once bytes are read: parsing them into
 //! requests (`feed`), refusing or answering what needs no execution client (bad requests, 401
-//! at the head, admin GETs, the tokens service), and turning each call into an exchange with
+//! at the head, admin GETs), and turning each call into an exchange with
 //! a job per execution client (`on_request`, `send`).
 //!
 //! It reads no socket: the bytes come from `event_loop`'s reads, and answers are queued on the
@@ -23,7 +23,6 @@ use crate::payload_choice::{self, Got, PayloadChoice, PayloadId};
 use crate::policy::{self, Class, Standing};
 use crate::probes;
 use crate::rpc;
-use crate::tokens_service;
 use crate::upstream::{Failure, Job};
 
 /// A full backlog is reported at most this often.
@@ -102,6 +101,7 @@ impl Proxy {
             if !admitted {
                 let (keep_alive, minor) = (head.keep_alive, head.minor);
                 log::debug!("refused a request from {}: memory budget reached", down.peer);
+                down.budget_refused = true;
                 self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 match down.reader.refuse_body() {
                     Refusal::Discard => down.push(Slot::Ready(budget::busy_answer(keep_alive, minor))),
@@ -133,10 +133,6 @@ impl Proxy {
         }
         let answer =
             |status: u16, body: Vec<u8>| Slot::Ready(Outgoing::json(status, body, keep_alive, minor));
-        if let Some(tokens) = self.tokens.as_mut() {
-            down.push(Slot::Ready(tokens_service::answer(tokens, &req.head, unix_now())));
-            return;
-        }
         let metrics_only = down.metrics_only;
         match intake::route(&req.head.method, metrics_only) {
             Route::Admin => {
@@ -371,7 +367,7 @@ impl Proxy {
         self.metrics.candidates_dropped = self.best.dropped();
         self.metrics.payload_mappings_dropped = self.payloads.dropped();
         let snapshot = Snapshot {
-            open_connections: self.live_downs,
+            open_connections: self.listener.open(),
             best: self.best.current(),
             els: self
                 .ups

@@ -1,0 +1,23 @@
+//! The shell: the code that owns sockets. The connection state machines (`downstream` for
+//! beacon nodes, `upstream::Conn` for execution clients) own none; they decide, and the shell
+//! connects, registers, lends a socket for one read or write, shuts down the write side, and
+//! closes (with RST when a connection asks to be aborted). Every error the shell meets on a
+//! connection's socket is handed back to the event loop as that connection's failure.
+
+pub mod bn_sockets;
+pub mod el_sockets;
+pub mod listener;
+
+/// Something a poll loop can stop: set from a signal handler's token in `main`.
+pub trait Stopper {
+    fn stop_requested(&self) -> bool;
+
+    /// True once per reload request (SIGHUP) since the last call.
+    fn take_reload(&self) -> bool {
+        false
+    }
+}
+
+pub use bn_sockets::BnSockets;
+pub use el_sockets::ElSockets;
+pub use listener::Listener;
