@@ -47,31 +47,10 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 PROXY_BIN=$target_dir/release/sync-proxy
 TOKENS_BIN=$target_dir/release/jwt-tokens-service
 
-work=$(mktemp -d -t sync-proxy-nginx.XXXXXX)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]:-}"; do
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-# check NAME COMMAND...: PASS/FAIL by the command's exit status; its output is shown either way.
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then pass "$name${out:+ ($out)}"; else fail "$name${out:+: $out}"; fi
-}
-
 # shellcheck source=scripts/lib/loopback.sh
 . scripts/lib/loopback.sh  # (the working directory is the repository root)
+loopback_setup nginx
+
 read -r P_NGINX_MIRROR P_NGINX_AUTH P_LOCAL_EL P_PROXY P_EL_A P_EL_B P_TOKENS P_JWT_EL < <(free_ports 8)
 
 stop() {  # stop NAME: SIGTERM the process start NAME started, and wait for it

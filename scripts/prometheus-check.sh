@@ -47,28 +47,9 @@ fi
 promtool --version 2>&1 | head -n 1
 t_ready=$SECONDS
 
-work=$(mktemp -d -t sync-proxy-prometheus.XXXXXX)
-pids=()
-cleanup() {
-  local pid
-  for pid in "${pids[@]:-}"; do
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-failures=0
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-# check NAME COMMAND...: PASS/FAIL by the command's exit status; its output is shown either way.
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then pass "$name${out:+ ($out)}"; else fail "$name${out:+: $out}"; fi
-}
+# shellcheck source=scripts/lib/loopback.sh
+. scripts/lib/loopback.sh  # (the working directory is the repository root)
+loopback_setup prometheus
 
 # ---------------------------------------------------------------------------- promtool
 
@@ -129,8 +110,6 @@ echo "--- building the proxy (debug)"
 cargo build --quiet --bin sync-proxy
 PROXY_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/sync-proxy
 
-# shellcheck source=scripts/lib/loopback.sh
-. scripts/lib/loopback.sh  # (the working directory is the repository root)
 read -r P_EL P_PROXY P_METRICS P_PROM < <(free_ports 4)
 
 start el "$P_EL" python3 scripts/mock_el.py --port "$P_EL" --name el --record "$work/el.jsonl"

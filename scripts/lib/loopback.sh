@@ -1,7 +1,33 @@
-# Sourced by the check scripts that run real processes on loopback (nginx-check.sh,
-# prometheus-check.sh): free ports, waiting for a listener, and starting a logged background
-# process. The sourcing script sets `work` (a temporary folder) and `pids` (an array it kills on
-# exit) first.
+# Sourced by the scripts that run real processes on loopback (nginx-check.sh,
+# prometheus-check.sh, soak.sh): a work folder cleaned up on exit with every process started,
+# PASS/FAIL counting, free ports, waiting for a listener, and starting a logged background
+# process. `start` needs `work` and `pids`, which `loopback_setup` makes (soak.sh makes its own).
+
+loopback_setup() {  # loopback_setup NAME: $work (kept with KEEP=1), $pids killed on exit, $failures
+  work=$(mktemp -d -t "sync-proxy-$1.XXXXXX")
+  pids=()
+  failures=0
+  trap loopback_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+loopback_cleanup() {
+  local pid
+  for pid in "${pids[@]:-}"; do
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
+  done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "work directory kept: $work"; else rm -rf "$work"; fi
+}
+
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+# check NAME COMMAND...: PASS/FAIL by the command's exit status; its output is shown either way.
+check() {
+  local name=$1 out
+  shift
+  if out=$("$@" 2>&1); then pass "$name${out:+ ($out)}"; else fail "$name${out:+: $out}"; fi
+}
 
 free_ports() {  # free_ports N: N free ephemeral ports on 127.0.0.1, all held open at once so that they differ
   python3 - "$1" <<'PY'
