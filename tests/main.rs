@@ -7,7 +7,6 @@ mod util_selftest;
 mod auth_metrics;
 mod bounds;
 mod budget;
-mod budget_pause;
 mod combined_errors;
 mod engine_api;
 mod hostile;
