@@ -42,7 +42,7 @@ use crate::resolve::{SystemLookup, Worker};
 use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
 use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
-use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
+use crate::upstream::{ConnState, Upstream, MAX_CONNS};
 
 mod answers;
 mod live_config;
@@ -475,26 +475,17 @@ impl Proxy {
     /// Hands queued jobs to connections and registers new connections.
     fn pump(&mut self, up: usize, now: Instant) {
         let dispatch = self.ups[up].dispatch(now, unix_now());
-        let name = self.ups[up].endpoint.name.clone();
-        if let Some(news) = dispatch.went_down {
-            self.unreachable(up);
-            self.metrics.set_up(up, false);
-            self.metrics.failed(up, Failure::Refused);
-            if news {
-                log::warn!(
-                    "{name} is down: cannot connect; calls that must stay in order wait in its backlog"
-                );
-            }
-            self.fail_queued(up, now);
-        }
-        // A socket that cannot be registered would never see an event: that connection
-        // failed, like a refused connect (after the rest of this pump).
+        // A socket that cannot be registered (or a TLS session that cannot start) would never
+        // see an event: that connection failed, like a refused connect (after the rest of
+        // this pump).
         let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
             let Some(addr) = self.ups[up].conns[slot].as_ref().map(|c| c.addr) else { continue };
-            if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token) {
-                log::debug!("{name}: cannot connect or register a connection: {e}");
+            let upstream = &self.ups[up];
+            let tls = upstream.tls.as_ref().map(|s| (s, upstream.endpoint.server_name()));
+            if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token, tls) {
+                log::debug!("{}: cannot connect or register a connection: {e}", upstream.endpoint.name);
                 unregistered.push((slot, e));
             }
         }
@@ -525,7 +516,7 @@ impl Proxy {
                 return;
             }
             // Over TLS the connection is made only once the handshake is done.
-            match self.el_sockets.finish_connect(up, slot, conn) {
+            match self.el_sockets.finish_connect(up, slot) {
                 Handshake::Done => {}
                 Handshake::Pending => return,
                 Handshake::Failed(why) => {

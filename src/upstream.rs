@@ -21,7 +21,6 @@
 //! connect deadline, and whether its request is out depends on what the session still holds.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ use crate::core::exchange::{ExchangeRef, Inbound};
 use crate::http::{self, Limits, Response, ResponseReader};
 use crate::jwt::TokenCache;
 use crate::resolve::Refresh;
-use crate::tls::{self, Handshake};
+use crate::tls;
 
 /// Most connections kept to one execution client; other calls use at most all but one.
 pub const MAX_CONNS: usize = 8;
@@ -139,7 +138,11 @@ pub struct Conn {
     pub state: ConnState,
     pub job: Option<Job>,
     out: Vec<u8>,
+    /// How many bytes of the request (head, then body) the shell has taken (`wrote`).
     written: usize,
+    /// The shell's transport (a TLS session) still holds bytes of the request that have not
+    /// reached the socket (`transport_sent`): the request is not out until they have.
+    unsent: bool,
     reader: ResponseReader,
     /// Answers read whole on this connection; a reused one may have been closed by the client.
     served: u32,
@@ -150,13 +153,12 @@ pub struct Conn {
     pub hold_until: Option<Instant>,
     /// When a write last moved bytes (a primary that stops taking them no longer holds others).
     pub last_progress: Instant,
-    /// For an `https://` client: the TLS session between the socket and the HTTP bytes.
-    pub tls: Option<tls::Session>,
     /// Closing must send RST and discard what the kernel has not delivered (see `abort`).
     pub abort: bool,
 }
 
 /// What became of the job on a connection after I/O.
+#[derive(Debug)]
 pub enum Outcome {
     /// Nothing to report yet.
     Pending,
@@ -174,6 +176,7 @@ impl Conn {
             job: None,
             out: Vec::new(),
             written: 0,
+            unsent: false,
             reader: ResponseReader::new(answer_limits),
             served: 0,
             deadline: now + CONNECT_TIMEOUT,
@@ -181,7 +184,6 @@ impl Conn {
             dead: false,
             hold_until: None,
             last_progress: now,
-            tls: None,
             abort: false,
         }
     }
@@ -190,23 +192,40 @@ impl Conn {
         self.job.as_ref().map_or(&[][..], |j| &j.inbound.body)
     }
 
-    /// Writes the request head and the shared body with vectored writes, never copying the body
-    /// (over TLS, through the session's bounded buffer) to `socket`, lent by the shell.
-    pub fn write(&mut self, socket: &mut impl Write, now: Instant) -> io::Result<()> {
-        let body = self.job.as_ref().map_or(&[][..], |j| j.inbound.body.as_slice());
-        let moved = match self.tls.as_mut() {
-            None => http::write_head_body(socket, &self.out, body, &mut self.written)?.0,
-            Some(session) => {
-                // Records encrypted earlier go out first, even when all plaintext was taken.
-                let sent = session.send(socket)?;
-                let mut writer = session.writer(socket);
-                sent + http::write_head_body(&mut writer, &self.out, body, &mut self.written)?.0
-            }
-        };
-        if moved > 0 {
+    /// How much of the body may be written so far: all of it. (A cap here, for a body still
+    /// arriving, holds its tail back; `request_sent` still waits for the whole body.)
+    fn body_ready(&self) -> usize {
+        self.body().len()
+    }
+
+    /// What the request still has to write: the rest of its head, then the rest of the shared
+    /// body, borrowed from the job (never copied: one body serves every client's copy). The
+    /// shell writes both with one vectored write, or feeds them to the TLS session, and says
+    /// how much it took with `wrote`.
+    pub fn to_write(&self) -> (&[u8], &[u8]) {
+        let head = self.out.get(self.written..).unwrap_or_default();
+        let body = self.body();
+        let from = self.written.saturating_sub(self.out.len()).min(body.len());
+        let to = self.body_ready().clamp(from, body.len());
+        (head, &body[from..to])
+    }
+
+    /// The shell took `n` more bytes of `to_write` (into the socket or the TLS session).
+    pub fn wrote(&mut self, n: usize, now: Instant) {
+        self.written = (self.written + n).min(self.out.len() + self.body().len());
+        if n > 0 {
             self.last_progress = now;
         }
-        Ok(())
+    }
+
+    /// The shell's TLS session sent `sent` bytes of records it had encrypted earlier, and
+    /// `holds_more` says whether some still wait for room in the socket. Records reaching
+    /// the socket are progress (`last_progress`), and the request is out only when none wait.
+    pub fn transport_sent(&mut self, sent: usize, holds_more: bool, now: Instant) {
+        self.unsent = holds_more;
+        if sent > 0 {
+            self.last_progress = now;
+        }
     }
 
     /// Ends the connection; its job is retried once when that is safe, else it failed.
@@ -226,57 +245,46 @@ impl Conn {
         }
     }
 
-    /// Moves the TLS handshake on (a plain connection has none): until it is done, the
-    /// connection stays `Connecting`, under the connect deadline.
-    pub fn handshake(&mut self, socket: &mut (impl Read + Write)) -> Handshake {
-        match self.tls.as_mut() {
-            None => Handshake::Done,
-            Some(session) => session.handshake(socket),
+    /// Plaintext the client sent (the shell read it, and decrypted it over TLS). An answer
+    /// read whole ends the job; bytes nobody asked for, or more bytes after a whole answer,
+    /// mean the connection is out of step with the client and is never used again. After
+    /// `Pending` on a connection that is not `dead`, the shell reads on.
+    pub fn on_bytes(&mut self, mut input: &[u8], now: Instant) -> Outcome {
+        if self.job.is_none() {
+            // Bytes nobody asked for: the connection cannot be trusted any more.
+            self.dead = true;
+            return Outcome::Pending;
         }
+        while !input.is_empty() {
+            let step = self.reader.advance(input);
+            input = &input[step.consumed..];
+            match step.event {
+                Some(Ok(resp)) => {
+                    if !input.is_empty() {
+                        // Extra bytes after a whole answer: never reuse this connection.
+                        self.dead = true;
+                    }
+                    return self.complete(resp, now);
+                }
+                Some(Err(_)) => return self.fail(Failure::BadAnswer),
+                None if step.consumed == 0 => break,
+                None => {}
+            }
+        }
+        Outcome::Pending
     }
 
-    /// Reads what arrived. An idle connection that the client closed is simply marked dead.
-    /// Over TLS, the bytes are the decrypted ones; a TLS error is a reset, close_notify an end.
-    pub fn read(&mut self, socket: &mut (impl Read + Write), scratch: &mut [u8], now: Instant) -> Outcome {
-        loop {
-            let n = match tls::read(self.tls.as_mut(), socket, scratch) {
-                Ok(0) => {
-                    if self.job.is_none() {
-                        self.dead = true;
-                        return Outcome::Pending;
-                    }
-                    return match self.reader.finish() {
-                        Ok(resp) => self.complete(resp, now),
-                        Err(_) => self.fail(Failure::Reset),
-                    };
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.fail(Failure::Reset),
-            };
-            if self.job.is_none() {
-                // Bytes nobody asked for: the connection cannot be trusted any more.
-                self.dead = true;
-                return Outcome::Pending;
-            }
-            let mut input = &scratch[..n];
-            while !input.is_empty() {
-                let step = self.reader.advance(input);
-                input = &input[step.consumed..];
-                match step.event {
-                    Some(Ok(resp)) => {
-                        if !input.is_empty() {
-                            // Extra bytes after a whole answer: never reuse this connection.
-                            self.dead = true;
-                        }
-                        return self.complete(resp, now);
-                    }
-                    Some(Err(_)) => return self.fail(Failure::BadAnswer),
-                    None if step.consumed == 0 => break,
-                    None => {}
-                }
-            }
+    /// The client closed its side (over TLS: close_notify, or the socket's end). An idle
+    /// connection is simply dead; under a job, an answer that runs to the end is whole, and
+    /// any other is a reset (retried once on a reused connection, see `fail`).
+    pub fn on_eof(&mut self, now: Instant) -> Outcome {
+        if self.job.is_none() {
+            self.dead = true;
+            return Outcome::Pending;
+        }
+        match self.reader.finish() {
+            Ok(resp) => self.complete(resp, now),
+            Err(_) => self.fail(Failure::Reset),
         }
     }
 
@@ -344,8 +352,7 @@ impl Conn {
 
     /// Whether the request was written out whole (over TLS: encrypted and in the socket).
     pub fn request_sent(&self) -> bool {
-        self.written >= self.out.len() + self.body().len()
-            && !self.tls.as_ref().is_some_and(|t| t.wants_write())
+        self.written >= self.out.len() + self.body().len() && !self.unsent
     }
 }
 
@@ -382,7 +389,8 @@ pub struct Upstream {
     warned_stale_token: bool,
     /// When its host name is looked up again (None for an IP literal): see `resolve`.
     pub refresh: Option<Refresh>,
-    /// For an `https://` client: the TLS settings each new connection's session starts from.
+    /// For an `https://` client: the TLS settings the shell starts each new connection's
+    /// session from (the session lives beside the socket, in `shell::ElSockets`).
     pub tls: Option<tls::Settings>,
     /// The caps on this client's answers (`--max-body-bytes`): a larger or endless answer is
     /// this client's failure, and the call falls back to the next one.
@@ -396,8 +404,6 @@ pub struct Dispatch {
     pub opened: Vec<usize>,
     /// Jobs that cannot be served: the client is down and they do not wait.
     pub failed: Vec<(Job, Failure)>,
-    /// No connection could be started (no TLS session); true when the client was not already down.
-    pub went_down: Option<bool>,
 }
 
 impl Upstream {
@@ -674,20 +680,10 @@ impl Upstream {
         let slot = self.conns.iter().position(Option::is_none)?;
         let addrs = &self.endpoint.addrs;
         let addr: SocketAddr = *addrs.get(self.next_addr % addrs.len().max(1))?;
-        let session = match self.tls.as_ref().map(|s| tls::Session::new(s, self.endpoint.server_name())) {
-            None => None,
-            Some(Ok(session)) => Some(session),
-            Some(Err(e)) => {
-                log::warn!("{}: cannot start TLS: {e}", self.endpoint.name);
-                result.went_down = Some(self.mark_down(now));
-                return None;
-            }
-        };
-        // The shell connects the socket (`Dispatch::opened`); a connect that fails at once
-        // comes back as `connect_failed`, like a refused one.
-        let mut conn = Conn::new(addr, self.answer_limits, now);
-        conn.tls = session;
-        self.conns[slot] = Some(conn);
+        // The shell connects the socket and starts its TLS session (`Dispatch::opened`); a
+        // connect or session that fails at once comes back as `connect_failed`, like a refused
+        // connect.
+        self.conns[slot] = Some(Conn::new(addr, self.answer_limits, now));
         result.opened.push(slot);
         Some(slot)
     }
@@ -1174,6 +1170,276 @@ mod tests {
         let ordered = up.conns[dispatch.opened[0]].as_ref().and_then(|c| c.job.as_ref()).map(|j| j.ordered());
         assert_eq!(ordered, Some(true), "the ordered call took the reserved connection");
         assert_eq!(up.waiting.len(), 1, "the eighth other call still waits");
+    }
+
+    /// A client that is up with one connection carrying `job`, its connect done at `now`: the
+    /// connection state machine alone, fed bytes and `now` directly (no socket).
+    fn busy_with(up: &mut Upstream, job: Job, now: Instant) -> usize {
+        up.mark_up();
+        up.enqueue(job);
+        let dispatch = up.dispatch(now, 0);
+        let slot = match dispatch.opened.first() {
+            Some(&slot) => {
+                up.connected(slot, now);
+                slot
+            }
+            // An idle kept-alive connection took it.
+            None => up.conns.iter().position(|c| c.as_ref().is_some_and(|c| c.job.is_some())).expect("busy"),
+        };
+        assert_eq!(up.conns[slot].as_ref().map(|c| c.state), Some(ConnState::Busy));
+        slot
+    }
+
+    fn conn(up: &mut Upstream, slot: usize) -> &mut Conn {
+        up.conns[slot].as_mut().expect("connection")
+    }
+
+    /// Lets the shell take the whole request, as a socket with room would.
+    fn send_all(conn: &mut Conn, now: Instant) {
+        let (head, body) = conn.to_write();
+        let n = head.len() + body.len();
+        conn.wrote(n, now);
+        assert!(conn.request_sent());
+    }
+
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    fn answered(outcome: Outcome) -> (Job, Response) {
+        match outcome {
+            Outcome::Answered(job, resp) => (job, resp),
+            other => panic!("not answered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_answer_ends_the_job_and_leaves_the_connection_for_the_next_call() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        let (job, resp) = answered(c.on_bytes(ANSWER, t0));
+        assert_eq!((job.inbound.body[0], resp.body.as_slice()), (1, &b"hello"[..]));
+        assert!(!c.dead && c.job.is_none());
+        assert_eq!((c.state, c.deadline), (ConnState::Idle, t0 + IDLE_CLOSE));
+        assert_eq!(c.to_write(), (&[][..], &[][..]), "nothing more to write");
+    }
+
+    #[test]
+    fn an_answer_split_at_every_byte_reads_the_same() {
+        let t0 = Instant::now();
+        let fresh = || {
+            let mut up = upstream(10, 1 << 20);
+            let slot = busy_with(&mut up, job(1, 10, false), t0);
+            send_all(conn(&mut up, slot), t0);
+            (up, slot)
+        };
+        for split in 1..ANSWER.len() {
+            let (mut up, slot) = fresh();
+            let c = conn(&mut up, slot);
+            let (first, rest) = ANSWER.split_at(split);
+            assert!(matches!(c.on_bytes(first, t0), Outcome::Pending), "split at {split}");
+            let (_, resp) = answered(c.on_bytes(rest, t0));
+            assert_eq!(resp.body, b"hello", "split at {split}");
+            assert!(!c.dead, "split at {split}");
+        }
+        // One byte at a time.
+        let (mut up, slot) = fresh();
+        let c = conn(&mut up, slot);
+        let (last, all_but) = ANSWER.split_last().expect("bytes");
+        for byte in all_but {
+            assert!(matches!(c.on_bytes(std::slice::from_ref(byte), t0), Outcome::Pending));
+        }
+        assert_eq!(answered(c.on_bytes(&[*last], t0)).1.body, b"hello");
+        assert!(!c.dead);
+    }
+
+    #[test]
+    fn extra_bytes_after_a_whole_answer_retire_the_connection() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        let input = [ANSWER, b"HTTP/1.1 200 OK\r\n"].concat();
+        let (_, resp) = answered(c.on_bytes(&input, t0));
+        assert_eq!(resp.body, b"hello", "the answer itself is good");
+        assert!(c.dead, "the connection is out of step with the client");
+    }
+
+    #[test]
+    fn bytes_nobody_asked_for_retire_an_idle_connection() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        answered(c.on_bytes(ANSWER, t0));
+        assert!(matches!(c.on_bytes(b"H", t0), Outcome::Pending));
+        assert!(c.dead);
+    }
+
+    #[test]
+    fn the_end_of_the_stream_before_a_whole_answer_is_a_reset_and_after_it_ends_the_connection() {
+        let t0 = Instant::now();
+        // Nothing at all, or part of a Content-Length answer, then the end: a reset.
+        for sent in [&b""[..], &ANSWER[..ANSWER.len() - 1]] {
+            let mut up = upstream(10, 1 << 20);
+            let slot = busy_with(&mut up, job(1, 10, false), t0);
+            let c = conn(&mut up, slot);
+            send_all(c, t0);
+            assert!(matches!(c.on_bytes(sent, t0), Outcome::Pending));
+            match c.on_eof(t0) {
+                Outcome::Failed(job, Failure::Reset) => assert_eq!(job.inbound.body[0], 1),
+                other => panic!("after {} bytes: {other:?}", sent.len()),
+            }
+            assert!(c.dead && c.abort, "a fresh connection's call is not retried; the socket is reset");
+        }
+        // An answer that runs to the end of the stream is whole there.
+        let mut up = upstream(10, 1 << 20);
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        assert!(matches!(c.on_bytes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhel", t0), Outcome::Pending));
+        assert!(matches!(c.on_bytes(b"lo", t0), Outcome::Pending));
+        let (_, resp) = answered(c.on_eof(t0));
+        assert_eq!(resp.body, b"hello");
+        assert!(c.dead, "a closed connection carries nothing more");
+        // After a whole answer, the end just retires the idle connection.
+        let mut up = upstream(10, 1 << 20);
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        answered(c.on_bytes(ANSWER, t0));
+        assert!(matches!(c.on_eof(t0), Outcome::Pending));
+        assert!(c.dead && !c.abort);
+    }
+
+    #[test]
+    fn a_reused_connection_closed_under_a_call_retries_it_once() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        send_all(conn(&mut up, slot), t0);
+        answered(conn(&mut up, slot).on_bytes(ANSWER, t0));
+        // The kept-alive connection carries the next call; the client had closed it.
+        assert_eq!(busy_with(&mut up, job(2, 10, false), t0), slot, "reused");
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        let retry = match c.on_eof(t0) {
+            Outcome::Retry(job) => job,
+            other => panic!("{other:?}"),
+        };
+        assert!(retry.retried && c.dead && c.abort);
+        assert_eq!(retry.inbound.body[0], 2);
+        up.conns[slot] = None;
+        // The same call on another reused connection that also closes: no second retry.
+        let slot = busy_with(&mut up, job(3, 10, false), t0);
+        send_all(conn(&mut up, slot), t0);
+        answered(conn(&mut up, slot).on_bytes(ANSWER, t0));
+        assert_eq!(busy_with(&mut up, retry, t0), slot);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        assert!(matches!(c.fail(Failure::Reset), Outcome::Failed(_, Failure::Reset)));
+        // Part of an answer arrived: the client saw the call, so it is not sent again.
+        let mut up = upstream(10, 1 << 20);
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        send_all(conn(&mut up, slot), t0);
+        answered(conn(&mut up, slot).on_bytes(ANSWER, t0));
+        busy_with(&mut up, job(2, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        assert!(matches!(c.on_bytes(b"HTTP/1.1 2", t0), Outcome::Pending));
+        assert!(matches!(c.on_eof(t0), Outcome::Failed(_, Failure::Reset)));
+    }
+
+    #[test]
+    fn an_answer_over_the_cap_is_a_bad_answer() {
+        let mut up = upstream(10, 1 << 20);
+        up.answer_limits = Limits { max_head: 1024, max_body: 4 };
+        let t0 = Instant::now();
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        assert!(matches!(c.on_bytes(ANSWER, t0), Outcome::Failed(_, Failure::BadAnswer)));
+        assert!(c.dead && c.abort);
+        // An endless chunked answer fails at the cap, not at its end.
+        let mut up = upstream(10, 1 << 20);
+        up.answer_limits = Limits { max_head: 1024, max_body: 64 };
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(c.on_bytes(head, t0), Outcome::Pending));
+        let mut failed = false;
+        for _ in 0..100 {
+            match c.on_bytes(b"8\r\n12345678\r\n", t0) {
+                Outcome::Pending => assert!(c.held_bytes() <= 64 + 16),
+                Outcome::Failed(_, Failure::BadAnswer) => {
+                    failed = true;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(failed, "the cap ends the answer");
+    }
+
+    #[test]
+    fn writes_take_the_shared_body_without_copying_and_move_last_progress() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let slot = busy_with(&mut up, job(7, 1000, false), t0);
+        let c = conn(&mut up, slot);
+        let shared = c.job.as_ref().map(|j| j.inbound.body.as_ptr()).expect("job");
+        let (head, body) = c.to_write();
+        let head_len = head.len();
+        assert!(head.starts_with(b"POST / HTTP/1.1\r\n"));
+        assert_eq!((body.as_ptr(), body.len()), (shared, 1000), "the job's own body, not a copy");
+        // A socket without room takes nothing: no progress.
+        c.wrote(0, at(1));
+        assert_eq!(c.last_progress, t0);
+        // Part of the head, then the rest of it and part of the body.
+        c.wrote(3, at(2));
+        assert_eq!(c.last_progress, at(2));
+        assert_eq!(c.to_write().0.len(), head_len - 3);
+        c.wrote(head_len - 3 + 100, at(3));
+        let (head, body) = c.to_write();
+        assert!(head.is_empty());
+        assert_eq!((body.as_ptr(), body.len()), (shared.wrapping_add(100), 900));
+        assert!(!c.request_sent());
+        c.wrote(900, at(4));
+        assert!(c.request_sent());
+        assert_eq!(c.last_progress, at(4));
+        // Over TLS, records still waiting for the socket keep the request from being out;
+        // records reaching the socket are progress too.
+        c.transport_sent(0, true, at(5));
+        assert!(!c.request_sent());
+        assert_eq!(c.last_progress, at(4));
+        c.transport_sent(200, false, at(6));
+        assert!(c.request_sent());
+        assert_eq!(c.last_progress, at(6));
+    }
+
+    #[test]
+    fn an_answer_before_the_request_is_out_retires_the_connection() {
+        let t0 = Instant::now();
+        // The body is not all written (a 413, say)…
+        let mut up = upstream(10, 1 << 20);
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        c.wrote(5, t0);
+        answered(c.on_bytes(ANSWER, t0));
+        assert!(c.dead);
+        // …or, over TLS, its last records still wait for the socket.
+        let mut up = upstream(10, 1 << 20);
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        let c = conn(&mut up, slot);
+        send_all(c, t0);
+        c.transport_sent(0, true, t0);
+        answered(c.on_bytes(ANSWER, t0));
+        assert!(c.dead);
     }
 
     #[test]

@@ -2,15 +2,25 @@
 //! `upstream::Conn` (`MAX_CONNS` of them). Slot `s` of client `e` here is the socket of
 //! `ups[e].conns[s]`; the event loop keeps the two in step (open on `Dispatch::opened`, close
 //! when it reaps the connection, move when a reload renumbers the clients).
+//!
+//! This is the only code that moves an execution client's bytes. For an `https://` client the
+//! slot also holds the connection's TLS session (`tls`), beside its socket: the shell runs the
+//! handshake (under the connection's connect deadline, which the connection owns), decrypts
+//! into the caller's scratch buffer and hands the plaintext to `Conn::on_bytes`, and encrypts
+//! what `Conn::to_write` offers. On plain TCP the request's head and its shared body go out in
+//! one vectored write, straight from the job: the body is never copied per client. The
+//! connection learns what moved (`Conn::wrote`, `Conn::transport_sent`) and decides; it never
+//! sees a socket or a session.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::tls::Handshake;
+use crate::http;
+use crate::tls::{self, Handshake};
 use crate::upstream::{Conn, Failure, Outcome, MAX_CONNS};
 
 /// Where a non-blocking connect stands after an edge.
@@ -35,9 +45,15 @@ pub fn connect_outcome(socket: &TcpStream) -> ConnectOutcome {
     }
 }
 
+/// One connection's socket and, for an `https://` client, its TLS session.
+struct Socket {
+    stream: TcpStream,
+    tls: Option<tls::Session>,
+}
+
 #[derive(Default)]
 pub struct ElSockets {
-    by_el: Vec<Vec<Option<TcpStream>>>,
+    by_el: Vec<Vec<Option<Socket>>>,
 }
 
 impl ElSockets {
@@ -55,7 +71,8 @@ impl ElSockets {
     }
 
     /// Starts a non-blocking connect to `addr` and registers it once, edge-triggered, for
-    /// READABLE | WRITABLE (the connect ends with WRITABLE). An error here is the
+    /// READABLE | WRITABLE (the connect ends with WRITABLE). With `tls` (the settings and the
+    /// server's name), the connection gets a TLS session of its own. An error here is the
     /// connection's failure: the caller reports it as a failed connect.
     pub fn connect(
         &mut self,
@@ -64,62 +81,106 @@ impl ElSockets {
         slot: usize,
         addr: SocketAddr,
         token: Token,
+        tls: Option<(&tls::Settings, &str)>,
     ) -> io::Result<()> {
         self.ensure(el + 1);
+        let tls = match tls {
+            Some((settings, name)) => Some(
+                tls::Session::new(settings, name)
+                    .map_err(|e| io::Error::other(format!("cannot start TLS: {e}")))?,
+            ),
+            None => None,
+        };
         let mut stream = TcpStream::connect(addr)?;
         let _ = stream.set_nodelay(true);
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        if let Some(mut old) = self.by_el[el][slot].replace(stream) {
+        if let Some(mut old) = self.by_el[el][slot].replace(Socket { stream, tls }) {
             // A slot is reused only after its connection was reaped; a leftover is closed.
-            let _ = registry.deregister(&mut old);
+            let _ = registry.deregister(&mut old.stream);
         }
         Ok(())
     }
 
-    /// The socket of connection `slot` of client `el`, lent for one I/O step.
-    pub fn get_mut(&mut self, el: usize, slot: usize) -> Option<&mut TcpStream> {
+    fn socket(&mut self, el: usize, slot: usize) -> Option<&mut Socket> {
         self.by_el.get_mut(el)?.get_mut(slot)?.as_mut()
     }
 
-    /// Moves a connect on after an edge: the socket's connect, then (over TLS) the
-    /// connection's handshake, which its state machine steps on the lent socket.
-    pub fn finish_connect(&mut self, el: usize, slot: usize, conn: &mut Conn) -> Handshake {
-        let Some(socket) = self.get_mut(el, slot) else {
+    /// Whether connection `slot` of client `el` has a socket.
+    #[cfg(test)]
+    fn has_socket(&self, el: usize, slot: usize) -> bool {
+        self.by_el.get(el).and_then(|s| s.get(slot)).is_some_and(Option::is_some)
+    }
+
+    /// Moves a connect on after an edge: the socket's connect, then (over TLS) the handshake.
+    /// Until it is `Done`, the connection stays `Connecting`, under its connect deadline.
+    pub fn finish_connect(&mut self, el: usize, slot: usize) -> Handshake {
+        let Some(socket) = self.socket(el, slot) else {
             return Handshake::Failed("the connection has no socket".to_owned());
         };
-        match connect_outcome(socket) {
-            ConnectOutcome::Connected => conn.handshake(socket),
+        match connect_outcome(&socket.stream) {
+            ConnectOutcome::Connected => match socket.tls.as_mut() {
+                None => Handshake::Done,
+                Some(session) => session.handshake(&mut socket.stream),
+            },
             ConnectOutcome::NotYet => Handshake::Pending,
             ConnectOutcome::Failed => Handshake::Failed("cannot connect".to_owned()),
         }
     }
 
-    /// Writes what connection `slot` of client `el` has to send on its socket.
-    pub fn write(
-        &mut self,
-        el: usize,
-        slot: usize,
-        conn: &mut Conn,
-        now: std::time::Instant,
-    ) -> io::Result<()> {
-        match self.get_mut(el, slot) {
-            Some(socket) => conn.write(socket, now),
-            None => Err(io::ErrorKind::NotConnected.into()),
+    /// Writes what connection `slot` of client `el` has to send (`Conn::to_write`) and tells
+    /// it what moved. Plain: the head's rest and the shared body in vectored writes, never
+    /// copying the body. Over TLS: records encrypted earlier go out first, then the request is
+    /// fed to the session's bounded buffer, and the connection learns whether records still
+    /// wait for the socket. An error is the connection's (the caller fails it).
+    pub fn write(&mut self, el: usize, slot: usize, conn: &mut Conn, now: Instant) -> io::Result<()> {
+        let Some(socket) = self.socket(el, slot) else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let (head, body) = conn.to_write();
+        let mut taken = 0;
+        match socket.tls.as_mut() {
+            None => {
+                http::write_head_body(&mut socket.stream, head, body, &mut taken)?;
+                conn.wrote(taken, now);
+            }
+            Some(session) => {
+                let sent = session.send(&mut socket.stream)?;
+                if !head.is_empty() || !body.is_empty() {
+                    let mut writer = session.writer(&mut socket.stream);
+                    http::write_head_body(&mut writer, head, body, &mut taken)?;
+                }
+                conn.wrote(taken, now);
+                conn.transport_sent(sent, session.wants_write(), now);
+            }
         }
+        Ok(())
     }
 
-    /// Reads what arrived for connection `slot` of client `el` (a missing socket is a reset).
-    pub fn read(
-        &mut self,
-        el: usize,
-        slot: usize,
-        conn: &mut Conn,
-        scratch: &mut [u8],
-        now: std::time::Instant,
-    ) -> Outcome {
-        match self.get_mut(el, slot) {
-            Some(socket) => conn.read(socket, scratch, now),
-            None => conn.fail(Failure::Reset),
+    /// Reads what arrived for connection `slot` of client `el` until the socket has no more
+    /// (or the connection has an outcome or is dead), handing the plaintext to the connection.
+    /// A missing socket, a read error or a TLS error is a reset; the end of the stream (or
+    /// close_notify) is the connection's `on_eof`.
+    pub fn read(&mut self, el: usize, slot: usize, conn: &mut Conn, scratch: &mut [u8], now: Instant) -> Outcome {
+        let Some(socket) = self.socket(el, slot) else {
+            return conn.fail(Failure::Reset);
+        };
+        loop {
+            let read = tls::read(socket.tls.as_mut(), &mut socket.stream, scratch);
+            if let Some(session) = socket.tls.as_ref() {
+                // Reading may have sent records (a key update's answer, or the request's
+                // last ones): whether the request is out is asked before an answer is taken.
+                conn.transport_sent(0, session.wants_write(), now);
+            }
+            match read {
+                Ok(0) => return conn.on_eof(now),
+                Ok(n) => match conn.on_bytes(&scratch[..n], now) {
+                    Outcome::Pending if !conn.dead => {}
+                    outcome => return outcome,
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return conn.fail(Failure::Reset),
+            }
         }
     }
 
@@ -127,16 +188,17 @@ impl ElSockets {
     /// RST and the kernel discards what it has not delivered (`SO_LINGER` 0): a request
     /// abandoned there must never reach the client later, behind newer calls.
     pub fn close(&mut self, registry: &Registry, el: usize, slot: usize, abort: bool) {
-        let Some(mut stream) = self.by_el.get_mut(el).and_then(|s| s.get_mut(slot)).and_then(Option::take)
+        let Some(mut socket) = self.by_el.get_mut(el).and_then(|s| s.get_mut(slot)).and_then(Option::take)
         else {
             return;
         };
         if abort {
-            if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            if let Err(e) = socket2::SockRef::from(&socket.stream).set_linger(Some(Duration::ZERO)) {
                 log::debug!("cannot set SO_LINGER 0 on an abandoned connection: {e}");
             }
         }
-        let _ = registry.deregister(&mut stream);
+        // The TLS session goes with its socket (no close_notify: the connection is over).
+        let _ = registry.deregister(&mut socket.stream);
     }
 
     /// Closes every socket of client `el` (it is being removed).
@@ -156,17 +218,17 @@ impl ElSockets {
         origins: &[Option<usize>],
         token: impl Fn(usize, usize) -> Token,
     ) -> Vec<(usize, usize)> {
-        let mut old: Vec<Option<Vec<Option<TcpStream>>>> =
+        let mut old: Vec<Option<Vec<Option<Socket>>>> =
             std::mem::take(&mut self.by_el).into_iter().map(Some).collect();
         let mut failed = Vec::new();
         for (i, origin) in origins.iter().enumerate() {
             let slab = origin.and_then(|o| old.get_mut(o).and_then(Option::take));
             let mut slab = slab.unwrap_or_else(|| (0..MAX_CONNS).map(|_| None).collect());
             if *origin != Some(i) {
-                for (slot, stream) in slab.iter_mut().enumerate() {
-                    let Some(s) = stream.as_mut() else { continue };
+                for (slot, socket) in slab.iter_mut().enumerate() {
+                    let Some(s) = socket.as_mut() else { continue };
                     if registry
-                        .reregister(s, token(i, slot), Interest::READABLE | Interest::WRITABLE)
+                        .reregister(&mut s.stream, token(i, slot), Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
                         failed.push((i, slot));
@@ -176,8 +238,8 @@ impl ElSockets {
             self.by_el.push(slab);
         }
         for slab in old.into_iter().flatten() {
-            for mut stream in slab.into_iter().flatten() {
-                let _ = registry.deregister(&mut stream);
+            for mut socket in slab.into_iter().flatten() {
+                let _ = registry.deregister(&mut socket.stream);
             }
         }
         failed
@@ -197,7 +259,7 @@ mod tests {
         let mut events = mio::Events::with_capacity(8);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            let outcome = connect_outcome(sockets.get_mut(el, slot).expect("socket"));
+            let outcome = connect_outcome(&sockets.socket(el, slot).expect("socket").stream);
             if outcome != ConnectOutcome::NotYet || std::time::Instant::now() > deadline {
                 return outcome;
             }
@@ -215,10 +277,10 @@ mod tests {
             gone.local_addr().expect("address")
         };
         let mut sockets = ElSockets::with_clients(1);
-        sockets.connect(poll.registry(), 0, 0, open, token(0, 0)).expect("connect");
+        sockets.connect(poll.registry(), 0, 0, open, token(0, 0), None).expect("connect");
         assert_eq!(settle(&mut poll, &mut sockets, 0, 0), ConnectOutcome::Connected);
         // A refused connect may fail at once or after an edge; both are the connection's failure.
-        if sockets.connect(poll.registry(), 0, 1, closed, token(0, 1)).is_ok() {
+        if sockets.connect(poll.registry(), 0, 1, closed, token(0, 1), None).is_ok() {
             assert_eq!(settle(&mut poll, &mut sockets, 0, 1), ConnectOutcome::Failed);
         }
     }
@@ -230,13 +292,13 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         let mut sockets = ElSockets::with_clients(3);
         for el in 0..3 {
-            sockets.connect(poll.registry(), el, el, addr, token(el, el)).expect("connect");
+            sockets.connect(poll.registry(), el, el, addr, token(el, el), None).expect("connect");
         }
         // Client 2 becomes 0, client 0 stays second, client 1 is removed, one is added.
         let failed = sockets.rearrange(poll.registry(), &[Some(2), Some(0), None], token);
         assert!(failed.is_empty());
-        assert!(sockets.get_mut(0, 2).is_some() && sockets.get_mut(0, 0).is_none());
-        assert!(sockets.get_mut(1, 0).is_some());
-        assert!((0..MAX_CONNS).all(|slot| sockets.get_mut(2, slot).is_none()), "the added client has none");
+        assert!(sockets.has_socket(0, 2) && !sockets.has_socket(0, 0));
+        assert!(sockets.has_socket(1, 0));
+        assert!((0..MAX_CONNS).all(|slot| !sockets.has_socket(2, slot)), "the added client has none");
     }
 }
