@@ -42,7 +42,7 @@ use crate::resolve::{SystemLookup, Worker};
 use crate::shell::bn_sockets::{self, BnSockets, ReadStep};
 use crate::shell::{ElSockets, Listener};
 use crate::tls::{self, Handshake};
-use crate::upstream::{ConnState, Upstream, MAX_CONNS};
+use crate::upstream::{ConnState, Failure, Outcome, Upstream, MAX_CONNS};
 
 mod answers;
 mod live_config;
@@ -534,11 +534,34 @@ impl Proxy {
         if needs_write {
             self.up_write(up, slot, now);
         }
-        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        let Some(conn) = self.ups[up].conns[slot].as_ref() else { return };
         if readable || conn.dead {
-            let outcome = self.el_sockets.read(up, slot, conn, &mut self.scratch, now);
-            self.on_outcome(up, outcome, now);
+            self.up_read(up, slot, now);
         }
+    }
+
+    /// Reads what arrived for connection `slot` of client `up` and hands the plaintext to the
+    /// connection, until the socket has no more, the connection has an outcome, or it is dead
+    /// (bytes nobody asked for). A read error (or TLS error, or a missing socket) is a reset.
+    fn up_read(&mut self, up: usize, slot: usize, now: Instant) {
+        let outcome = loop {
+            let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+            let read = self.el_sockets.read(up, slot, &mut self.scratch);
+            // Whether the request is out is asked before an answer is taken: reading may
+            // have sent the last TLS records.
+            conn.transport_sent(0, self.el_sockets.holds_unsent(up, slot), now);
+            match read {
+                Ok(0) => break conn.on_eof(now),
+                Ok(n) => match conn.on_bytes(&self.scratch[..n], now) {
+                    Outcome::Pending if !conn.dead => {}
+                    outcome => break outcome,
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break conn.fail(Failure::Reset),
+            }
+        };
+        self.on_outcome(up, outcome, now);
     }
 
     /// Bytes held in request bodies, queued answers and answers being read, for the

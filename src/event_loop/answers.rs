@@ -114,9 +114,16 @@ impl Proxy {
         if conn.job.is_none() || conn.request_sent() {
             return;
         }
-        if self.el_sockets.write(up, slot, conn, now).is_err() {
-            let outcome = conn.fail(Failure::Reset);
-            self.on_outcome(up, outcome, now);
+        let (head, body) = conn.to_write();
+        match self.el_sockets.write(up, slot, head, body) {
+            Ok(wrote) => {
+                conn.wrote(wrote.taken, now);
+                conn.transport_sent(wrote.sent, wrote.holds_more, now);
+            }
+            Err(_) => {
+                let outcome = conn.fail(Failure::Reset);
+                self.on_outcome(up, outcome, now);
+            }
         }
     }
 

@@ -3,25 +3,26 @@
 //! `ups[e].conns[s]`; the event loop keeps the two in step (open on `Dispatch::opened`, close
 //! when it reaps the connection, move when a reload renumbers the clients).
 //!
-//! This is the only code that moves an execution client's bytes. For an `https://` client the
-//! slot also holds the connection's TLS session (`tls`), beside its socket: the shell runs the
-//! handshake (under the connection's connect deadline, which the connection owns), decrypts
-//! into the caller's scratch buffer and hands the plaintext to `Conn::on_bytes`, and encrypts
-//! what `Conn::to_write` offers. On plain TCP the request's head and its shared body go out in
-//! one vectored write, straight from the job: the body is never copied per client. The
-//! connection learns what moved (`Conn::wrote`, `Conn::transport_sent`) and decides; it never
-//! sees a socket or a session.
+//! This is the only code that moves an execution client's bytes, and it knows no connection
+//! state: the event loop asks `upstream::Conn` what to write (`Conn::to_write`) and gives
+//! this what it offers, then tells the connection what moved; it hands what this reads to
+//! `Conn::on_bytes`. For an `https://` client the slot also holds the connection's TLS
+//! session (`tls`), beside its socket: the handshake runs here (under the connection's connect
+//! deadline, which the connection owns), reads come back decrypted into the caller's scratch
+//! buffer, and writes are encrypted through the session's bounded buffer. On plain TCP the
+//! request's head and its shared body go out in one vectored write, straight from the job:
+//! the body is never copied per client.
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::http;
 use crate::tls::{self, Handshake};
-use crate::upstream::{Conn, Failure, Outcome, MAX_CONNS};
+use crate::upstream::MAX_CONNS;
 
 /// Where a non-blocking connect stands after an edge.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +44,17 @@ pub fn connect_outcome(socket: &TcpStream) -> ConnectOutcome {
             Err(_) => ConnectOutcome::Failed,
         },
     }
+}
+
+/// What one write step moved, for `Conn::wrote` and `Conn::transport_sent`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wrote {
+    /// Bytes of the head and body given that were taken (into the socket, or the TLS session).
+    pub taken: usize,
+    /// Bytes of TLS records encrypted earlier that reached the socket now.
+    pub sent: usize,
+    /// Whether TLS records still wait for room in the socket.
+    pub holds_more: bool,
 }
 
 /// One connection's socket and, for an `https://` client, its TLS session.
@@ -127,61 +139,49 @@ impl ElSockets {
         }
     }
 
-    /// Writes what connection `slot` of client `el` has to send (`Conn::to_write`) and tells
-    /// it what moved. Plain: the head's rest and the shared body in vectored writes, never
-    /// copying the body. Over TLS: records encrypted earlier go out first, then the request is
-    /// fed to the session's bounded buffer, and the connection learns whether records still
-    /// wait for the socket. An error is the connection's (the caller fails it).
-    pub fn write(&mut self, el: usize, slot: usize, conn: &mut Conn, now: Instant) -> io::Result<()> {
+    /// Writes `head` then `body` (what the connection offers, `Conn::to_write`) on the socket
+    /// of connection `slot` of client `el`, and says what moved. Plain: vectored writes
+    /// straight from the caller's slices, so the shared body is never copied. Over TLS:
+    /// records encrypted earlier go out first, then the bytes are fed to the session's bounded
+    /// buffer. An error is the connection's (the caller fails it).
+    pub fn write(&mut self, el: usize, slot: usize, head: &[u8], body: &[u8]) -> io::Result<Wrote> {
         let Some(socket) = self.socket(el, slot) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
-        let (head, body) = conn.to_write();
-        let mut taken = 0;
+        let mut wrote = Wrote::default();
         match socket.tls.as_mut() {
             None => {
-                http::write_head_body(&mut socket.stream, head, body, &mut taken)?;
-                conn.wrote(taken, now);
+                http::write_head_body(&mut socket.stream, head, body, &mut wrote.taken)?;
             }
             Some(session) => {
-                let sent = session.send(&mut socket.stream)?;
+                wrote.sent = session.send(&mut socket.stream)?;
                 if !head.is_empty() || !body.is_empty() {
                     let mut writer = session.writer(&mut socket.stream);
-                    http::write_head_body(&mut writer, head, body, &mut taken)?;
+                    http::write_head_body(&mut writer, head, body, &mut wrote.taken)?;
                 }
-                conn.wrote(taken, now);
-                conn.transport_sent(sent, session.wants_write(), now);
+                wrote.holds_more = session.wants_write();
             }
         }
-        Ok(())
+        Ok(wrote)
     }
 
-    /// Reads what arrived for connection `slot` of client `el` until the socket has no more
-    /// (or the connection has an outcome or is dead), handing the plaintext to the connection.
-    /// A missing socket, a read error or a TLS error is a reset; the end of the stream (or
-    /// close_notify) is the connection's `on_eof`.
-    pub fn read(&mut self, el: usize, slot: usize, conn: &mut Conn, scratch: &mut [u8], now: Instant) -> Outcome {
-        let Some(socket) = self.socket(el, slot) else {
-            return conn.fail(Failure::Reset);
-        };
-        loop {
-            let read = tls::read(socket.tls.as_mut(), &mut socket.stream, scratch);
-            if let Some(session) = socket.tls.as_ref() {
-                // Reading may have sent records (a key update's answer, or the request's
-                // last ones): whether the request is out is asked before an answer is taken.
-                conn.transport_sent(0, session.wants_write(), now);
-            }
-            match read {
-                Ok(0) => return conn.on_eof(now),
-                Ok(n) => match conn.on_bytes(&scratch[..n], now) {
-                    Outcome::Pending if !conn.dead => {}
-                    outcome => return outcome,
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return conn.fail(Failure::Reset),
-            }
+    /// Reads what arrived on the socket of connection `slot` of client `el` into `scratch`,
+    /// decrypted over TLS, like `Read::read` on a plain socket: `Ok(0)` is the end of the
+    /// stream (or close_notify), `WouldBlock` means nothing more for now. A missing socket or
+    /// a TLS error is an error (the connection is then reset).
+    pub fn read(&mut self, el: usize, slot: usize, scratch: &mut [u8]) -> io::Result<usize> {
+        match self.socket(el, slot) {
+            Some(socket) => tls::read(socket.tls.as_mut(), &mut socket.stream, scratch),
+            None => Err(io::ErrorKind::NotConnected.into()),
         }
+    }
+
+    /// Whether the TLS session of connection `slot` of client `el` still holds records that
+    /// wait for room in the socket (reading may have sent some: a key update's answer, or the
+    /// request's last records). Always false on plain TCP.
+    pub fn holds_unsent(&self, el: usize, slot: usize) -> bool {
+        let socket = self.by_el.get(el).and_then(|s| s.get(slot)).and_then(Option::as_ref);
+        socket.and_then(|s| s.tls.as_ref()).is_some_and(tls::Session::wants_write)
     }
 
     /// Closes the socket of connection `slot` of client `el`. With `abort`, closing sends
