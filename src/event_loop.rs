@@ -17,7 +17,10 @@
 //! This file drives the I/O: the poll, the per-wakeup read caps and revisit list, reaping,
 //! the clock, and which connection is asked what. The sockets themselves are the shell's
 //! (`shell::Listener`, `shell::BnSockets`, `shell::ElSockets`): the connection state machines
-//! own none and are lent one for a single read or write. What happens to the bytes read is in `requests` (beacon node side: requests
+//! own none. A beacon node connection is lent its socket for a single read or write; an
+//! execution client connection sees no socket at all: the loop asks it what to write, has the
+//! shell write that, and tells it what moved (`up_write`), and hands it what the shell read
+//! (`up_read`). What happens to the bytes read is in `requests` (beacon node side: requests
 //! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
 //! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
 //!

@@ -20,7 +20,7 @@
 //! `resolve` looks their names up again on a helper thread; `pool` keeps one spare large-body
 //! buffer; `probes` decides `/healthz` and `/readyz`; `sync_view` keeps each execution client's
 //! newest VALID payload and how far behind it is; `tls` is the optional TLS session of an
-//! `https://` execution client's connection.
+//! `https://` execution client's connection, which the shell keeps beside its socket.
 #![forbid(unsafe_code)]
 
 pub mod answer_policy;

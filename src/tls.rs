@@ -1,9 +1,11 @@
 //! TLS for `https://` execution clients: one rustls client session per EL connection, used as
-//! a byte transformer between that connection's socket and its HTTP writer and reader.
+//! a byte transformer between that connection's socket and its HTTP bytes. The session lives
+//! in the shell, beside the socket (`shell::ElSockets`); the connection state machine
+//! (`upstream::Conn`) only ever sees plaintext.
 //!
 //! rustls is sans-IO: it takes ciphertext and plaintext and hands back the other, and never
 //! touches a socket or a clock. [`Session`] only adds the glue that moves bytes between it and
-//! whatever `Read + Write` the caller passes in (the EL's non-blocking socket in the proxy, an
+//! whatever `Read + Write` the caller passes in (the EL's non-blocking socket in the shell, an
 //! in-memory pipe in the unit tests): handshake steps, plaintext out of decrypted records, and
 //! encrypted records out of the request's bytes. It knows no HTTP, no mio and no deadlines: the
 //! handshake runs under the connection's connect deadline, which the connection owns.
@@ -349,7 +351,7 @@ mod disabled {
     }
 }
 
-/// Plain sockets and TLS sessions read alike for the connection's HTTP reader.
+/// Plain sockets and TLS sessions read alike for the shell, which hands the plaintext on.
 pub fn read(
     tls: Option<&mut Session>,
     socket: &mut (impl Read + Write),

@@ -14,11 +14,17 @@
 //! any later call can go out: a request stuck in a partitioned network must not reach the
 //! client later, behind newer calls.
 //!
-//! This file knows no JSON and no beacon nodes, and owns no socket: `shell::ElSockets` connects,
-//! registers and closes them (with RST when a connection asks to be aborted), and lends a
-//! connection its socket for the length of one read, write or handshake step. A connection
-//! owns its TLS session (`tls`): the handshake is part of its `Connecting` state, under its
-//! connect deadline, and whether its request is out depends on what the session still holds.
+//! A connection (`Conn`) is a state machine that takes bytes and `now` and says what to do:
+//! `to_write` offers the rest of its request (the head it built, then the shared body,
+//! borrowed, never copied), `wrote` and `transport_sent` learn what moved, `on_bytes` and
+//! `on_eof` take the client's plaintext and the end of its stream and return an `Outcome`.
+//!
+//! This file knows no JSON and no beacon nodes, and no socket, `io::Read`/`Write` or TLS
+//! session: `shell::ElSockets` connects, registers and closes the sockets (with RST when a
+//! connection asks to be aborted) and keeps each `https://` connection's TLS session beside its
+//! socket; the event loop moves bytes between the two. The TLS handshake still counts as
+//! connecting (`Connecting`, under the connect deadline), and a request is out only once the
+//! session holds none of its records (`transport_sent`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -248,7 +254,7 @@ impl Conn {
     /// Plaintext the client sent (the shell read it, and decrypted it over TLS). An answer
     /// read whole ends the job; bytes nobody asked for, or more bytes after a whole answer,
     /// mean the connection is out of step with the client and is never used again. After
-    /// `Pending` on a connection that is not `dead`, the shell reads on.
+    /// `Pending` on a connection that is not `dead`, the caller reads on.
     pub fn on_bytes(&mut self, mut input: &[u8], now: Instant) -> Outcome {
         if self.job.is_none() {
             // Bytes nobody asked for: the connection cannot be trusted any more.
@@ -1300,7 +1306,10 @@ mod tests {
         let slot = busy_with(&mut up, job(1, 10, false), t0);
         let c = conn(&mut up, slot);
         send_all(c, t0);
-        assert!(matches!(c.on_bytes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhel", t0), Outcome::Pending));
+        assert!(matches!(
+            c.on_bytes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhel", t0),
+            Outcome::Pending
+        ));
         assert!(matches!(c.on_bytes(b"lo", t0), Outcome::Pending));
         let (_, resp) = answered(c.on_eof(t0));
         assert_eq!(resp.body, b"hello");

@@ -286,6 +286,50 @@ mod tests {
     }
 
     #[test]
+    fn bytes_cross_a_plain_socket_both_ways_and_a_missing_socket_is_an_error() {
+        use std::io::{Read, Write};
+        let mut poll = mio::Poll::new().expect("poll");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let mut sockets = ElSockets::with_clients(1);
+        sockets
+            .connect(poll.registry(), 0, 0, listener.local_addr().expect("address"), token(0, 0), None)
+            .expect("connect");
+        assert_eq!(settle(&mut poll, &mut sockets, 0, 0), ConnectOutcome::Connected);
+        assert_eq!(sockets.finish_connect(0, 0), Handshake::Done, "no TLS: connected is done");
+        let (mut server, _) = listener.accept().expect("accept");
+        server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let wrote = sockets.write(0, 0, b"HEAD", b"body").expect("write");
+        assert_eq!(wrote, Wrote { taken: 8, sent: 0, holds_more: false });
+        let mut got = [0u8; 8];
+        server.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"HEADbody");
+        assert!(!sockets.holds_unsent(0, 0));
+        server.write_all(b"answer").expect("write");
+        drop(server);
+        // Bounded poll for the bytes, then the end of the stream.
+        let mut scratch = [0u8; 64];
+        let mut read = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut events = mio::Events::with_capacity(8);
+        loop {
+            match sockets.read(0, 0, &mut scratch) {
+                Ok(0) => break,
+                Ok(n) => read.extend_from_slice(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "no end of stream");
+                    poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(read, b"answer");
+        sockets.close(poll.registry(), 0, 0, false);
+        assert_eq!(sockets.read(0, 0, &mut scratch).map_err(|e| e.kind()), Err(io::ErrorKind::NotConnected));
+        assert_eq!(sockets.write(0, 0, b"x", b"").map_err(|e| e.kind()), Err(io::ErrorKind::NotConnected));
+        assert!(matches!(sockets.finish_connect(0, 0), Handshake::Failed(_)));
+    }
+
+    #[test]
     fn sockets_follow_their_clients_on_a_reload() {
         let poll = mio::Poll::new().expect("poll");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
