@@ -1,23 +1,25 @@
-//! The proxy's owner of `mio::Poll`: accepts beacon node connections, connects to execution
-//! clients, dispatches readiness to the connection state machines, turns requests into
-//! exchanges and answers, and fires deadlines. The poll timeout is the earliest deadline;
-//! closed connections are reaped after each event batch so a reused slot never receives its
-//! predecessor's events.
+//! The proxy on the shell's poll loop (`shell::poll_loop`, a `Service`): it owns the `Poll`,
+//! connects to execution clients, dispatches their readiness to their connections, turns the
+//! beacon nodes' requests into exchanges and answers, and fires the deadlines of exchanges
+//! and execution clients. The loop itself (the poll and its timeout, the clock, accepting,
+//! reading beacon node connections with the per-wakeup cap and revisit list, flushing them,
+//! their deadlines, reaping them after the batch) is `poll_loop`'s, shared with
+//! `jwt-tokens-service`; what is the proxy's is said in `impl Service for Proxy`: what bytes
+//! mean (`requests::feed`), the memory budget's pause of reading (`may_read`,
+//! `resume_budget_paused`), the metrics, the helper thread's and execution clients' tokens,
+//! and the stop with its drain.
 //!
 //! Every connection is registered once for READABLE | WRITABLE, edge-triggered, and never
 //! re-registered: an edge fires only when the socket's state changes (new bytes, or room after
 //! a write hit `WouldBlock`), so write interest costs nothing while there is nothing to write,
-//! and the event loop saves a `epoll_ctl` call per answer. Reads drain to `WouldBlock`, capped
-//! per wakeup (`READS_PER_WAKEUP`), with the connection revisited before the next poll.
+//! and the event loop saves a `epoll_ctl` call per answer.
 //!
 //! One helper thread (`resolve`) does what the loop must not wait for (looking execution
 //! clients' names up again, reading files for a SIGHUP reload) and wakes the loop through a
 //! `mio::Waker`; `live_config` applies its results. No thread touches a request.
 //!
-//! This file drives the I/O: the poll, the per-wakeup read caps and revisit list, reaping,
-//! the clock, and which connection is asked what. The sockets themselves are the shell's
-//! (`shell::Listener`, `shell::BnSockets`, `shell::ElSockets`): the connection state machines
-//! own none and are lent one for a single read or write. What happens to the bytes read is in `requests` (beacon node side: requests
+//! The sockets themselves are the shell's (`shell::BnSide` for the beacon nodes' listeners and
+//! connections, `shell::ElSockets`): the connection state machines own none. What happens to the bytes read is in `requests` (beacon node side: requests
 //! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
 //! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
 //!

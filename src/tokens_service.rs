@@ -1,9 +1,9 @@
 //! `jwt-tokens-service`: a small program of its own on the shell's poll loop
 //! (`shell::poll_loop`, which accepts, reads, writes, fires deadlines and reaps) and the beacon
 //! node connection's state machine (`downstream`); what is its own is what the bytes mean
-//! (`feed`, `answer`). It answers `GET /tokens/…` with a fresh token per configured secret. It forwards nothing and
-//! shares no state with the proxy's event loop. `answer` knows no sockets; `now` (Unix
-//! seconds) is passed in.
+//! (`feed`, `answer`). It answers `GET /tokens/…` with a fresh token per configured secret.
+//! It forwards nothing and shares no state with the proxy. `answer` knows no sockets; `now`
+//! (Unix seconds) is passed in.
 //!
 //! The bounds are the proxy's: `--max-connections`' default cap with the same hysteresis,
 //! requests read through the same capped `RequestReader` (GET and HEAD answered at the head,
