@@ -19,9 +19,10 @@
 //! `mio::Waker`; `live_config` applies its results. No thread touches a request.
 //!
 //! The sockets themselves are the shell's (`shell::BnSide` for the beacon nodes' listeners and
-//! connections, `shell::ElSockets`): the connection state machines own none. What happens to the bytes read is in `requests` (beacon node side: requests
-//! become exchanges) and `answers` (execution client side: outcomes become the beacon node's
-//! answer); `live_config` applies lookups and reloads. The pure decisions are in `core`.
+//! connections, `shell::ElSockets`): the connection state machines own none. What happens to
+//! the bytes read is in `requests` (beacon node side: requests become exchanges) and
+//! `answers` (execution client side: outcomes become the beacon node's answer);
+//! `live_config` applies lookups and reloads. The pure decisions are in `core`.
 //!
 //! It knows no HTTP syntax, JSON fields or JWT encoding: those are asked of `http`, `rpc`,
 //! `policy` and `jwt`.

@@ -401,3 +401,100 @@ fn reap<S: Service>(service: &mut S, now: Instant) {
     }
     resume_listeners(service, now);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::{Outgoing, Slot};
+    use crate::http::Limits;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const LISTENER: Token = Token(0);
+
+    /// Answers every line it reads with `ok\n`.
+    struct Lines {
+        poll: Poll,
+        bn: BnSide,
+    }
+
+    impl Service for Lines {
+        fn poll(&mut self) -> &mut Poll {
+            &mut self.poll
+        }
+
+        fn bn(&mut self) -> &mut BnSide {
+            &mut self.bn
+        }
+
+        fn before_poll(&mut self, stopper: &dyn Stopper, _now: Instant) -> bool {
+            !stopper.stop_requested()
+        }
+
+        fn new_connection(&mut self, _: Token, serial: u64, peer: SocketAddr, now: Instant) -> Downstream {
+            Downstream::new(serial, peer, Limits::default(), now)
+        }
+
+        fn on_bytes(&mut self, slot: usize, input: &[u8], _now: Instant) {
+            let Some(down) = self.bn.get_mut(slot) else { return };
+            for (i, _) in input.iter().enumerate().filter(|(_, &b)| b == b'\n') {
+                if down.backpressured() {
+                    down.stash(&input[i..]);
+                    return;
+                }
+                let answer = Outgoing { head: b"ok\n".to_vec(), body: Vec::new(), close: false };
+                down.push(Slot::Ready(answer));
+            }
+        }
+    }
+
+    struct Flag(Arc<AtomicBool>);
+
+    impl Stopper for Flag {
+        fn stop_requested(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_read_cap_and_the_pipeline_is_answered_whole() {
+        // Each read takes 16 bytes, so the burst needs many times READS_PER_WAKEUP reads and
+        // fills the pipeline over and over: only the revisit list, not a new edge, gets the
+        // rest read (the client sends nothing more until it has every answer).
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Flag(stop.clone());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        // The connections are not `Send`: the service is made on the thread that runs it.
+        let server = std::thread::spawn(move || {
+            let poll = Poll::new()?;
+            let timeouts = Timeouts {
+                read: Duration::from_secs(30),
+                idle: Duration::from_secs(30),
+                write: Duration::from_secs(30),
+            };
+            let mut bn = BnSide::new(&poll, timeouts, 16)?;
+            let any = "127.0.0.1:0".parse().map_err(io::Error::other)?;
+            bn.listen(LISTENER, any, 4, "", log::Level::Debug)?;
+            let _ = addr_tx.send(bn.local_addr(LISTENER)?);
+            run(&mut Lines { poll, bn }, &flag)
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("listening");
+        const LINES: usize = 1000;
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        client.write_all(&b"x\n".repeat(LINES)).expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while got.len() < 3 * LINES {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.join().expect("server thread").expect("loop");
+        assert_eq!(got.len(), 3 * LINES, "every line answered");
+        assert!(got.chunks(3).all(|c| c == b"ok\n"));
+    }
+}
