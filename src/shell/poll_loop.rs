@@ -134,8 +134,9 @@ impl BnSide {
     }
 
     /// Writes what connection `slot` has ready; returns the bytes written. A connection whose
-    /// reading was held up by what it had queued is revisited once that has gone out.
-    pub fn flush(&mut self, slot: usize, now: Instant) -> u64 {
+    /// reading was held up by what it had queued is revisited once that has gone out. (The
+    /// service calls `poll_loop::flush`, which counts the bytes.)
+    fn flush(&mut self, slot: usize, now: Instant) -> u64 {
         let Some(down) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return 0 };
         let step = self.sockets.flush(slot, down, now);
         if step.revisit {
