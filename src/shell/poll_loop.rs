@@ -12,11 +12,13 @@
 //! (`on_bytes`), what a new connection is (`new_connection`), and hooks for the rest of its
 //! work (other tokens, deadlines and timeouts, stopping, what is counted). A service's own
 //! code reaches the connections through its `BnSide` (to queue answers, and to flush them
-//! with `flush`), so the proxy's request and answer paths need no trait. A struct plus hooks
-//! was chosen over a trait covering the whole loop because the code that was copied is the
-//! beacon node side: kept in one struct, it cannot drift between the two programs again.
+//! with `flush`), so the proxy's request and answer paths need no trait. Why this split: the
+//! code that was copied between the programs is the beacon node side, state and steps alike;
+//! kept in one struct driven by one `run`, it cannot drift apart again, and the trait stays
+//! a list of what really differs. The `Poll` stays the service's because the proxy also
+//! registers its execution client connections on it.
 //!
-//! What `STYLE.md` asks of an edge-triggered loop is kept here once: every socket is
+//! What an edge-triggered loop must do is kept here once: every socket is
 //! registered once (READABLE | WRITABLE); a read capped or paused with bytes possibly waiting
 //! is revisited before the next poll rather than left for an edge that will not come; an
 //! event for a closed connection (a stale token) is ignored; closed connections are reaped
@@ -43,6 +45,8 @@ const EVENTS: usize = 1024;
 /// The beacon node side of a program: its listeners, the connections' state machines by slot
 /// and their sockets, the revisit list and the read buffer.
 pub struct BnSide {
+    /// The service's `Poll`'s registry (a clone: one more descriptor), so that accepting and
+    /// reaping need no borrow of the service.
     registry: Registry,
     /// Listener `t` is registered under `Token(t)`; tokens with no listener are the service's.
     listeners: Vec<Option<Listener>>,
