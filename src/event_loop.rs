@@ -441,8 +441,11 @@ impl Service for Proxy {
         false
     }
 
-    fn on_moved(&mut self, read: usize, written: u64) {
-        self.metrics.bytes_in += read as u64;
+    fn on_read(&mut self, n: usize) {
+        self.metrics.bytes_in += n as u64;
+    }
+
+    fn on_flushed(&mut self, _slot: usize, written: u64, _now: Instant) {
         self.metrics.bytes_out += written;
     }
 
@@ -474,7 +477,7 @@ impl Service for Proxy {
     }
 
     /// The exchanges a closed connection waited for forget it.
-    fn on_closed(&mut self, down: Downstream) {
+    fn on_closed(&mut self, _slot: usize, down: Downstream) {
         for r in down.waiting() {
             if let Some(e) = self.exchanges.get_mut(r) {
                 e.reply = None;

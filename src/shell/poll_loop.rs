@@ -139,7 +139,7 @@ impl BnSide {
 
     /// Writes what connection `slot` has ready; returns the bytes written. A connection whose
     /// reading was held up by what it had queued is revisited once that has gone out. (The
-    /// service calls `poll_loop::flush`, which counts the bytes.)
+    /// service calls `poll_loop::flush`, which tells it what went out.)
     fn flush(&mut self, slot: usize, now: Instant) -> u64 {
         let Some(down) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return 0 };
         let step = self.sockets.flush(slot, down, now);
@@ -215,8 +215,11 @@ pub trait Service {
         true
     }
 
-    /// Bytes read from and written to beacon node connections, for the metrics.
-    fn on_moved(&mut self, _read: usize, _written: u64) {}
+    /// Bytes read from a beacon node connection (lingering discards included), for the metrics.
+    fn on_read(&mut self, _n: usize) {}
+
+    /// Connection `slot` was flushed and `written` bytes went out (perhaps none).
+    fn on_flushed(&mut self, _slot: usize, _written: u64, _now: Instant) {}
 
     /// An event for a token that is neither a listener's nor a connection's.
     fn on_other_event(&mut self, _token: Token, _readable: bool, _writable: bool, _now: Instant) {}
@@ -232,8 +235,8 @@ pub trait Service {
     /// A connection was closed by a deadline.
     fn on_expired(&mut self, _expired: Expired) {}
 
-    /// A closed connection was reaped.
-    fn on_closed(&mut self, _down: Downstream) {}
+    /// The closed connection of `slot` was reaped (the slot may be reused from now on).
+    fn on_closed(&mut self, _slot: usize, _down: Downstream) {}
 
     /// The end of each pass, after reaping.
     fn after_pass(&mut self, _now: Instant) {}
@@ -307,10 +310,10 @@ fn accept<S: Service>(service: &mut S, token: Token, now: Instant) {
     }
 }
 
-/// Writes what connection `slot` has ready, and counts it.
+/// Writes what connection `slot` has ready, and tells the service (`on_flushed`).
 pub fn flush<S: Service>(service: &mut S, slot: usize, now: Instant) {
-    let moved = service.bn().flush(slot, now);
-    service.on_moved(0, moved);
+    let written = service.bn().flush(slot, now);
+    service.on_flushed(slot, written, now);
 }
 
 /// Reads connection `slot`, up to `READS_PER_WAKEUP` times, handing the bytes to the service
@@ -338,7 +341,7 @@ fn readable<S: Service>(service: &mut S, slot: usize, now: Instant) {
             }
         }
         let Some(n) = service.bn().read(slot) else { return };
-        service.on_moved(n, 0);
+        service.on_read(n);
         if lingering {
             discard(service.bn(), slot, n);
             continue;
@@ -402,7 +405,7 @@ fn reap<S: Service>(service: &mut S, now: Instant) {
         if let Some(listener) = bn.listeners.get_mut(bn.origin[slot]).and_then(Option::as_mut) {
             listener.closed();
         }
-        service.on_closed(down);
+        service.on_closed(slot, down);
     }
     resume_listeners(service, now);
 }
