@@ -1,6 +1,8 @@
 //! One beacon node connection: the request reader, the answers owed in request order, and
-//! the connection's deadlines. It owns no socket: the shell (`shell::BnSockets`) reads bytes
-//! and hands them in, lends the socket for `flush`, and shuts down or closes it when this
+//! the connection's deadlines. It owns no socket and writes nothing itself: the shell
+//! (`shell::BnSockets`) reads bytes and hands them in, asks what is ready to go out
+//! (`to_write`: the ready answers' heads and bodies, for one vectored write), tells it what
+//! the socket took (`wrote`, `write_failed`), and shuts down or closes the socket when this
 //! state machine says so (`Flushed::Linger`, `dead`). It knows no JSON, no execution clients.
 //!
 //! An answer written before its request was read whole (413 decided from `Content-Length`, 431,
@@ -20,7 +22,6 @@
 //! the connection cap, and the beacon nodes with it, for longer than that.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -220,12 +221,16 @@ pub struct Downstream {
     pub budget_refused: bool,
 }
 
-/// What a flush achieved.
+/// Most slices (`Downstream::to_write`) one vectored write takes: a head and a body each for
+/// eight pipelined answers, far under any system's `IOV_MAX`.
+pub const WRITE_SLICES: usize = 16;
+
+/// What a write left (`Downstream::wrote`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flushed {
     /// Everything ready was written (answers may still be owed).
     Drained,
-    /// The socket is full; wait for WRITABLE.
+    /// Ready bytes remain: write again, or, if the socket took nothing, wait for WRITABLE.
     Blocked,
     /// An early answer has been written whole and the connection now lingers: the event loop
     /// shuts down the write side and reads (and drops) what is already waiting.
@@ -389,27 +394,57 @@ impl Downstream {
         })
     }
 
-    /// Writes ready answers to `socket` (lent by the shell), in order, until one is still
-    /// waiting or the socket is full.
-    pub fn flush(&mut self, socket: &mut impl io::Write, now: Instant) -> io::Result<Flushed> {
+    /// The bytes ready to go out, in order, for one vectored write: the unwritten part of
+    /// each ready answer's head and body (empty ones skipped), up to the first answer still
+    /// waited for and never past the connection's last answer. Nothing while lingering (the
+    /// write side is shut). The shell takes at most `WRITE_SLICES` of them per write.
+    pub fn to_write(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let lingering = self.lingering();
+        let mut skip = self.written;
+        let mut last = false;
+        self.out
+            .iter()
+            .map_while(move |slot| match slot {
+                Slot::Ready(out) if !last && !lingering => {
+                    last = out.close;
+                    let head_skip = skip.min(out.head.len());
+                    let body_skip = (skip - head_skip).min(out.body.len());
+                    skip = 0;
+                    Some([&out.head[head_skip..], &out.body[body_skip..]])
+                }
+                _ => None,
+            })
+            .flatten()
+            .filter(|part| !part.is_empty())
+    }
+
+    /// The shell wrote `n` bytes of `to_write` (0: the socket took nothing, `WouldBlock`, or
+    /// there was nothing to write). Written answers leave the queue; the write deadline runs
+    /// from the last byte the client took while ready bytes remain; the last answer ends the
+    /// connection, or starts its lingering close (`Flushed::Linger`: the shell shuts the
+    /// write side down).
+    pub fn wrote(&mut self, n: usize, now: Instant) -> Flushed {
         if self.lingering() {
             // Everything was written and the write side is shut.
-            return Ok(Flushed::Drained);
+            return Flushed::Drained;
         }
-        let mut moved_any = false;
+        self.sent += n as u64;
+        let mut left = n;
         while let Some(Slot::Ready(out)) = self.out.front() {
-            let (moved, done) = http::write_head_body(socket, &out.head, &out.body, &mut self.written)?;
-            self.sent += moved as u64;
-            moved_any |= moved > 0;
-            if !done {
-                // The write deadline runs from the last byte the client took.
-                if moved_any || self.stalled_since.is_none() {
+            let len = out.len();
+            let take = left.min(len - self.written);
+            self.written += take;
+            left -= take;
+            if self.written < len {
+                // The write deadline runs from the last byte the client took; a write that
+                // moved nothing does not restart it.
+                if n > 0 || self.stalled_since.is_none() {
                     self.stalled_since = Some(now);
                 }
-                return Ok(Flushed::Blocked);
+                return Flushed::Blocked;
             }
             let close = out.close;
-            self.queued_bytes = self.queued_bytes.saturating_sub(out.len());
+            self.queued_bytes = self.queued_bytes.saturating_sub(len);
             self.out.pop_front();
             self.written = 0;
             self.stalled_since = None;
@@ -420,16 +455,21 @@ impl Downstream {
                 self.queued_bytes = 0;
                 if self.linger_after_close && !self.peer_closed {
                     self.linger = Some(Linger::start(now));
-                    return Ok(Flushed::Linger);
+                    return Flushed::Linger;
                 }
                 self.dead = true;
-                return Ok(Flushed::Drained);
+                return Flushed::Drained;
             }
         }
         if self.no_more_requests && self.out.is_empty() {
             self.dead = true;
         }
-        Ok(Flushed::Drained)
+        Flushed::Drained
+    }
+
+    /// The socket failed on a write: the connection is over.
+    pub fn write_failed(&mut self) {
+        self.dead = true;
     }
 
     /// When this connection must next be looked at: a request must arrive whole within
@@ -473,32 +513,11 @@ mod tests {
     const WRITE: Duration = Duration::from_secs(10);
     const T: Timeouts = Timeouts { read: READ, idle: IDLE, write: WRITE };
 
-    /// A socket that takes at most `room` more bytes, then would block.
-    #[derive(Default)]
-    struct Sink {
-        written: Vec<u8>,
-        room: usize,
-    }
-
-    impl io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let n = buf.len().min(self.room);
-            self.written.extend_from_slice(&buf[..n]);
-            self.room -= n;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// A connection with the socket the shell would lend it.
+    /// A connection and a client that takes at most `room` more bytes of what it is owed.
     struct Tested {
         down: Downstream,
-        stream: Sink,
+        written: Vec<u8>,
+        room: usize,
     }
 
     impl std::ops::Deref for Tested {
@@ -515,15 +534,27 @@ mod tests {
     }
 
     impl Tested {
-        fn flush(&mut self, now: Instant) -> io::Result<Flushed> {
-            self.down.flush(&mut self.stream, now)
+        /// What the shell's flush does, with the client's `room` for a socket: write the
+        /// slices `to_write` offers (at most `WRITE_SLICES`) until the client takes no more or
+        /// nothing is left, telling the connection each time.
+        fn flush(&mut self, now: Instant) -> Flushed {
+            loop {
+                let ready: Vec<u8> = self.down.to_write().take(WRITE_SLICES).flatten().copied().collect();
+                let n = ready.len().min(self.room);
+                self.written.extend_from_slice(&ready[..n]);
+                self.room -= n;
+                match self.down.wrote(n, now) {
+                    Flushed::Blocked if n > 0 => continue,
+                    flushed => return flushed,
+                }
+            }
         }
     }
 
     fn connection(room: usize, now: Instant) -> Tested {
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         let down = Downstream::new(1, peer, Limits::default(), now);
-        Tested { down, stream: Sink { written: Vec::new(), room } }
+        Tested { down, written: Vec::new(), room }
     }
 
     /// A connection whose 413 was answered early (half a head had arrived) and written at `t0`.
@@ -532,7 +563,7 @@ mod tests {
         down.reader.advance(b"POST / HTTP/1.1\r\n");
         down.after_read(t0);
         down.answer_early(413, b"{}".to_vec(), 1);
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Linger);
+        assert_eq!(down.flush(t0), Flushed::Linger);
         down
     }
 
@@ -540,14 +571,14 @@ mod tests {
     fn an_early_answer_is_written_whole_then_the_connection_lingers_until_its_deadline() {
         let t0 = Instant::now();
         let mut down = lingering(t0);
-        let written = String::from_utf8_lossy(&down.stream.written).into_owned();
+        let written = String::from_utf8_lossy(&down.written).into_owned();
         assert!(written.starts_with("HTTP/1.1 413 "), "{written}");
         assert!(written.contains("Connection: close\r\n"), "an early answer always closes: {written}");
         assert!(down.lingering() && !down.dead && down.no_more_requests);
         // The linger deadline replaces the read deadline of the half-read request.
         assert_eq!(down.deadline(&T), Some(t0 + LINGER_TIME));
         // Flushing again (a WRITABLE edge after the shutdown) changes nothing.
-        assert_eq!(down.flush(t0 + Duration::from_millis(1)).expect("sink"), Flushed::Drained);
+        assert_eq!(down.flush(t0 + Duration::from_millis(1)), Flushed::Drained);
         assert!(!down.dead);
         assert_eq!(down.on_timeout(t0 + LINGER_TIME - Duration::from_micros(1), &T), None);
         assert!(!down.dead);
@@ -577,11 +608,11 @@ mod tests {
         let t0 = Instant::now();
         let mut down = connection(5, t0);
         down.answer_early(431, b"{}".to_vec(), 1);
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.flush(t0), Flushed::Blocked);
         assert!(!down.lingering() && !down.dead);
         let t1 = t0 + Duration::from_millis(300);
-        down.stream.room = usize::MAX;
-        assert_eq!(down.flush(t1).expect("sink"), Flushed::Linger);
+        down.room = usize::MAX;
+        assert_eq!(down.flush(t1), Flushed::Linger);
         // The lingering time counts from the end of the answer, not from the request.
         assert_eq!(down.deadline(&T), Some(t1 + LINGER_TIME));
     }
@@ -591,7 +622,7 @@ mod tests {
         let t0 = Instant::now();
         let mut down = connection(usize::MAX, t0);
         down.push(Slot::Ready(Outgoing::json(200, b"{}".to_vec(), false, 1)));
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert_eq!(down.flush(t0), Flushed::Drained);
         assert!(down.dead && !down.lingering());
     }
 
@@ -602,7 +633,7 @@ mod tests {
         down.answer_early(400, b"{}".to_vec(), 1);
         down.on_eof();
         assert!(!down.dead, "the answer is still owed to a half-closed client");
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert_eq!(down.flush(t0), Flushed::Drained);
         assert!(down.dead && !down.lingering());
     }
 
@@ -644,13 +675,13 @@ mod tests {
         let t0 = Instant::now();
         let mut down = connection(100, t0);
         down.push(ready(1000));
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.flush(t0), Flushed::Blocked);
         assert_eq!(down.deadline(&T), Some(t0 + WRITE), "the write deadline replaces the idle one");
         // Taking a byte restarts the wait; a flush that moves nothing does not.
         let t1 = t0 + Duration::from_secs(4);
-        down.stream.room = 1;
-        assert_eq!(down.flush(t1).expect("sink"), Flushed::Blocked);
-        assert_eq!(down.flush(t1 + Duration::from_secs(1)).expect("sink"), Flushed::Blocked);
+        down.room = 1;
+        assert_eq!(down.flush(t1), Flushed::Blocked);
+        assert_eq!(down.flush(t1 + Duration::from_secs(1)), Flushed::Blocked);
         assert_eq!(down.deadline(&T), Some(t1 + WRITE));
         assert_eq!(down.on_timeout(t1 + WRITE - Duration::from_micros(1), &T), None);
         assert!(!down.dead);
@@ -667,20 +698,20 @@ mod tests {
         // Waiting for an exchange is not the client's doing: its own deadline bounds that.
         down.push(Slot::Waiting(exchange));
         down.push(ready(10));
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        assert_eq!(down.flush(t0), Flushed::Drained);
         assert_eq!(down.deadline(&T), None);
         // Once everything is written the connection is idle again.
         let mut down = connection(50, t0);
         down.push(ready(100));
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.flush(t0), Flushed::Blocked);
         let t1 = t0 + Duration::from_secs(3);
-        down.stream.room = usize::MAX;
-        assert_eq!(down.flush(t1).expect("sink"), Flushed::Drained);
+        down.room = usize::MAX;
+        assert_eq!(down.flush(t1), Flushed::Drained);
         assert_eq!(down.deadline(&T), Some(t1 + IDLE));
         // A request arriving meanwhile keeps its own read deadline; the earlier one wins.
         let mut down = connection(0, t0);
         down.push(ready(10));
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Blocked);
+        assert_eq!(down.flush(t0), Flushed::Blocked);
         down.reader.advance(b"POST / HTTP/1.1\r\n");
         down.after_read(t0 + Duration::from_secs(8));
         assert_eq!(down.deadline(&T), Some(t0 + WRITE));
@@ -707,10 +738,89 @@ mod tests {
         assert!(down.fill(exchange, Outgoing::answer(200, None, vec![0; MAX_QUEUED_BYTES / 2], true, 1)));
         assert!(down.backpressured(), "{} bytes queued", down.queued_bytes());
         // Writing them lifts it, byte count and all.
-        down.stream.room = usize::MAX;
-        assert_eq!(down.flush(t0).expect("sink"), Flushed::Drained);
+        down.room = usize::MAX;
+        assert_eq!(down.flush(t0), Flushed::Drained);
         assert!(!down.backpressured());
         assert_eq!(down.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn ready_answers_are_offered_in_order_up_to_the_first_still_awaited() {
+        let t0 = Instant::now();
+        let exchange = exchange_ref(&mut Default::default());
+        let mut down = connection(0, t0);
+        down.push(ready(3));
+        down.push(Slot::Waiting(exchange));
+        down.push(ready(4));
+        let first = Outgoing::answer(200, None, b"xxx".to_vec(), true, 1);
+        let offered: Vec<&[u8]> = down.to_write().collect();
+        assert_eq!(offered, [&first.head[..], b"xxx"], "nothing past the awaited answer");
+        // A short write: the rest is offered from where it stopped, within the head…
+        assert_eq!(down.wrote(5, t0), Flushed::Blocked);
+        let offered: Vec<&[u8]> = down.to_write().collect();
+        assert_eq!(offered, [&first.head[5..], b"xxx"]);
+        // …and within the body.
+        assert_eq!(down.wrote(first.head.len() - 5 + 1, t0), Flushed::Blocked);
+        assert_eq!(down.to_write().collect::<Vec<_>>(), [b"xx"]);
+        assert_eq!(down.sent, first.head.len() as u64 + 1);
+        assert_eq!(down.wrote(2, t0), Flushed::Drained);
+        assert_eq!(down.to_write().count(), 0);
+        assert!(down.owes_answers() && !down.dead);
+    }
+
+    #[test]
+    fn pipelined_answers_go_out_in_bounded_vectored_writes() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        for _ in 0..MAX_PIPELINE {
+            down.push(ready(10));
+        }
+        assert_eq!(down.to_write().count(), 2 * MAX_PIPELINE, "a head and a body per answer");
+        let one = Outgoing::answer(200, None, vec![b'x'; 10], true, 1).len();
+        // The shell writes WRITE_SLICES at a time; each write moves whole answers out.
+        let offered: usize = down.to_write().take(WRITE_SLICES).map(<[u8]>::len).sum();
+        assert_eq!(offered, one * WRITE_SLICES / 2);
+        assert_eq!(down.wrote(offered, t0), Flushed::Blocked, "more is ready");
+        assert_eq!(down.answers_owed(), MAX_PIPELINE - WRITE_SLICES / 2);
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.written.len(), one * (MAX_PIPELINE - WRITE_SLICES / 2));
+        assert!(!down.owes_answers() && down.queued_bytes() == 0);
+    }
+
+    #[test]
+    fn answers_without_a_body_are_offered_as_their_head_alone() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        let no_content = Outgoing::answer(204, None, b"{}".to_vec(), true, 1);
+        let to_head = Outgoing::answer(200, None, b"12345".to_vec(), true, 1).without_body();
+        let heads = [no_content.head.clone(), to_head.head.clone()];
+        down.push(Slot::Ready(no_content));
+        down.push(Slot::Ready(to_head));
+        let offered: Vec<&[u8]> = down.to_write().collect();
+        assert_eq!(offered, [&heads[0][..], &heads[1][..]], "no empty body slices, no body bytes");
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.written, [&heads[0][..], &heads[1][..]].concat());
+    }
+
+    #[test]
+    fn nothing_is_offered_past_the_answer_that_ends_the_connection() {
+        let t0 = Instant::now();
+        let mut down = connection(usize::MAX, t0);
+        let last = Outgoing::json(200, b"{}".to_vec(), false, 1);
+        let len = last.len();
+        down.push(Slot::Ready(last));
+        down.push(ready(10));
+        assert_eq!(down.to_write().map(<[u8]>::len).sum::<usize>(), len);
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert!(down.dead && down.written.len() == len && down.queued_bytes() == 0);
+    }
+
+    #[test]
+    fn a_failed_write_ends_the_connection() {
+        let mut down = connection(0, Instant::now());
+        down.push(ready(10));
+        down.write_failed();
+        assert!(down.dead);
     }
 
     #[test]

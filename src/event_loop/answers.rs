@@ -76,7 +76,7 @@ impl Proxy {
     }
 
     pub(super) fn deliver(&mut self, reply: Reply, r: ExchangeRef, answer: Outgoing, now: Instant) {
-        let Some(down) = self.downs.get_mut(reply.slot).and_then(Option::as_mut) else { return };
+        let Some(down) = self.bn.get_mut(reply.slot) else { return };
         if down.serial != reply.serial || down.dead {
             return;
         }

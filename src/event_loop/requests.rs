@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::{unix_now, Proxy};
+use super::{unix_now, Proxy, LISTENER};
 use crate::answer_policy::Clock;
 use crate::beacons::{self, Batch, Candidate};
 use crate::core::budget;
@@ -35,7 +35,7 @@ impl Proxy {
     pub(super) fn feed(&mut self, slot: usize, input: &[u8], now: Instant) {
         let mut pos = 0;
         while pos < input.len() {
-            let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+            let Some(down) = self.bn.get_mut(slot) else { return };
             if down.no_more_requests {
                 break;
             }
@@ -54,7 +54,7 @@ impl Proxy {
                 None => {}
             }
         }
-        if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
+        if let Some(down) = self.bn.get_mut(slot) {
             down.after_read(now);
         }
     }
@@ -62,7 +62,7 @@ impl Proxy {
     /// The request could not be read: it is answered at once, and the connection lingers and
     /// closes (the client may still be sending the rest).
     pub(super) fn on_bad_request(&mut self, slot: usize, error: HttpError) {
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(down) = self.bn.get_mut(slot) else { return };
         log::debug!("bad request from {}: {error}", down.peer);
         self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
         let body = policy::error_body(None, -32600, &error.to_string());
@@ -91,7 +91,7 @@ impl Proxy {
             }
         }
         let keys = self.cfg.beacon_keys();
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(down) = self.bn.get_mut(slot) else { return };
         let Some(head) = down.reader.held_head() else { return };
         let verdict = match keys.required() && head.method == "POST" && !down.metrics_only {
             true => intake::authenticate(head, down.peer.ip(), &keys, unix_now()).map(drop),
@@ -125,7 +125,7 @@ impl Proxy {
     }
 
     pub(super) fn on_request(&mut self, slot: usize, req: Request, now: Instant) {
-        let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) else { return };
+        let Some(down) = self.bn.get_mut(slot) else { return };
         let keep_alive = req.head.keep_alive;
         let minor = req.head.minor;
         if !keep_alive {
@@ -137,7 +137,7 @@ impl Proxy {
         match intake::route(&req.head.method, metrics_only) {
             Route::Admin => {
                 let answer = self.get_answer(&req.head, metrics_only, now);
-                if let Some(down) = self.downs.get_mut(slot).and_then(Option::as_mut) {
+                if let Some(down) = self.bn.get_mut(slot) {
                     down.push(Slot::Ready(answer));
                 }
                 return;
@@ -278,7 +278,7 @@ impl Proxy {
         }
         let r = self.exchanges.insert(exchange);
         debug_assert_eq!(r, key, "the best-BN candidate is keyed by this exchange");
-        if let (Some(down), false) = (self.downs.get_mut(slot).and_then(Option::as_mut), mirror) {
+        if let (Some(down), false) = (self.bn.get_mut(slot), mirror) {
             down.push(Slot::Waiting(r));
         }
         if class.is_fanned_out() {
@@ -367,7 +367,7 @@ impl Proxy {
         self.metrics.candidates_dropped = self.best.dropped();
         self.metrics.payload_mappings_dropped = self.payloads.dropped();
         let snapshot = Snapshot {
-            open_connections: self.listener.open(),
+            open_connections: self.bn.open(LISTENER),
             best: self.best.current(),
             els: self
                 .ups

@@ -1,17 +1,20 @@
-//! The sockets of the beacon node connections (and of `--metrics-addr`'s), by slot. Slot `s`
-//! here is the socket of the event loop's `downs[s]`; each carries its connection's serial,
+//! The sockets of the beacon node connections (and of `--metrics-addr`'s), by slot, and the
+//! only reads and writes on them: a read into the caller's buffer, and a flush that writes
+//! what the connection says is ready (`Downstream::to_write`) in vectored writes and tells it
+//! what moved (`Downstream::wrote`). Slot `s` here is the socket of `poll_loop::BnSide`'s
+//! connection `s`; each carries its connection's serial,
 //! which is part of its token, so an event meant for a closed connection is told apart from
 //! one for the connection that reused its slot (mio may report an event for a socket after it
 //! was deregistered), not only by reaping after the event batch.
 
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use crate::downstream::{Downstream, Flushed};
+use crate::downstream::{Downstream, Flushed, WRITE_SLICES};
 
 /// Beacon node connection tokens: `BASE | slot`, with the connection's serial number in the
 /// bits above (`token`). Every token below `BASE` is free for listeners and execution clients.
@@ -112,33 +115,65 @@ impl BnSockets {
         }
     }
 
-    /// Writes what connection `slot` has ready, and does what its state machine asks after:
-    /// shut the write side down for a lingering close. A write error ends the connection.
+    /// Writes what connection `slot` has ready (`Downstream::to_write`, at most
+    /// `WRITE_SLICES` slices per vectored write) until the socket takes no more or nothing is
+    /// left, tells the connection what each write moved, and does what it asks after: shut
+    /// the write side down for a lingering close. A write error ends the connection.
     pub fn flush(&mut self, slot: usize, down: &mut Downstream, now: Instant) -> FlushStep {
         let Some(socket) = self.get_mut(slot) else {
-            down.dead = true;
+            down.write_failed();
             return FlushStep::default();
         };
         let was_backpressured = down.backpressured();
-        let before = down.sent;
-        let flushed = down.flush(socket, now);
-        let mut step = FlushStep { moved: down.sent - before, revisit: false };
+        let mut step = FlushStep::default();
+        let flushed = loop {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slice, part) in slices.iter_mut().zip(down.to_write()) {
+                *slice = IoSlice::new(part);
+                count += 1;
+            }
+            // Nothing ready still tells the connection (a last answer may have ended it).
+            let n = if count == 0 {
+                0
+            } else {
+                match socket.write_vectored(&slices[..count]) {
+                    Ok(0) => {
+                        down.write_failed();
+                        return step;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        down.write_failed();
+                        return step;
+                    }
+                }
+            };
+            step.moved += n as u64;
+            match down.wrote(n, now) {
+                // Drain to WouldBlock: an edge-triggered poll says WRITABLE again only after
+                // the socket was full.
+                Flushed::Blocked if n > 0 => continue,
+                flushed => break flushed,
+            }
+        };
         match flushed {
             // Reading stopped at the pipeline limit; bytes may be waiting already, and an
             // edge-triggered poll will not say so again.
-            Ok(Flushed::Drained) => step.revisit = was_backpressured && !down.backpressured(),
-            Ok(Flushed::Blocked) => {}
-            Ok(Flushed::Linger) => {
+            Flushed::Drained => step.revisit = was_backpressured && !down.backpressured(),
+            Flushed::Blocked => {}
+            Flushed::Linger => {
                 // The client reads the answer and then the end of the stream; what it still
                 // sends is read (now: it may be waiting already, and no new edge would say so)
                 // and dropped.
                 if self.shutdown_write(slot).is_err() {
-                    down.dead = true;
+                    down.write_failed();
                 } else {
                     step.revisit = true;
                 }
             }
-            Err(_) => down.dead = true,
         }
         step
     }

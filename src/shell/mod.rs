@@ -3,10 +3,12 @@
 //! connects, registers, lends a socket for one read or write, shuts down the write side, and
 //! closes (with RST when a connection asks to be aborted). Every error the shell meets on a
 //! connection's socket is handed back to the event loop as that connection's failure.
+//! `poll_loop` is the one poll loop both programs (the proxy, `jwt-tokens-service`) run on.
 
 pub mod bn_sockets;
 pub mod el_sockets;
 pub mod listener;
+pub mod poll_loop;
 
 /// Something a poll loop can stop: set from a signal handler's token in `main`.
 pub trait Stopper {
@@ -21,3 +23,4 @@ pub trait Stopper {
 pub use bn_sockets::BnSockets;
 pub use el_sockets::ElSockets;
 pub use listener::Listener;
+pub use poll_loop::{BnSide, Service};

@@ -1,0 +1,508 @@
+//! The one poll loop, shared by the proxy (`event_loop::Proxy`) and `jwt-tokens-service`
+//! (`tokens_service::TokensService`): the poll with its timeout (the earliest deadline, and a
+//! stop check at least every `STOP_CHECK`), the clock, and everything about beacon node
+//! connections that does not depend on what their bytes mean: accepting on the listeners,
+//! reads into one scratch buffer capped at `READS_PER_WAKEUP` per connection per wakeup with a
+//! revisit list, the lingering close's discarding, flushes, the connections' deadlines, and
+//! reaping after the batch with the listeners resumed below their caps.
+//!
+//! The split: `BnSide` owns the beacon node side (listeners, sockets, the connections' slab,
+//! the revisit list, the scratch buffer), and `run` drives a `Service`, which owns its `Poll`
+//! and a `BnSide` and is asked only what differs between programs: what read bytes mean
+//! (`on_bytes`), what a new connection is (`new_connection`), and hooks for the rest of its
+//! work (other tokens, deadlines and timeouts, stopping, what is counted). A service's own
+//! code reaches the connections through its `BnSide` (to queue answers, and to flush them
+//! with `flush`), so the proxy's request and answer paths need no trait. Why this split: the
+//! code that was copied between the programs is the beacon node side, state and steps alike;
+//! kept in one struct driven by one `run`, it cannot drift apart again, and the trait stays
+//! a list of what really differs. The `Poll` stays the service's because the proxy also
+//! registers its execution client connections on it.
+//!
+//! What an edge-triggered loop must do is kept here once: every socket is
+//! registered once (READABLE | WRITABLE); a read capped or paused with bytes possibly waiting
+//! is revisited before the next poll rather than left for an edge that will not come; an
+//! event for a closed connection (a stale token) is ignored; closed connections are reaped
+//! only after the batch. It knows no HTTP, no JSON, no execution clients.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Poll, Registry, Token};
+
+use super::bn_sockets::{self, BnSockets, ReadStep};
+use super::{Listener, Stopper};
+use crate::downstream::{Downstream, Expired, Timeouts};
+
+/// Reads per connection per wakeup before others get their turn.
+pub const READS_PER_WAKEUP: usize = 16;
+/// A stop request is checked at least this often.
+pub const STOP_CHECK: Duration = Duration::from_millis(100);
+/// Events taken per poll.
+const EVENTS: usize = 1024;
+
+/// The beacon node side of a program: its listeners, the connections' state machines by slot
+/// and their sockets, the revisit list and the read buffer.
+pub struct BnSide {
+    /// The service's `Poll`'s registry (a clone: one more descriptor), so that accepting and
+    /// reaping need no borrow of the service.
+    registry: Registry,
+    /// Listener `t` is registered under `Token(t)`; tokens with no listener are the service's.
+    listeners: Vec<Option<Listener>>,
+    sockets: BnSockets,
+    conns: Vec<Option<Downstream>>,
+    /// The listener each slot's connection was accepted on (its cap counts it).
+    origin: Vec<usize>,
+    free: Vec<usize>,
+    next_serial: u64,
+    /// Connections with more to read after their per-wakeup share, or whose reading must be
+    /// looked at again without a new edge (backpressure lifted, a lingering close begun).
+    again: Vec<usize>,
+    /// Every read lands here; the service's `on_bytes` sees it before the next read.
+    scratch: Vec<u8>,
+    timeouts: Timeouts,
+}
+
+impl BnSide {
+    /// An empty side for the sockets of `poll`, reading `scratch` bytes at a time.
+    pub fn new(poll: &Poll, timeouts: Timeouts, scratch: usize) -> io::Result<BnSide> {
+        Ok(BnSide {
+            registry: poll.registry().try_clone()?,
+            listeners: Vec::new(),
+            sockets: BnSockets::default(),
+            conns: Vec::new(),
+            origin: Vec::new(),
+            free: Vec::new(),
+            next_serial: 0,
+            again: Vec::new(),
+            scratch: vec![0; scratch],
+            timeouts,
+        })
+    }
+
+    /// Binds a listener under `token` (below `bn_sockets::BASE`, and taken by nothing else
+    /// of the service), with its own cap (see `Listener`).
+    pub fn listen(
+        &mut self,
+        token: Token,
+        addr: SocketAddr,
+        cap: usize,
+        label: &'static str,
+        full_level: log::Level,
+    ) -> io::Result<()> {
+        if token.0 >= bn_sockets::BASE {
+            return Err(io::Error::other("a listener's token must be below the connections'"));
+        }
+        let listener = Listener::bind(&self.registry, addr, token, cap, label, full_level)?;
+        if self.listeners.len() <= token.0 {
+            self.listeners.resize_with(token.0 + 1, || None);
+        }
+        self.listeners[token.0] = Some(listener);
+        Ok(())
+    }
+
+    fn listener(&self, token: Token) -> Option<&Listener> {
+        self.listeners.get(token.0).and_then(Option::as_ref)
+    }
+
+    pub fn local_addr(&self, token: Token) -> io::Result<SocketAddr> {
+        self.listener(token).ok_or(io::ErrorKind::NotFound)?.local_addr()
+    }
+
+    /// Connections open from listener `token`.
+    pub fn open(&self, token: Token) -> usize {
+        self.listener(token).map_or(0, Listener::open)
+    }
+
+    /// Stops accepting on listener `token` for good (a stop was requested).
+    pub fn stop_listening(&mut self, token: Token) {
+        if let Some(listener) = self.listeners.get_mut(token.0).and_then(Option::as_mut) {
+            listener.stop(&self.registry);
+        }
+    }
+
+    /// The connection in `slot`.
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Downstream> {
+        self.conns.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    /// Every open connection.
+    pub fn iter(&self) -> impl Iterator<Item = &Downstream> {
+        self.conns.iter().flatten()
+    }
+
+    /// Reads `slot` again before the next poll: bytes may be waiting that no edge will announce.
+    pub fn revisit(&mut self, slot: usize) {
+        self.again.push(slot);
+    }
+
+    /// Writes what connection `slot` has ready; returns the bytes written. A connection whose
+    /// reading was held up by what it had queued is revisited once that has gone out. (The
+    /// service calls `poll_loop::flush`, which tells it what went out.)
+    fn flush(&mut self, slot: usize, now: Instant) -> u64 {
+        let Some(down) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return 0 };
+        let step = self.sockets.flush(slot, down, now);
+        if step.revisit {
+            self.again.push(slot);
+        }
+        step.moved
+    }
+
+    /// The earliest deadline of the connections and listeners.
+    fn deadline(&self) -> Option<Instant> {
+        let conns = self.conns.iter().flatten().filter_map(|d| d.deadline(&self.timeouts));
+        conns.chain(self.listeners.iter().flatten().filter_map(Listener::deadline)).min()
+    }
+
+    /// Registers an accepted socket and keeps a slot and a serial for its connection.
+    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<(usize, u64)> {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.conns.push(None);
+            self.origin.push(0);
+            self.conns.len() - 1
+        });
+        self.next_serial += 1;
+        if let Err(e) = self.sockets.adopt(&self.registry, slot, self.next_serial, stream) {
+            log::warn!("cannot register a connection from {peer}: {e}");
+            self.free.push(slot);
+            return None;
+        }
+        Some((slot, self.next_serial))
+    }
+
+    /// One read from connection `slot` into the scratch buffer: the number of bytes, or None
+    /// when there is nothing more to read now (the end of the stream and a failure are noted
+    /// on the connection).
+    fn read(&mut self, slot: usize) -> Option<usize> {
+        let step = self.sockets.read(slot, &mut self.scratch);
+        let down = self.conns.get_mut(slot).and_then(Option::as_mut)?;
+        match step {
+            ReadStep::Bytes(n) => Some(n),
+            ReadStep::End => {
+                down.on_eof();
+                None
+            }
+            ReadStep::Blocked => None,
+            ReadStep::Failed => {
+                down.dead = true;
+                None
+            }
+        }
+    }
+}
+
+/// What one program served on the loop does with it. It owns the `Poll` and a `BnSide`; the
+/// loop asks it what differs between programs. Every hook but the first five does nothing
+/// unless the program has more to do.
+pub trait Service {
+    fn poll(&mut self) -> &mut Poll;
+    fn bn(&mut self) -> &mut BnSide;
+
+    /// Before each poll, with the clock just read: stop requests, reloads. False ends `run`.
+    fn before_poll(&mut self, stopper: &dyn Stopper, now: Instant) -> bool;
+
+    /// The state machine of a connection just accepted on listener `listener`.
+    fn new_connection(&mut self, listener: Token, serial: u64, peer: SocketAddr, now: Instant) -> Downstream;
+
+    /// Bytes read from connection `slot` (never while it lingers): parse them and queue
+    /// answers. The loop flushes the connection after.
+    fn on_bytes(&mut self, slot: usize, input: &[u8], now: Instant);
+
+    /// Whether connection `slot`, between requests, may be read now (the proxy's memory
+    /// budget pauses it; the service then revisits it itself once it may).
+    fn may_read(&mut self, _slot: usize) -> bool {
+        true
+    }
+
+    /// Bytes read from a beacon node connection (lingering discards included), for the metrics.
+    fn on_read(&mut self, _n: usize) {}
+
+    /// Connection `slot` was flushed and `written` bytes went out (perhaps none).
+    fn on_flushed(&mut self, _slot: usize, _written: u64, _now: Instant) {}
+
+    /// An event for a token that is neither a listener's nor a connection's.
+    fn on_other_event(&mut self, _token: Token, _readable: bool, _writable: bool, _now: Instant) {}
+
+    /// The service's own earliest deadline.
+    fn other_deadline(&mut self) -> Option<Instant> {
+        None
+    }
+
+    /// After the connections' deadlines were checked: the service's own.
+    fn on_other_timeouts(&mut self, _now: Instant) {}
+
+    /// A connection was closed by a deadline.
+    fn on_expired(&mut self, _expired: Expired) {}
+
+    /// The closed connection of `slot` was reaped (the slot may be reused from now on).
+    fn on_closed(&mut self, _slot: usize, _down: Downstream) {}
+
+    /// The end of each pass, after reaping.
+    fn after_pass(&mut self, _now: Instant) {}
+}
+
+/// Serves until the service's `before_poll` says to stop.
+pub fn run<S: Service>(service: &mut S, stopper: &dyn Stopper) -> io::Result<()> {
+    let mut events = Events::with_capacity(EVENTS);
+    loop {
+        // The clock is read before the poll, for its timeout and the stop check, and once
+        // after it: everything the pass does sees that one now.
+        let now = Instant::now();
+        if !service.before_poll(stopper, now) {
+            return Ok(());
+        }
+        let timeout = if service.bn().again.is_empty() {
+            let next = service.bn().deadline().into_iter().chain(service.other_deadline()).min();
+            next.map_or(STOP_CHECK, |d| d.saturating_duration_since(now).min(STOP_CHECK))
+        } else {
+            Duration::ZERO
+        };
+        match service.poll().poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let now = Instant::now();
+        for event in events.iter() {
+            on_event(service, event.token(), event.is_readable(), event.is_writable(), now);
+        }
+        for slot in std::mem::take(&mut service.bn().again) {
+            readable(service, slot, now);
+        }
+        on_timeouts(service, now);
+        reap(service, now);
+        service.after_pass(now);
+    }
+}
+
+fn on_event<S: Service>(service: &mut S, token: Token, is_readable: bool, writable: bool, now: Instant) {
+    if token.0 >= bn_sockets::BASE {
+        // A stale event (the connection it was for is gone) names no slot.
+        let Some(slot) = service.bn().sockets.slot_of(token) else { return };
+        if writable {
+            flush(service, slot, now);
+        }
+        if is_readable {
+            readable(service, slot, now);
+        }
+    } else if service.bn().listener(token).is_some() {
+        accept(service, token, now);
+    } else {
+        service.on_other_event(token, is_readable, writable, now);
+    }
+}
+
+/// Accepts on listener `token` until nothing waits or its cap is reached.
+fn accept<S: Service>(service: &mut S, token: Token, now: Instant) {
+    loop {
+        let bn = service.bn();
+        let Some(listener) = bn.listeners.get_mut(token.0).and_then(Option::as_mut) else { return };
+        let Some((stream, peer)) = listener.accept(now) else { return };
+        let Some((slot, serial)) = bn.adopt(stream, peer) else { continue };
+        let down = service.new_connection(token, serial, peer, now);
+        let bn = service.bn();
+        bn.conns[slot] = Some(down);
+        bn.origin[slot] = token.0;
+        if let Some(listener) = bn.listeners.get_mut(token.0).and_then(Option::as_mut) {
+            listener.opened();
+        }
+    }
+}
+
+/// Writes what connection `slot` has ready, and tells the service (`on_flushed`).
+pub fn flush<S: Service>(service: &mut S, slot: usize, now: Instant) {
+    let written = service.bn().flush(slot, now);
+    service.on_flushed(slot, written, now);
+}
+
+/// Reads connection `slot`, up to `READS_PER_WAKEUP` times, handing the bytes to the service
+/// (or dropping them, in a lingering close); revisited after the others if it may have more.
+fn readable<S: Service>(service: &mut S, slot: usize, now: Instant) {
+    for _ in 0..READS_PER_WAKEUP {
+        let Some(down) = service.bn().get_mut(slot) else { return };
+        if down.dead {
+            return;
+        }
+        let lingering = down.lingering();
+        if !lingering {
+            if down.no_more_requests || down.backpressured() {
+                return;
+            }
+            if down.has_pending() {
+                // The rest of a read that filled the pipeline goes before anything more is read.
+                let pending = down.take_pending();
+                service.on_bytes(slot, &pending, now);
+                flush(service, slot, now);
+                continue;
+            }
+            if !service.may_read(slot) {
+                return;
+            }
+        }
+        let Some(n) = service.bn().read(slot) else { return };
+        service.on_read(n);
+        if lingering {
+            discard(service.bn(), slot, n);
+            continue;
+        }
+        // The scratch buffer is lent out while its bytes are parsed (nothing reached from
+        // `on_bytes` reads into it), so the service can use its `BnSide` meanwhile.
+        let scratch = std::mem::take(&mut service.bn().scratch);
+        service.on_bytes(slot, &scratch[..n], now);
+        service.bn().scratch = scratch;
+        flush(service, slot, now);
+    }
+    // More may be waiting; come back after the others had their turn.
+    service.bn().again.push(slot);
+}
+
+/// A connection in its lingering close read `n` more bytes: they are dropped, within its bounds.
+fn discard(bn: &mut BnSide, slot: usize, n: usize) {
+    let Some(down) = bn.get_mut(slot) else { return };
+    down.discarded(n);
+    if down.dead {
+        log::debug!("closing connection from {}: sent more than its lingering close drops", down.peer);
+    }
+}
+
+/// Accepts again on a listener whose pause ended or that fell below 90 % of its cap (an
+/// edge-triggered listener would not say again that connections are waiting).
+fn resume_listeners<S: Service>(service: &mut S, now: Instant) {
+    for t in 0..service.bn().listeners.len() {
+        let resumed = service.bn().listeners[t].as_mut().is_some_and(|l| l.resume(now));
+        if resumed {
+            accept(service, Token(t), now);
+        }
+    }
+}
+
+fn on_timeouts<S: Service>(service: &mut S, now: Instant) {
+    resume_listeners(service, now);
+    for slot in 0..service.bn().conns.len() {
+        let bn = service.bn();
+        let timeouts = bn.timeouts;
+        let Some(down) = bn.get_mut(slot) else { continue };
+        if let Some(expired) = down.on_timeout(now, &timeouts) {
+            log::debug!("closing connection from {}: {}", down.peer, expired.label());
+            service.on_expired(expired);
+        }
+    }
+    service.on_other_timeouts(now);
+}
+
+/// Drops closed connections after the event batch (so a reused slot never gets its
+/// predecessor's events), and resumes accepting below 90 % of a cap.
+fn reap<S: Service>(service: &mut S, now: Instant) {
+    for slot in 0..service.bn().conns.len() {
+        let bn = service.bn();
+        if !bn.conns[slot].as_ref().is_some_and(|d| d.dead) {
+            continue;
+        }
+        let Some(down) = bn.conns[slot].take() else { continue };
+        bn.sockets.close(&bn.registry, slot);
+        bn.free.push(slot);
+        if let Some(listener) = bn.listeners.get_mut(bn.origin[slot]).and_then(Option::as_mut) {
+            listener.closed();
+        }
+        service.on_closed(slot, down);
+    }
+    resume_listeners(service, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::{Outgoing, Slot};
+    use crate::http::Limits;
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const LISTENER: Token = Token(0);
+
+    /// Answers every line it reads with `ok\n`.
+    struct Lines {
+        poll: Poll,
+        bn: BnSide,
+    }
+
+    impl Service for Lines {
+        fn poll(&mut self) -> &mut Poll {
+            &mut self.poll
+        }
+
+        fn bn(&mut self) -> &mut BnSide {
+            &mut self.bn
+        }
+
+        fn before_poll(&mut self, stopper: &dyn Stopper, _now: Instant) -> bool {
+            !stopper.stop_requested()
+        }
+
+        fn new_connection(&mut self, _: Token, serial: u64, peer: SocketAddr, now: Instant) -> Downstream {
+            Downstream::new(serial, peer, Limits::default(), now)
+        }
+
+        fn on_bytes(&mut self, slot: usize, input: &[u8], _now: Instant) {
+            let Some(down) = self.bn.get_mut(slot) else { return };
+            for (i, _) in input.iter().enumerate().filter(|(_, &b)| b == b'\n') {
+                if down.backpressured() {
+                    down.stash(&input[i..]);
+                    return;
+                }
+                let answer = Outgoing { head: b"ok\n".to_vec(), body: Vec::new(), close: false };
+                down.push(Slot::Ready(answer));
+            }
+        }
+    }
+
+    struct Flag(Arc<AtomicBool>);
+
+    impl Stopper for Flag {
+        fn stop_requested(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_read_cap_and_the_pipeline_is_answered_whole() {
+        // Each read takes 16 bytes, so the burst needs many times READS_PER_WAKEUP reads and
+        // fills the pipeline over and over: only the revisit list, not a new edge, gets the
+        // rest read (the client sends nothing more until it has every answer).
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Flag(stop.clone());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        // The connections are not `Send`: the service is made on the thread that runs it.
+        let server = std::thread::spawn(move || {
+            let poll = Poll::new()?;
+            let timeouts = Timeouts {
+                read: Duration::from_secs(30),
+                idle: Duration::from_secs(30),
+                write: Duration::from_secs(30),
+            };
+            let mut bn = BnSide::new(&poll, timeouts, 16)?;
+            let any = "127.0.0.1:0".parse().map_err(io::Error::other)?;
+            bn.listen(LISTENER, any, 4, "", log::Level::Debug)?;
+            let _ = addr_tx.send(bn.local_addr(LISTENER)?);
+            run(&mut Lines { poll, bn }, &flag)
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("listening");
+        const LINES: usize = 1000;
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        client.write_all(&b"x\n".repeat(LINES)).expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while got.len() < 3 * LINES {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.join().expect("server thread").expect("loop");
+        assert_eq!(got.len(), 3 * LINES, "every line answered");
+        assert!(got.chunks(3).all(|c| c == b"ok\n"));
+    }
+}
