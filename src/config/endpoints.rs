@@ -98,31 +98,26 @@ pub(super) fn parse_endpoint_list(list: &str, flag: &str) -> Result<Vec<Endpoint
 /// The builders of `--builders` or of a `--builders-file` (blocking: file read and name
 /// lookups); at least one.
 pub(super) fn read_builders(list: &BuilderList) -> Result<Vec<Endpoint>, ConfigError> {
-    let (builders, none) = match list {
-        BuilderList::Flag(text) => (
-            parse_endpoint_list(text, "--builders")?,
-            "no builders given: use --builders host:port[,host:port…]".to_owned(),
-        ),
-        BuilderList::File(path) => {
-            let text = read_file(path, "--builders-file")?;
-            let path = show_path(path);
-            let builders = builders_file_entries(&text)
-                .into_iter()
-                .map(|(line, entry)| {
-                    parse_endpoint(entry)
-                        .map_err(|e| e.context(format!("--builders-file {path} line {line}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            (
-                builders,
-                format!("--builders-file {path} lists no execution client (one host:port or URL per line)"),
-            )
-        }
+    let builders = match list {
+        BuilderList::Flag(text) => parse_endpoint_list(text, "--builders")?,
+        BuilderList::File(path) => builders_file_entries(&read_file(path, "--builders-file")?)
+            .into_iter()
+            .map(|(line, entry)| {
+                let place = || format!("--builders-file {} line {line}", show_path(path));
+                parse_endpoint(entry).map_err(|e| e.context(place()))
+            })
+            .collect::<Result<_, _>>()?,
     };
-    if builders.is_empty() {
-        return Err(ConfigError(none));
+    if !builders.is_empty() {
+        return Ok(builders);
     }
-    Ok(builders)
+    Err(match list {
+        BuilderList::Flag(_) => err!("no builders given: use --builders host:port[,host:port…]"),
+        BuilderList::File(path) => err!(
+            "--builders-file {} lists no execution client (one host:port or URL per line)",
+            show_path(path)
+        ),
+    })
 }
 
 /// An endpoint entry taken apart, before any DNS.
@@ -217,170 +212,4 @@ pub(super) fn is_scheme(text: &str) -> bool {
     let mut chars = text.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::test_util::*;
-
-    #[test]
-    fn builders_keep_their_order_and_skip_empty_entries() {
-        let config = run(&["--builders", " 127.0.0.1:1 ,, 127.0.0.2:2,", "--proxies", ", ,"]);
-        let names: Vec<&str> = config.builders.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, ["127.0.0.1:1", "127.0.0.2:2"]);
-        assert!(config.proxies.is_empty());
-    }
-
-    #[test]
-    fn no_builders_is_an_error() {
-        for args in [&[][..], &["--builders", ""], &["--builders", " , ,"], &["--proxies", BUILDER]] {
-            assert_eq!(error(args), "no builders given: use --builders host:port[,host:port…]", "{args:?}");
-        }
-    }
-
-    /// entry, normalized url, Host header, request target, first resolved address.
-    const ENDPOINT_CASES: &str = "
-        127.0.0.1:8551                   http://127.0.0.1:8551/           127.0.0.1:8551  /           127.0.0.1:8551
-        http://127.0.0.1:8551            http://127.0.0.1:8551/           127.0.0.1:8551  /           127.0.0.1:8551
-        HTTP://127.0.0.1:8551/           http://127.0.0.1:8551/           127.0.0.1:8551  /           127.0.0.1:8551
-        http://127.0.0.1:8551/engine/v1  http://127.0.0.1:8551/engine/v1  127.0.0.1:8551  /engine/v1  127.0.0.1:8551
-        127.0.0.1:8551?a=b               http://127.0.0.1:8551/?a=b       127.0.0.1:8551  /?a=b       127.0.0.1:8551
-        127.0.0.1                        http://127.0.0.1:80/             127.0.0.1       /           127.0.0.1:80
-        httpbin:8551/x                   http://httpbin:8551/x            httpbin:8551    /x          -
-        [::1]:8551                       http://[::1]:8551/               [::1]:8551      /           [::1]:8551
-        http://[::1]:8551                http://[::1]:8551/               [::1]:8551      /           [::1]:8551
-        http://[::1]/x                   http://[::1]:80/x                [::1]           /x          [::1]:80
-        LocalHost:8551                   http://localhost:8551/           LocalHost:8551  /           127.0.0.1:8551
-    ";
-
-    #[test]
-    fn endpoints() {
-        for line in ENDPOINT_CASES.lines().filter(|l| !l.trim().is_empty()) {
-            let [entry, url, host, path, first] = line.split_whitespace().collect::<Vec<_>>()[..] else {
-                panic!("bad case {line:?}");
-            };
-            // "-" marks a host that would need DNS: check the syntax only.
-            if first == "-" {
-                let parts = split_endpoint(entry).unwrap();
-                assert_eq!(
-                    (parts.url.as_str(), parts.authority.as_str(), parts.path.as_str()),
-                    (url, host, path)
-                );
-                continue;
-            }
-            let endpoint = parse_endpoint(entry).unwrap();
-            let got = (
-                endpoint.name.as_str(),
-                endpoint.url.as_str(),
-                endpoint.host.as_str(),
-                endpoint.path.as_str(),
-            );
-            assert_eq!(got, (entry, url, host, path), "{entry:?}");
-            assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
-        }
-        // The name is trimmed; localhost resolves IPv4 first.
-        let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
-        assert_eq!((endpoint.name.as_str(), endpoint.host.as_str()), ("127.0.0.1:8551", "127.0.0.1:8551"));
-        let endpoint = parse_endpoint("localhost:8551").unwrap();
-        assert_eq!(endpoint.addrs[0], loopback(8551));
-        let first_v6 = endpoint.addrs.iter().position(SocketAddr::is_ipv6);
-        let last_v4 = endpoint.addrs.iter().rposition(SocketAddr::is_ipv4);
-        if let (Some(v6), Some(v4)) = (first_v6, last_v4) {
-            assert!(v4 < v6, "{:?}", endpoint.addrs);
-        }
-    }
-
-    #[cfg(feature = "tls")]
-    #[test]
-    fn https_endpoints_default_to_port_443_and_name_their_tls_server() {
-        let cases = [
-            ("https://127.0.0.1", "https://127.0.0.1:443/", "127.0.0.1", "127.0.0.1:443"),
-            ("HTTPS://127.0.0.1:8551/x", "https://127.0.0.1:8551/x", "127.0.0.1", "127.0.0.1:8551"),
-            ("https://[::1]:8551", "https://[::1]:8551/", "::1", "[::1]:8551"),
-            ("https://LocalHost:8551", "https://localhost:8551/", "LocalHost", "127.0.0.1:8551"),
-        ];
-        for (entry, url, server_name, first) in cases {
-            let endpoint = parse_endpoint(entry).unwrap();
-            assert_eq!((endpoint.url.as_str(), endpoint.is_https()), (url, true), "{entry:?}");
-            assert_eq!(endpoint.server_name(), server_name, "{entry:?}");
-            assert_eq!(endpoint.addrs[0], first.parse().unwrap(), "{entry:?}");
-        }
-        assert!(!parse_endpoint("http://127.0.0.1:1").unwrap().is_https());
-        assert_eq!(parse_endpoint("127.0.0.1:1").unwrap().server_name(), "127.0.0.1");
-    }
-
-    #[cfg(not(feature = "tls"))]
-    #[test]
-    fn without_the_tls_feature_https_and_builder_ca_are_refused() {
-        for entry in ["https://127.0.0.1:8551", "HTTPS://127.0.0.1:8551"] {
-            let message = parse_endpoint(entry).unwrap_err().0;
-            assert_mentions(&message, &["https is not supported", entry, "cargo feature `tls`"]);
-        }
-        let file = TempFile::new("-----BEGIN CERTIFICATE-----\n");
-        assert_errors(&[(&["--builder-ca", file.arg()], &["--builder-ca", "cargo feature `tls`"])]);
-    }
-
-    #[test]
-    fn bad_endpoints() {
-        let table = [
-            ("ws://127.0.0.1:8551", "only http:// and https://"),
-            ("127.0.0.1 :8551", "spaces"),
-            ("http://", "empty host"),
-            (":8551", "empty host"),
-            ("http:///path", "empty host"),
-            ("127.0.0.1:", "invalid port"),
-            ("127.0.0.1:0", "invalid port"),
-            ("127.0.0.1:65536", "invalid port"),
-            ("127.0.0.1:+1", "invalid port"),
-            ("127.0.0.1:http", "invalid port"),
-            ("user:pw@127.0.0.1:8551", "user info"),
-            ("http://user@127.0.0.1:8551", "user info"),
-            ("::1:8551", "brackets"),
-            ("[::1:8551", "unterminated"),
-            ("[nope]:8551", "invalid IPv6"),
-            ("[::1]x:8551", "after the ]"),
-            ("127.0.0.1:8551#frag", "fragment"),
-            ("exa%mple:8551", "characters"),
-        ];
-        for (entry, fragment) in table {
-            match parse_endpoint(entry) {
-                Err(ConfigError(message)) => assert_mentions(&message, &[fragment, entry.trim()]),
-                Ok(endpoint) => panic!("{entry:?} parsed as {endpoint:?}"),
-            }
-        }
-        // A bad entry names its flag.
-        assert_mentions(
-            &error(&["--builders", "127.0.0.1:1,ws://127.0.0.1:2"]),
-            &["--builders", "only http://", "ws://127.0.0.1:2"],
-        );
-        assert_errors(&[(&["--proxies", "127.0.0.1:x"], &["--proxies", "invalid port", "127.0.0.1:x"])]);
-    }
-
-    #[test]
-    fn builders_file() {
-        let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
-        let expected = [
-            (2, "127.0.0.1:8551"),
-            (4, "http://127.0.0.1:8552/"),
-            (5, "127.0.0.1:8553"),
-            (5, "127.0.0.1:8554"),
-        ];
-        assert_eq!(builders_file_entries(text), expected);
-
-        let file = TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n");
-        let config = run(&["--builders-file", file.arg()]);
-        let names: Vec<&str> = config.builders.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, vec!["127.0.0.1:8552", "127.0.0.1:8551"]);
-        assert_eq!(config.reload.builders, BuilderList::File(file.path.clone()));
-        let both = error(&["--builders", BUILDER, "--builders-file", file.arg()]);
-        assert_mentions(&both, &["--builders and --builders-file exclude each other"]);
-
-        // A bad file names its line; an empty or missing one is refused.
-        let file = TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n");
-        assert_mentions(&error(&["--builders-file", file.arg()]), &["--builders-file", "line 3", "https"]);
-        let empty = TempFile::new("# nothing yet\n\n");
-        assert_mentions(&error(&["--builders-file", empty.arg()]), &["lists no execution client"]);
-        assert_mentions(&error(&["--builders-file", "/nonexistent/els"]), &["cannot read --builders-file"]);
-    }
 }
