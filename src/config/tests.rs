@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::endpoints::{builders_file_entries, split_endpoint};
 use super::flags::{find, single_dash_to_double, Flag};
 use super::*;
-use log::LevelFilter::{Debug, Error, Info, Off, Trace, Warn};
 
 const SECRET_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const OTHER_SECRET_HEX: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 const BUILDER: &str = "127.0.0.1:8551";
 
 type Env<'a> = &'a [(&'a str, &'a str)];
-type Check = fn(&Config) -> bool;
 
 fn os_args(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
@@ -76,10 +74,6 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
-fn ms(ms: u64) -> Duration {
-    Duration::from_millis(ms)
-}
-
 /// The four spellings Go's flag package accepts for a flag with a value.
 fn spellings(flag: &str, value: &str) -> [Vec<String>; 4] {
     let (one, two, value) = (format!("-{flag}"), format!("--{flag}"), value.to_owned());
@@ -89,11 +83,6 @@ fn spellings(flag: &str, value: &str) -> [Vec<String>; 4] {
         vec![one, value.clone()],
         vec![two, value],
     ]
-}
-
-/// `base` followed by `more`, as `&str`s.
-fn joined<'a>(base: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
-    base.iter().copied().chain(more.iter().map(String::as_str)).collect()
 }
 
 /// A file under the temp dir, removed when dropped, so failing tests clean up too.
@@ -125,263 +114,272 @@ fn secret_map(pairs: &[(&str, &str)]) -> TempFile {
     TempFile::new(&format!("{{{}}}", entries.join(", ")))
 }
 
-const ENV: Env = &[
-    ("PROXY_LISTEN_ADDR", "127.0.0.1:0"),
-    ("BUILDER_TIMEOUT_MS", "3000"),
-    ("LOG_LEVEL", "warning"),
-    ("LOG_JSON", "1"),
-    ("BEACON_EXPIRY_MS", "24000"),
-];
-
-/// Arguments after `-builders BUILDER`, the environment, and a check on the config they give.
-#[rustfmt::skip]
-const VALUES: &[(&[&str], Env, Check)] = &[
-    // Defaults without environment.
-    (&[], &[], |c| (c.listen, c.listen_text.as_str(), c.builders.len(), c.builders[0].name.as_str(), c.proxies.len())
-        == (loopback(25590), "localhost:25590", 1, BUILDER, 0)),
-    (&[], &[], |c| (c.request_timeout, c.proxy_request_timeout, c.beacon_expiry, c.answer_wait)
-        == (None, ms(2000), ms(12_000), ms(1000))),
-    (&[], &[], |c| (c.idle_timeout, c.read_timeout, c.write_timeout) == (ms(60_000), ms(30_000), ms(10_000))),
-    (&[], &[], |c| (c.max_body_bytes, c.memory_budget_bytes, c.max_connections, c.backlog_requests, c.backlog_bytes)
-        == (134_217_728, 1 << 30, 1024, 512, 268_435_456)),
-    (&[], &[], |c| (c.log_level, c.log_json, c.mirror_mode, c.metrics_addr) == (Info, false, false, None)),
-    (&[], &[], |c| (&c.jwt_secret, &c.builder_jwt_secrets, &c.jwt_client_id) == (&None, &vec![None], &None)),
-    (&[], &[], |c| (c.answer_policy, c.payload_choice, c.beacon_switch, c.beacon_jwt_secrets.len())
-        == (AnswerPolicy::Primary, PayloadChoice::Primary, Confirmation::ValidOnly, 0)),
-    // The environment gives defaults (Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS too).
-    (&[], ENV, |c| (c.listen, c.listen_text.as_str(), c.request_timeout, c.proxy_request_timeout)
-        == (loopback(0), "127.0.0.1:0", Some(ms(3000)), ms(3000))),
-    (&[], ENV, |c| (c.log_level, c.log_json, c.beacon_expiry) == (Warn, true, ms(24_000))),
-    // Flags override it.
-    (&["-addr=127.0.0.1:1", "-request-timeout=100", "-proxy-request-timeout=200", "-loglevel=error", "-json=false",
-       "-beacon-expiry=300"], ENV, |c| (c.listen, c.request_timeout, c.proxy_request_timeout, c.log_level, c.log_json,
-       c.beacon_expiry) == (loopback(1), Some(ms(100)), ms(200), Error, false, ms(300))),
-    // Numbers in the environment that Go's strconv.Atoi refuses are ignored.
-    (&[], &[("BUILDER_TIMEOUT_MS", "abc"), ("BEACON_EXPIRY_MS", "abc")], |c| (c.request_timeout, c.proxy_request_timeout, c.beacon_expiry) == (None, ms(2000), ms(12_000))),
-    (&[], &[("BUILDER_TIMEOUT_MS", "0"), ("BEACON_EXPIRY_MS", "0")], |c| (c.request_timeout, c.beacon_expiry) == (None, ms(12_000))),
-    (&[], &[("BUILDER_TIMEOUT_MS", "-5"), ("BEACON_EXPIRY_MS", "-5")], |c| (c.request_timeout, c.beacon_expiry) == (None, ms(12_000))),
-    (&[], &[("BUILDER_TIMEOUT_MS", "1.5"), ("BEACON_EXPIRY_MS", "1.5")], |c| (c.request_timeout, c.beacon_expiry) == (None, ms(12_000))),
-    (&[], &[("BUILDER_TIMEOUT_MS", ""), ("BEACON_EXPIRY_MS", "")], |c| (c.request_timeout, c.beacon_expiry) == (None, ms(12_000))),
-    // Empty variables count as unset.
-    (&[], &[("PROXY_LISTEN_ADDR", ""), ("LOG_LEVEL", "")], |c| (c.listen_text.as_str(), c.log_level) == ("localhost:25590", Info)),
-    // MIRROR_MODE and METRICS_ADDR as upstream reads them; flags override them.
-    (&[], &[("MIRROR_MODE", "1")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "t")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "T")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "true")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "TRUE")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "True")], |c| c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "0")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "f")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "F")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "false")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "FALSE")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "False")], |c| !c.mirror_mode),
-    (&[], &[("MIRROR_MODE", "")], |c| !c.mirror_mode),
-    (&[], &[("METRICS_ADDR", "127.0.0.1:9551")], |c| c.metrics_addr == Some(loopback(9551))),
-    (&[], &[("METRICS_ADDR", "")], |c| c.metrics_addr.is_none()),
-    (&["-mirror-mode=false", "--metrics-addr", "127.0.0.1:9552"], &[("MIRROR_MODE", "true"), ("METRICS_ADDR", "127.0.0.1:9551")],
-        |c| (c.mirror_mode, c.metrics_addr) == (false, Some(loopback(9552)))),
-    (&["--mirror-mode"], &[("MIRROR_MODE", "false")], |c| c.mirror_mode),
-    (&["-mirror-mode=false"], &[("MIRROR_MODE", "yes")], |c| !c.mirror_mode),
-    // Any non-empty LOG_JSON turns JSON logging on, as in Go.
-    (&[], &[("LOG_JSON", "true")], |c| c.log_json),
-    (&[], &[("LOG_JSON", "false")], |c| c.log_json),
-    (&[], &[("LOG_JSON", "x")], |c| c.log_json),
-    (&[], &[("LOG_JSON", "")], |c| !c.log_json),
-    // Log levels as logrus names them; a flag makes a bad LOG_LEVEL irrelevant.
-    (&["--loglevel=trace"], &[], |c| c.log_level == Trace),
-    (&["--loglevel=debug"], &[], |c| c.log_level == Debug),
-    (&["--loglevel=info"], &[], |c| c.log_level == Info),
-    (&["--loglevel=INFO"], &[], |c| c.log_level == Info),
-    (&["--loglevel="], &[], |c| c.log_level == Info),
-    (&["--loglevel=warn"], &[], |c| c.log_level == Warn),
-    (&["--loglevel=warning"], &[], |c| c.log_level == Warn),
-    (&["--loglevel=error"], &[], |c| c.log_level == Error),
-    (&["--loglevel=fatal"], &[], |c| c.log_level == Error),
-    (&["--loglevel=panic"], &[], |c| c.log_level == Error),
-    (&["--loglevel=off"], &[], |c| c.log_level == Off),
-    (&["-loglevel=debug"], &[("LOG_LEVEL", "loud")], |c| c.log_level == Debug),
-    // Listen addresses: IPv4 first, ":PORT" is every interface.
-    (&["-addr", "127.0.0.1:0"], &[], |c| (c.listen, c.listen_text.as_str()) == (loopback(0), "127.0.0.1:0")),
-    (&["-addr", "localhost:0"], &[], |c| (c.listen, c.listen_text.as_str()) == (loopback(0), "localhost:0")),
-    (&["-addr", ":0"], &[], |c| c.listen.to_string() == "0.0.0.0:0"),
-    (&["-addr", "[::1]:0"], &[], |c| c.listen.to_string() == "[::1]:0"),
-    (&["-addr", "0.0.0.0:25590"], &[], |c| c.listen.to_string() == "0.0.0.0:25590"),
-    // Booleans as Go's flag package reads them.
-    (&["-json", "-mirror-mode"], &[], |c| c.log_json && c.mirror_mode),
-    (&["--json", "--mirror-mode"], &[], |c| c.log_json && c.mirror_mode),
-    (&["-json=true", "--mirror-mode=true"], &[], |c| c.log_json && c.mirror_mode),
-    (&["-json=1", "-mirror-mode=t"], &[], |c| c.log_json && c.mirror_mode),
-    (&["-json=TRUE", "-mirror-mode=T"], &[], |c| c.log_json && c.mirror_mode),
-    (&["-json=false", "--mirror-mode=false"], &[], |c| !c.log_json && !c.mirror_mode),
-    (&["--json=false", "-mirror-mode=0"], &[], |c| !c.log_json && !c.mirror_mode),
-    (&["-json=0", "-mirror-mode=F"], &[], |c| !c.log_json && !c.mirror_mode),
-    (&["-json=F", "-mirror-mode=False"], &[], |c| !c.log_json && !c.mirror_mode),
-    (&["-json=False", "-mirror-mode=FALSE"], &[], |c| !c.log_json && !c.mirror_mode),
-    // The last occurrence of a flag wins.
-    (&["-builders", "127.0.0.1:1", "--loglevel=error", "-builders=127.0.0.1:2", "-loglevel", "trace", "-json", "-json=false"],
-        &[], |c| (c.builders[0].name.as_str(), c.log_level, c.log_json) == ("127.0.0.1:2", Trace, false)),
-    // A value that looks like a flag is kept; an empty client id means none.
-    (&["-jwt-client-id", "-abc"], &[], |c| c.jwt_client_id.as_deref() == Some("-abc")),
-    (&["-jwt-client-id="], &[], |c| c.jwt_client_id.is_none()),
-    // Answer policies and the beacon switch.
-    (&["--answer-policy", "safe", "--answer-wait", "250", "--beacon-switch", "not-invalid"], &[],
-        |c| (c.answer_policy, c.answer_wait, c.beacon_switch) == (AnswerPolicy::Safe, ms(250), Confirmation::NotInvalid)),
-    (&["--payload-choice", "best-value"], &[], |c| c.payload_choice == PayloadChoice::BestValue),
-    // Without safe the wait is unused, so a short --request-timeout is no conflict.
-    (&["--request-timeout", "100"], &[], |c| c.answer_wait > c.request_timeout.unwrap()),
-    // Builders keep their order and skip empty entries, as Go's parseURLs.
-    (&["--builders", " 127.0.0.1:1 ,, 127.0.0.2:2,", "--proxies", ", ,"], &[], |c| c.proxies.is_empty()
-        && c.builders.iter().map(|b| b.name.as_str()).eq(["127.0.0.1:1", "127.0.0.2:2"])),
-];
+/// One case a line: arguments | environment | what the config's `Debug` must show, as
+/// `field: value` pieces, or `error:` and the words the one-line error must contain. Arguments
+/// follow `-builders 127.0.0.1:8551`, or, after `jwt-tokens-service`, go to that parser alone; a
+/// leading `~` tries `-flag value` in all four Go spellings; `$NAME` is a file of `cases`, `$ENV`
+/// the environment of `ENV`, `␣` a space.
+const CASES: &str = "
+# Defaults without environment.
+                                  |                     | listen: 127.0.0.1:25590; listen_text: \"localhost:25590\"; proxies: []
+                                  |                     | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+                                  |                     | idle_timeout: 60s; read_timeout: 30s; write_timeout: 10s; answer_wait: 1s
+                                  |                     | max_body_bytes: 134217728; memory_budget_bytes: 1073741824; max_connections: 1024
+                                  |                     | backlog_requests: 512; backlog_bytes: 268435456; log_level: Info; log_json: false
+                                  |                     | mirror_mode: false; metrics_addr: None; jwt_client_id: None; builder_jwt_secrets: [None]
+                                  |                     | answer_policy: Primary; payload_choice: Primary; beacon_switch: ValidOnly; beacon_jwt_secrets: []
+# The environment gives defaults (Go's -proxy-request-timeout defaults to BUILDER_TIMEOUT_MS too).
+                                  | $ENV                | listen: 127.0.0.1:0; listen_text: \"127.0.0.1:0\"; request_timeout: Some(3s)
+                                  | $ENV                | proxy_request_timeout: 3s; log_level: Warn; log_json: true; beacon_expiry: 24s
+# Flags override it.
+-addr=127.0.0.1:1 -request-timeout=100 -proxy-request-timeout=200 | $ENV | listen: 127.0.0.1:1; request_timeout: Some(100ms); proxy_request_timeout: 200ms
+-loglevel=error -json=false -beacon-expiry=300 | $ENV | log_level: Error; log_json: false; beacon_expiry: 300ms
+# Numbers in the environment that Go's strconv.Atoi refuses are ignored.
+  | BUILDER_TIMEOUT_MS=abc BEACON_EXPIRY_MS=abc | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+  | BUILDER_TIMEOUT_MS=0 BEACON_EXPIRY_MS=0     | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+  | BUILDER_TIMEOUT_MS=-5 BEACON_EXPIRY_MS=-5   | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+  | BUILDER_TIMEOUT_MS=1.5 BEACON_EXPIRY_MS=1.5 | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+  | BUILDER_TIMEOUT_MS= BEACON_EXPIRY_MS=       | request_timeout: None; proxy_request_timeout: 2s; beacon_expiry: 12s
+# Empty variables count as unset.
+  | PROXY_LISTEN_ADDR= LOG_LEVEL=               | listen_text: \"localhost:25590\"; log_level: Info
+# MIRROR_MODE and METRICS_ADDR as upstream reads them; flags override them.
+  | MIRROR_MODE=1     | mirror_mode: true
+  | MIRROR_MODE=t     | mirror_mode: true
+  | MIRROR_MODE=T     | mirror_mode: true
+  | MIRROR_MODE=true  | mirror_mode: true
+  | MIRROR_MODE=TRUE  | mirror_mode: true
+  | MIRROR_MODE=True  | mirror_mode: true
+  | MIRROR_MODE=0     | mirror_mode: false
+  | MIRROR_MODE=f     | mirror_mode: false
+  | MIRROR_MODE=F     | mirror_mode: false
+  | MIRROR_MODE=false | mirror_mode: false
+  | MIRROR_MODE=FALSE | mirror_mode: false
+  | MIRROR_MODE=False | mirror_mode: false
+  | MIRROR_MODE=      | mirror_mode: false
+  | METRICS_ADDR=127.0.0.1:9551 | metrics_addr: Some(127.0.0.1:9551)
+  | METRICS_ADDR=               | metrics_addr: None
+-mirror-mode=false --metrics-addr 127.0.0.1:9552 | MIRROR_MODE=true METRICS_ADDR=127.0.0.1:9551 | mirror_mode: false; metrics_addr: Some(127.0.0.1:9552)
+--mirror-mode      | MIRROR_MODE=false | mirror_mode: true
+-mirror-mode=false | MIRROR_MODE=yes   | mirror_mode: false
+# Any non-empty LOG_JSON turns JSON logging on, as in Go.
+  | LOG_JSON=true  | log_json: true
+  | LOG_JSON=false | log_json: true
+  | LOG_JSON=x     | log_json: true
+  | LOG_JSON=      | log_json: false
+# Log levels as logrus names them; a flag makes a bad LOG_LEVEL irrelevant.
+--loglevel=trace   |  | log_level: Trace
+--loglevel=debug   |  | log_level: Debug
+--loglevel=info    |  | log_level: Info
+--loglevel=INFO    |  | log_level: Info
+--loglevel=        |  | log_level: Info
+--loglevel=warn    |  | log_level: Warn
+--loglevel=warning |  | log_level: Warn
+--loglevel=error   |  | log_level: Error
+--loglevel=fatal   |  | log_level: Error
+--loglevel=panic   |  | log_level: Error
+--loglevel=off     |  | log_level: Off
+-loglevel=debug    | LOG_LEVEL=loud | log_level: Debug
+# Listen addresses: IPv4 first; \":PORT\" is every interface.
+-addr 127.0.0.1:0   |  | listen: 127.0.0.1:0; listen_text: \"127.0.0.1:0\"
+-addr localhost:0   |  | listen: 127.0.0.1:0; listen_text: \"localhost:0\"
+-addr :0            |  | listen: 0.0.0.0:0
+-addr [::1]:0       |  | listen: [::1]:0
+-addr 0.0.0.0:25590 |  | listen: 0.0.0.0:25590
+# Booleans as Go's flag package reads them.
+-json -mirror-mode                |  | log_json: true; mirror_mode: true
+--json --mirror-mode              |  | log_json: true; mirror_mode: true
+-json=true --mirror-mode=true     |  | log_json: true; mirror_mode: true
+-json=1 -mirror-mode=t            |  | log_json: true; mirror_mode: true
+-json=TRUE -mirror-mode=T         |  | log_json: true; mirror_mode: true
+-json=false --mirror-mode=false   |  | log_json: false; mirror_mode: false
+--json=false -mirror-mode=0       |  | log_json: false; mirror_mode: false
+-json=0 -mirror-mode=F            |  | log_json: false; mirror_mode: false
+-json=F -mirror-mode=False        |  | log_json: false; mirror_mode: false
+-json=False -mirror-mode=FALSE    |  | log_json: false; mirror_mode: false
+# The last occurrence of a flag wins.
+-builders 127.0.0.1:1 --loglevel=error -builders=127.0.0.1:2 -loglevel trace -json -json=false | | name: \"127.0.0.1:2\"; log_level: Trace; log_json: false
+# A value that looks like a flag is kept; an empty client id means none.
+-jwt-client-id -abc |  | jwt_client_id: Some(\"-abc\")
+-jwt-client-id=     |  | jwt_client_id: None
+# Answer policies and the beacon switch; without safe the wait is unused, so a short --request-timeout is no conflict.
+--answer-policy safe --answer-wait 250 --beacon-switch not-invalid | | answer_policy: Safe; answer_wait: 250ms; beacon_switch: NotInvalid
+--payload-choice best-value |  | payload_choice: BestValue
+--request-timeout 100       |  | request_timeout: Some(100ms); answer_wait: 1s
+# Builders keep their order and skip empty entries, as Go's parseURLs.
+--builders ␣127.0.0.1:1␣,,␣127.0.0.2:2, --proxies ,␣, | | proxies: []; builders: [Endpoint { name: \"127.0.0.1:1\"; addrs: [127.0.0.2:2]
+# Every value flag in every Go spelling (-flag value, --flag value, -flag=value, --flag=value).
+~-addr 127.0.0.1:0                  |  | listen: 127.0.0.1:0; listen_text: \"127.0.0.1:0\"
+~-builders 127.0.0.1:1,127.0.0.2:2  |  | builder_jwt_secrets: [None, None]; addrs: [127.0.0.2:2]
+~-proxies 127.0.0.1:3               |  | proxies: [Endpoint { name: \"127.0.0.1:3\"; url: \"http://127.0.0.1:3/\"
+~-request-timeout 1500              |  | request_timeout: Some(1.5s)
+~-proxy-request-timeout 250         |  | proxy_request_timeout: 250ms
+~-loglevel debug                    |  | log_level: Debug
+~-max-body-bytes 1048576            |  | max_body_bytes: 1048576
+~-memory-budget-bytes 65536         |  | memory_budget_bytes: 65536
+~-max-connections 7                 |  | max_connections: 7
+~-idle-timeout 5000                 |  | idle_timeout: 5s
+~-read-timeout 4000                 |  | read_timeout: 4s
+~-write-timeout 3000                |  | write_timeout: 3s
+~-backlog-requests 9                |  | backlog_requests: 9
+~-backlog-bytes 4096                |  | backlog_bytes: 4096
+~-beacon-expiry 6000                |  | beacon_expiry: 6s
+~-answer-wait 700                   |  | answer_wait: 700ms
+~-answer-policy safe                |  | answer_policy: Safe
+~-payload-choice best-value         |  | payload_choice: BestValue
+~-beacon-switch not-invalid         |  | beacon_switch: NotInvalid
+~-jwt-client-id proxy-1             |  | jwt_client_id: Some(\"proxy-1\")
+~-metrics-addr 127.0.0.1:9090       |  | metrics_addr: Some(127.0.0.1:9090)
+~-jwt-secret $JWT                   |  | jwt_secret: Some(Secret(<redacted>))
+~-builder-jwt-secrets $MAP          |  | builder_jwt_secrets: [Some(Secret(<redacted>))]
+~-beacon-jwt-secrets $BNS           |  | beacon_jwt_secrets: [(\"bn-a\", Secret(<redacted>))]
+# jwt-tokens-service: its flags in every spelling, LOG_LEVEL and LOG_JSON, its errors.
+jwt-tokens-service -addr 127.0.0.1:0 -config $TOKENS |  | listen: 127.0.0.1:0; listen_text: \"127.0.0.1:0\"; client_id: None; log_level: Info; log_json: false
+jwt-tokens-service -config $TOKENS  |  | entries: [(\"alpha\", Secret(<redacted>)), (\"beta\", Secret(<redacted>))]; listen_text: \"localhost:1337\"
+jwt-tokens-service -config $TOKENS ~-client-id cl-1  |  | client_id: Some(\"cl-1\")
+jwt-tokens-service -config $TOKENS ~-loglevel debug  |  | log_level: Debug
+jwt-tokens-service -config $TOKENS ~-addr 127.0.0.1:7 |  | listen: 127.0.0.1:7
+jwt-tokens-service ~-config $TOKENS |  | entries: [(\"alpha\", Secret(<redacted>)), (\"beta\", Secret(<redacted>))]
+jwt-tokens-service -config $TOKENS -json        |  | log_json: true
+jwt-tokens-service -config $TOKENS --json=true  |  | log_json: true
+jwt-tokens-service -config $TOKENS | LOG_LEVEL=trace LOG_JSON=yes | log_level: Trace; log_json: true
+jwt-tokens-service -builders x -config $TOKENS  |  | error: unknown flag; --builders
+jwt-tokens-service -config $MISSING             |  | error: cannot read --config file; $MISSING
+jwt-tokens-service -config $EMPTY               |  | error: no entries; $EMPTY
+jwt-tokens-service -config $SHORT               |  | error: invalid --config file; $SHORT
+jwt-tokens-service -config $TOKENS -addr nowhere |  | error: not an address; --addr
+jwt-tokens-service -config $TOKENS -loglevel=loud |  | error: not a log level
+jwt-tokens-service -config $TOKENS stray        |  | error: unexpected argument
+jwt-tokens-service -config                      |  | error: missing value; --config
+# Bad values in the environment name their variable.
+  | LOG_LEVEL=loud              | error: not a log level; LOG_LEVEL; --loglevel
+  | METRICS_ADDR=nowhere        | error: METRICS_ADDR; --metrics-addr; nowhere
+  | PROXY_LISTEN_ADDR=127.0.0.1 | error: not an address; PROXY_LISTEN_ADDR
+  | MIRROR_MODE=yes             | error: MIRROR_MODE; --mirror-mode; true or false
+  | MIRROR_MODE=on              | error: MIRROR_MODE; --mirror-mode; true or false
+  | MIRROR_MODE=␣true           | error: MIRROR_MODE; --mirror-mode; true or false
+  | MIRROR_MODE=2               | error: MIRROR_MODE; --mirror-mode; true or false
+# Bad flag values.
+--loglevel loud                 |  | error: not a log level; \"loud\"; --loglevel
+--idle-timeout=31536000001      |  | error: --idle-timeout; 31536000001
+--answer-policy vote            |  | error: --answer-policy; \"vote\"; primary or safe
+--beacon-switch any             |  | error: --beacon-switch; \"any\"; valid or not-invalid
+--payload-choice max            |  | error: --payload-choice; \"max\"; primary or best-value
+--answer-policy safe --request-timeout 500 --answer-wait 500 | | error: --answer-wait; 500 ms
+--beacon-jwt-secrets $BAD_BN    |  | error: --beacon-jwt-secrets; not an identity
+# Bad command lines (Go reads \"-json false\" as -json and a positional argument; -5 is a short flag).
+-json=maybe                     |  | error: invalid boolean; --json
+--json=                         |  | error: invalid boolean
+--mirror-mode=yes               |  | error: invalid boolean; --mirror-mode
+-json false                     |  | error: unexpected argument; false
+-bogus                          |  | error: unknown flag; --bogus
+--bogus=1                       |  | error: unknown flag; --bogus
+-x                              |  | error: unknown flag; -x
+-5                              |  | error: unknown flag -5
+--builder 127.0.0.1:8551        |  | error: unknown flag; --builder
+-config x                       |  | error: unknown flag; --config
+stray                           |  | error: unexpected argument
+-                               |  | error: unexpected argument
+-- --addr 127.0.0.1:0           |  | error: unexpected argument
+# Entries of --builders and --proxies name their flag.
+--builders 127.0.0.1:1,ws://127.0.0.1:2 |  | error: --builders; only http://; ws://127.0.0.1:2
+--proxies 127.0.0.1:x           |  | error: --proxies; invalid port; 127.0.0.1:x
+# Secret files are named, never their content (checked for every error row).
+--jwt-secret $MISSING           |  | error: cannot read; --jwt-secret; $MISSING
+--builder-jwt-secrets $MISSING  |  | error: cannot read; --builder-jwt-secrets; $MISSING
+--jwt-secret $ALMOST            |  | error: invalid --jwt-secret file; $ALMOST
+--builder-jwt-secrets $MAP_ALMOST |  | error: invalid --builder-jwt-secrets file; $MAP_ALMOST
+--builder-jwt-secrets $ALMOST   |  | error: invalid --builder-jwt-secrets file; $ALMOST
+";
 
 #[test]
-fn values_from_flags_environment_and_defaults() {
-    for (args, env, check) in VALUES {
-        let config = run(&with_builder(args), env);
-        assert!(check(&config), "{args:?} {env:?} gave {config:?}");
-    }
-}
-
-#[test]
-fn every_value_flag_in_every_spelling() {
-    let jwt = TempFile::new(SECRET_HEX);
-    let map = secret_map(&[(BUILDER, OTHER_SECRET_HEX)]);
-    let table: &[(&str, &str, Check)] = &[
-        ("addr", "127.0.0.1:0", |c| c.listen == loopback(0) && c.listen_text == "127.0.0.1:0"),
-        ("builders", "127.0.0.1:1,127.0.0.2:2", |c| {
-            c.builders.len() == 2 && c.builders[1].name == "127.0.0.2:2" && c.builder_jwt_secrets.len() == 2
-        }),
-        ("proxies", "127.0.0.1:3", |c| c.proxies.len() == 1 && c.proxies[0].url == "http://127.0.0.1:3/"),
-        ("request-timeout", "1500", |c| c.request_timeout == Some(ms(1500))),
-        ("proxy-request-timeout", "250", |c| c.proxy_request_timeout == ms(250)),
-        ("loglevel", "debug", |c| c.log_level == Debug),
-        ("max-body-bytes", "1048576", |c| c.max_body_bytes == 1_048_576),
-        ("memory-budget-bytes", "65536", |c| c.memory_budget_bytes == 65536),
-        ("max-connections", "7", |c| c.max_connections == 7),
-        ("idle-timeout", "5000", |c| c.idle_timeout == ms(5000)),
-        ("read-timeout", "4000", |c| c.read_timeout == ms(4000)),
-        ("write-timeout", "3000", |c| c.write_timeout == ms(3000)),
-        ("backlog-requests", "9", |c| c.backlog_requests == 9),
-        ("backlog-bytes", "4096", |c| c.backlog_bytes == 4096),
-        ("beacon-expiry", "6000", |c| c.beacon_expiry == ms(6000)),
-        ("answer-wait", "700", |c| c.answer_wait == ms(700)),
-        ("answer-policy", "safe", |c| c.answer_policy == AnswerPolicy::Safe),
-        ("payload-choice", "best-value", |c| c.payload_choice == PayloadChoice::BestValue),
-        ("beacon-switch", "not-invalid", |c| c.beacon_switch == Confirmation::NotInvalid),
-        ("jwt-client-id", "proxy-1", |c| c.jwt_client_id.as_deref() == Some("proxy-1")),
-        ("metrics-addr", "127.0.0.1:9090", |c| c.metrics_addr == Some(loopback(9090))),
-        ("jwt-secret", jwt.arg(), |c| c.jwt_secret == Some(secret(SECRET_HEX))),
-        ("builder-jwt-secrets", map.arg(), |c| c.builder_jwt_secrets == [Some(secret(OTHER_SECRET_HEX))]),
-    ];
-    for (flag, value, check) in table {
-        for spelling in spellings(flag, value) {
-            let args = joined(&["--builders", BUILDER], &spelling);
-            let config = run(&args, &[]);
-            assert!(check(&config), "{args:?} gave {config:?}");
-        }
-    }
-    // A 0x prefix and white space around the secret are fine.
-    let file = TempFile::new(&format!("  0x{SECRET_HEX}\n"));
-    assert_eq!(run(&with_builder(&["-jwt-secret", file.arg()]), &[]).jwt_secret, Some(secret(SECRET_HEX)));
-}
-
-#[test]
-fn errors_name_the_flag_or_variable_and_the_value() {
+fn cases() {
     let almost = &SECRET_HEX[..60];
     let missing = std::env::temp_dir().join(format!("sync-proxy-config-test-missing-{}", std::process::id()));
-    let missing = missing.to_str().unwrap();
-    let (jwt_almost, map_almost, map_not_json) =
-        (TempFile::new(almost), secret_map(&[(BUILDER, almost)]), TempFile::new(SECRET_HEX));
-    let bad_bn = secret_map(&[("bn a", "11".repeat(32).as_str())]);
-    let mut rows: Vec<(Vec<&str>, Env, Vec<&str>)> = vec![
-        // Bad values in the environment name their variable.
-        (vec![], &[("LOG_LEVEL", "loud")], vec!["not a log level", "LOG_LEVEL", "--loglevel"]),
-        (vec![], &[("METRICS_ADDR", "nowhere")], vec!["METRICS_ADDR", "--metrics-addr", "nowhere"]),
-        (vec![], &[("PROXY_LISTEN_ADDR", "127.0.0.1")], vec!["not an address", "PROXY_LISTEN_ADDR"]),
-        (vec![], &[("MIRROR_MODE", "yes")], vec!["MIRROR_MODE", "--mirror-mode", "true or false"]),
-        (vec![], &[("MIRROR_MODE", "on")], vec!["MIRROR_MODE", "--mirror-mode", "true or false"]),
-        (vec![], &[("MIRROR_MODE", " true")], vec!["MIRROR_MODE", "--mirror-mode", "true or false"]),
-        (vec![], &[("MIRROR_MODE", "2")], vec!["MIRROR_MODE", "--mirror-mode", "true or false"]),
-        // Bad flag values.
-        (vec!["--loglevel", "loud"], &[], vec!["not a log level", "\"loud\"", "--loglevel"]),
-        (vec!["--idle-timeout=31536000001"], &[], vec!["--idle-timeout", "31536000001"]),
-        (vec!["--answer-policy", "vote"], &[], vec!["--answer-policy", "\"vote\"", "primary or safe"]),
-        (vec!["--beacon-switch", "any"], &[], vec!["--beacon-switch", "\"any\"", "valid or not-invalid"]),
-        (vec!["--payload-choice", "max"], &[], vec!["--payload-choice", "\"max\"", "primary or best-value"]),
-        (
-            vec!["--answer-policy", "safe", "--request-timeout", "500", "--answer-wait", "500"],
-            &[],
-            vec!["--answer-wait", "500 ms"],
-        ),
-        (vec!["--beacon-jwt-secrets", bad_bn.arg()], &[], vec!["--beacon-jwt-secrets", "not an identity"]),
-        // Bad command lines.
-        (vec!["-json=maybe"], &[], vec!["invalid boolean", "--json"]),
-        (vec!["--json="], &[], vec!["invalid boolean"]),
-        (vec!["--mirror-mode=yes"], &[], vec!["invalid boolean", "--mirror-mode"]),
-        // Go reads "-json false" as -json followed by a positional argument.
-        (vec!["-json", "false"], &[], vec!["unexpected argument", "false"]),
-        (vec!["-bogus"], &[], vec!["unknown flag", "--bogus"]),
-        (vec!["--bogus=1"], &[], vec!["unknown flag", "--bogus"]),
-        (vec!["-x"], &[], vec!["unknown flag", "-x"]),
-        (vec!["--builder", BUILDER], &[], vec!["unknown flag", "--builder"]),
-        // A jwt-tokens-service flag is not a sync-proxy flag.
-        (vec!["-config", "x"], &[], vec!["unknown flag", "--config"]),
-        (vec!["stray"], &[], vec!["unexpected argument"]),
-        (vec!["-"], &[], vec!["unexpected argument"]),
-        (vec!["--", "--addr", "127.0.0.1:0"], &[], vec!["unexpected argument"]),
-        // "-5" is a short option to lexopt.
-        (vec!["-5"], &[], vec!["unknown flag -5"]),
-        // Entries of --builders and --proxies name their flag.
-        (
-            vec!["--builders", "127.0.0.1:1,ws://127.0.0.1:2"],
-            &[],
-            vec!["--builders", "only http://", "ws://127.0.0.1:2"],
-        ),
-        (vec!["--proxies", "127.0.0.1:x"], &[], vec!["--proxies", "invalid port", "127.0.0.1:x"]),
-        // Secret files are named, never their content.
-        (vec!["--jwt-secret", missing], &[], vec!["cannot read", "--jwt-secret", missing]),
-        (vec!["--builder-jwt-secrets", missing], &[], vec!["cannot read", "--builder-jwt-secrets", missing]),
-        (vec!["--jwt-secret", jwt_almost.arg()], &[], vec!["invalid --jwt-secret file", jwt_almost.arg()]),
-        (
-            vec!["--builder-jwt-secrets", map_almost.arg()],
-            &[],
-            vec!["invalid --builder-jwt-secrets file", map_almost.arg()],
-        ),
-        (vec!["--builder-jwt-secrets", map_not_json.arg()], &[], vec!["invalid --builder-jwt-secrets file"]),
+    let files = [
+        ("$JWT", TempFile::new(SECRET_HEX)),
+        ("$MAP_ALMOST", secret_map(&[(BUILDER, almost)])),
+        ("$MAP", secret_map(&[(BUILDER, OTHER_SECRET_HEX)])),
+        ("$BNS", secret_map(&[("bn-a", "11".repeat(32).as_str())])),
+        ("$BAD_BN", secret_map(&[("bn a", "11".repeat(32).as_str())])),
+        ("$TOKENS", secret_map(&[("alpha", SECRET_HEX), ("beta", OTHER_SECRET_HEX)])),
+        ("$EMPTY", TempFile::new("{}")),
+        ("$SHORT", secret_map(&[("alpha", &SECRET_HEX[..10])])),
+        ("$ALMOST", TempFile::new(almost)),
     ];
+    let paths: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(name, file)| (*name, file.arg()))
+        .chain([("$MISSING", missing.to_str().unwrap())])
+        .collect();
+    let env_vars = "PROXY_LISTEN_ADDR=127.0.0.1:0 BUILDER_TIMEOUT_MS=3000 LOG_LEVEL=warning LOG_JSON=1 BEACON_EXPIRY_MS=24000";
+    let expand = |text: &str| {
+        paths.iter().fold(text.replace("$ENV", env_vars), |text, (name, path)| text.replace(name, path))
+    };
+    for line in CASES.lines().filter(|line| !line.trim().is_empty() && !line.starts_with('#')) {
+        let [args, env, want] = &line.split('|').map(|col| expand(col.trim())).collect::<Vec<_>>()[..] else {
+            panic!("bad case {line:?}")
+        };
+        let words =
+            |text: &str| text.split_whitespace().map(|word| word.replace('␣', " ")).collect::<Vec<_>>();
+        let env = words(env);
+        let env: Vec<(&str, &str)> = env.iter().filter_map(|pair| pair.split_once('=')).collect();
+        let (tokens, args) = match args.strip_prefix("jwt-tokens-service") {
+            Some(args) => (true, words(args)),
+            None => (false, words(&format!("-builders {BUILDER} {args}"))),
+        };
+        // "~-flag value" stands for each of its spellings.
+        let spelled: Vec<Vec<String>> = match args.iter().position(|arg| arg.starts_with('~')) {
+            Some(at) => spellings(&args[at][2..], &args[at + 1])
+                .map(|spelling| [&args[..at], &spelling[..], &args[at + 2..]].concat())
+                .into(),
+            None => vec![args],
+        };
+        for args in spelled {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let outcome = match tokens {
+                true => parse_in(parse_tokens_service, &args, &env).map(|command| format!("{command:?}")),
+                false => parse_in(parse, &args, &env).map(|command| format!("{command:?}")),
+            };
+            let pieces: Vec<&str> =
+                want.strip_prefix("error:").unwrap_or(want).split(';').map(str::trim).collect();
+            match (want.starts_with("error:"), outcome) {
+                (true, Err(message)) => {
+                    assert_mentions(&message, &pieces);
+                    assert!(!message.contains(almost) && !message.contains(&SECRET_HEX[..10]), "{message}");
+                }
+                (false, Ok(debug)) if debug.starts_with("Run(") => {
+                    for piece in pieces {
+                        let shown =
+                            debug.contains(&format!(" {piece},")) || debug.contains(&format!(" {piece} }}"));
+                        assert!(shown, "{line:?}: no {piece:?} in {debug}");
+                    }
+                }
+                (_, outcome) => panic!("{line:?} {args:?} gave {outcome:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_bad_number_address_and_missing_value_is_named() {
     let millis =
         ["request-timeout", "proxy-request-timeout", "idle-timeout", "read-timeout", "write-timeout"];
     let counts =
         ["max-body-bytes", "memory-budget-bytes", "max-connections", "backlog-requests", "backlog-bytes"];
-    let numbers: Vec<String> = (millis.iter().chain(&["beacon-expiry", "answer-wait"]).chain(&counts))
-        .flat_map(|flag| {
-            ["0", "abc", "-1", "1.5", "", "1e3", "99999999999999999999999"].map(|v| format!("--{flag}={v}"))
-        })
-        .collect();
-    let addrs: Vec<String> = ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x", "::1:0", "a b:1"]
-        .iter()
-        .flat_map(|bad| [format!("-addr={bad}"), format!("-metrics-addr={bad}")])
-        .collect();
-    let missing_values: Vec<String> = PROXY_FLAGS
-        .iter()
-        .filter(|f| f.value.is_some())
-        .flat_map(|f| [format!("-{}", f.name), format!("--{}", f.name)])
-        .collect();
-    for arg in numbers.iter().chain(&addrs) {
-        let (flag, value) = arg.trim_start_matches('-').split_once('=').unwrap();
-        let needles = vec![&arg[..arg.find('=').unwrap()], "invalid value", flag, value];
-        rows.push((vec![arg], &[], needles));
+    let numbers = millis.iter().chain(&["beacon-expiry", "answer-wait"]).chain(&counts).flat_map(|flag| {
+        ["0", "abc", "-1", "1.5", "", "1e3", "99999999999999999999999"].map(|bad| (format!("--{flag}"), bad))
+    });
+    let addrs = ["", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:x", "::1:0", "a b:1"]
+        .into_iter()
+        .flat_map(|bad| [("--addr".to_owned(), bad), ("--metrics-addr".to_owned(), bad)]);
+    for (flag, bad) in numbers.chain(addrs) {
+        let message = error(&with_builder(&[&format!("{flag}={bad}")]), &[]);
+        assert_mentions(&message, &[&flag, "invalid value", &format!("{bad:?}")]);
     }
-    for arg in &missing_values {
-        rows.push((vec![arg], &[], vec!["missing value", arg.trim_start_matches('-')]));
-    }
-    for (args, env, needles) in &rows {
-        let message = error(&with_builder(args), env);
-        assert_mentions(&message, needles);
-        for content in [almost, &SECRET_HEX[..10]] {
-            assert!(!message.contains(content), "{message}");
+    for flag in PROXY_FLAGS.iter().filter(|f| f.value.is_some()) {
+        for dash in ["-", "--"] {
+            let message = error(&with_builder(&[&format!("{dash}{}", flag.name)]), &[]);
+            assert_mentions(&message, &["missing value", &format!("--{}", flag.name)]);
         }
     }
 }
@@ -465,6 +463,9 @@ fn beacon_jwt_secrets_and_reload_read_the_secret_files_again() {
     assert_eq!((reloaded.jwt_secret, reloaded.builders), (Some(secret(OTHER_SECRET_HEX)), config.builders));
     std::fs::write(&jwt.0, "not hex").unwrap();
     assert_mentions(&read_reloadable(&config.reload).unwrap_err().0, &["--jwt-secret"]);
+    // A 0x prefix and white space around the secret are fine.
+    std::fs::write(&jwt.0, format!("  0x{SECRET_HEX}\n")).unwrap();
+    assert_eq!(read_reloadable(&config.reload).unwrap().jwt_secret, Some(secret(SECRET_HEX)));
 }
 
 #[test]
@@ -692,58 +693,15 @@ fn without_the_tls_feature_https_and_builder_ca_are_refused() {
 }
 
 #[test]
-fn tokens_service_flags_environment_and_errors() {
-    type Tokens = fn(&TokensServiceConfig) -> bool;
-    let file = secret_map(&[("alpha", SECRET_HEX), ("beta", OTHER_SECRET_HEX)]);
-    let base = ["-addr", "127.0.0.1:0", "-config", file.arg()];
-    let tokens = |args: &[&str], env| ran(args, parse_in(parse_tokens_service, args, env));
-    let config = tokens(&base, &[]);
-    assert!(config.entries.iter().map(|(name, _)| name.as_str()).eq(["alpha", "beta"]));
-    let defaults =
-        (config.listen, config.listen_text.as_str(), config.client_id, config.log_level, config.log_json);
-    assert_eq!(defaults, (loopback(0), "127.0.0.1:0", None, Info, false));
-    let table: &[(&str, &str, Tokens)] = &[
-        ("client-id", "cl-1", |c| c.client_id.as_deref() == Some("cl-1")),
-        ("loglevel", "debug", |c| c.log_level == Debug),
-        ("addr", "127.0.0.1:7", |c| c.listen == loopback(7)),
-        ("config", file.arg(), |c| c.entries.len() == 2),
-    ];
-    let json =
-        [vec!["-json".to_owned()], vec!["--json=true".to_owned()]].map(|s| (s, (|c| c.log_json) as Tokens));
-    let spelled = table.iter().flat_map(|(flag, value, check)| spellings(flag, value).map(|s| (s, *check)));
-    for (spelling, check) in spelled.chain(json) {
-        let args = joined(&base, &spelling);
-        assert!(check(&tokens(&args, &[])), "{args:?}");
-    }
-    let config = tokens(&base, &[("LOG_LEVEL", "trace"), ("LOG_JSON", "yes")]);
-    assert_eq!((config.log_level, config.log_json), (Trace, true));
-
-    let (empty, invalid) = (TempFile::new("{}"), secret_map(&[("alpha", &SECRET_HEX[..10])]));
-    let missing = format!("{}-missing", file.arg());
-    let rows: &[(&[&str], &[&str])] = &[
-        (&["-builders", "x", "-config", file.arg()], &["unknown flag", "--builders"]),
-        (&["-config", &missing], &["cannot read --config file", &missing]),
-        (&["-config", empty.arg()], &["no entries", empty.arg()]),
-        (&["-config", invalid.arg()], &["invalid --config file", invalid.arg()]),
-        (&["-config", file.arg(), "-addr", "nowhere"], &["not an address", "--addr"]),
-        (&["-config", file.arg(), "-loglevel=loud"], &["not a log level"]),
-        (&["-config", file.arg(), "stray"], &["unexpected argument"]),
-        (&["-config"], &["missing value", "--config"]),
-    ];
-    for (args, needles) in rows {
-        let message = parse_in(parse_tokens_service, args, &[]).unwrap_err();
-        assert_mentions(&message, needles);
-        assert!(!message.contains(&SECRET_HEX[..10]), "{message}");
-    }
-}
-
-#[test]
 fn the_defaults_serve_the_tokens_service() {
     let file = secret_map(&[("alpha", SECRET_HEX)]);
     let args = ["-addr", "127.0.0.1:0", "-config", file.arg(), "-loglevel", "warn"];
     let config = Config::serving_only(&ran(&args, parse_in(parse_tokens_service, &args, &[])));
     let proxy = run(&with_builder(&[]), &[]);
-    assert_eq!((config.listen, config.log_level, config.builders.len()), (loopback(0), Warn, 0));
+    assert_eq!(
+        (config.listen, config.log_level, config.builders.len()),
+        (loopback(0), log::LevelFilter::Warn, 0)
+    );
     let limits = |c: &Config| {
         (c.max_connections, c.idle_timeout, c.read_timeout, c.write_timeout, c.memory_budget_bytes)
     };
