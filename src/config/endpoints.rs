@@ -41,10 +41,6 @@ impl Endpoint {
     }
 }
 
-/// Go's `http` scheme default, used when an entry has no port.
-const DEFAULT_HTTP_PORT: u16 = 80;
-/// The same for `https://`.
-const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Why a build without the cargo feature `tls` refuses `https://` and `--builder-ca`.
 pub(super) const NO_TLS: &str = "this build has no TLS (it was built without the cargo feature `tls`)";
 
@@ -56,22 +52,20 @@ pub(super) const NO_TLS: &str = "this build has no TLS (it was built without the
 /// that merely starts with "http" (`httpbin:80`) works too, because the scheme is recognised by
 /// its `://`.
 pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
-    let parts = split_endpoint(entry)?;
-    let name = entry.trim();
-    if parts.url.starts_with("https://") {
-        tls::check_server_name(&parts.host).map_err(|why| bad_endpoint(name, &why))?;
+    let (mut endpoint, host, port) = split_endpoint(entry)?;
+    let bad = |why: &str| bad_endpoint(entry.trim(), why);
+    if endpoint.is_https() {
+        tls::check_server_name(&host).map_err(|why| bad(&why))?;
     }
-    let mut addrs: Vec<SocketAddr> = (parts.host.as_str(), parts.port)
-        .to_socket_addrs()
-        .map_err(|e| bad_endpoint(name, &format!("cannot resolve {:?}: {e}", parts.host)))?
-        .collect();
+    let addrs = (host.as_str(), port).to_socket_addrs();
+    endpoint.addrs = addrs.map_err(|e| bad(&format!("cannot resolve {host:?}: {e}")))?.collect();
     // Stable sort: IPv4 first, the resolver's order otherwise, so "localhost" means 127.0.0.1
     // as it does for Go.
-    addrs.sort_by_key(SocketAddr::is_ipv6);
-    if addrs.is_empty() {
-        return Err(bad_endpoint(name, "the host resolved to no address"));
+    endpoint.addrs.sort_by_key(SocketAddr::is_ipv6);
+    if endpoint.addrs.is_empty() {
+        return Err(bad("the host resolved to no address"));
     }
-    Ok(Endpoint { name: name.to_owned(), url: parts.url, host: parts.authority, path: parts.path, addrs })
+    Ok(endpoint)
 }
 
 /// The entries of a `--builders-file`, with their line numbers: one EL per line (commas split
@@ -120,22 +114,13 @@ pub(super) fn read_builders(list: &BuilderList) -> Result<Vec<Endpoint>, ConfigE
     })
 }
 
-/// An endpoint entry taken apart, before any DNS.
-pub(super) struct EndpointParts {
-    /// `host[:port]` as written.
-    pub(super) authority: String,
-    /// The host to resolve: lower-cased, without IPv6 brackets.
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) path: String,
-    pub(super) url: String,
-}
-
 fn bad_endpoint(entry: &str, why: &str) -> ConfigError {
     err!("bad URL {entry:?}: {why}")
 }
 
-pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> {
+/// An entry taken apart, before any DNS: the endpoint without addresses, and the host (lower-cased,
+/// without IPv6 brackets) and port to resolve.
+pub(super) fn split_endpoint(entry: &str) -> Result<(Endpoint, String, u16), ConfigError> {
     let entry = entry.trim();
     let bad = |why: &str| bad_endpoint(entry, why);
     if entry.is_empty() {
@@ -193,8 +178,9 @@ pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> 
         return Err(bad("empty host"));
     }
     let port = match port {
-        None if https => DEFAULT_HTTPS_PORT,
-        None => DEFAULT_HTTP_PORT,
+        // The schemes' default ports, as in Go.
+        None if https => 443,
+        None => 80,
         Some(text) => match text.parse::<u16>() {
             Ok(port) if port > 0 && text.bytes().all(|b| b.is_ascii_digit()) => port,
             _ => return Err(bad(&format!("invalid port {text:?}"))),
@@ -204,7 +190,11 @@ pub(super) fn split_endpoint(entry: &str) -> Result<EndpointParts, ConfigError> 
     let scheme = if https { "https" } else { "http" };
     let shown = if bracketed { format!("[{host}]") } else { host.clone() };
     let url = format!("{scheme}://{shown}:{port}{path}");
-    Ok(EndpointParts { authority: authority.to_owned(), host, port, path, url })
+    Ok((
+        Endpoint { name: entry.to_owned(), url, host: authority.to_owned(), path, addrs: Vec::new() },
+        host,
+        port,
+    ))
 }
 
 /// RFC 3986: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.

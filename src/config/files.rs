@@ -58,7 +58,7 @@ pub(super) fn assign_builder_secrets(
     const FLAG: &str = "--builder-jwt-secrets";
     let mut slots: Vec<Option<(String, Secret)>> = vec![None; builders.len()];
     for (key, secret) in read_parsed(path, FLAG, jwt::parse_secret_map)? {
-        let key_url = split_endpoint(&key).ok().map(|parts| parts.url);
+        let key_url = split_endpoint(&key).ok().map(|(endpoint, ..)| endpoint.url);
         let mut matched = false;
         for (builder, slot) in builders.iter().zip(slots.iter_mut()) {
             if builder.name != key && key_url.as_deref() != Some(builder.url.as_str()) {

@@ -114,11 +114,11 @@ fn secret_map(pairs: &[(&str, &str)]) -> TempFile {
     TempFile::new(&format!("{{{}}}", entries.join(", ")))
 }
 
-/// One case a line: arguments | environment | what the config's `Debug` must show, as
+/// One case a line: arguments | environment | what `{:?}` of the config must show, as
 /// `field: value` pieces, or `error:` and the words the one-line error must contain. Arguments
-/// follow `-builders 127.0.0.1:8551`, or, after `jwt-tokens-service`, go to that parser alone; a
-/// leading `~` tries `-flag value` in all four Go spellings; `$NAME` is a file of `cases`, `$ENV`
-/// the environment of `ENV`, `␣` a space.
+/// follow `-builders 127.0.0.1:8551`, unless the line starts with the binary to run
+/// (`sync-proxy`, `jwt-tokens-service`); `~-flag value` stands for its four Go spellings; `$NAME`
+/// is a file made by `cases`, `$ENV` a full environment, and `␣` a space.
 const CASES: &str = "
 # Defaults without environment.
                                   |                     | listen: 127.0.0.1:25590; listen_text: \"localhost:25590\"; proxies: []
@@ -250,6 +250,20 @@ jwt-tokens-service -config $TOKENS -addr nowhere |  | error: not an address; --a
 jwt-tokens-service -config $TOKENS -loglevel=loud |  | error: not a log level
 jwt-tokens-service -config $TOKENS stray        |  | error: unexpected argument
 jwt-tokens-service -config                      |  | error: missing value; --config
+# Builders: --builders or a --builders-file (one EL per line, # comments), never both, never none.
+sync-proxy                               |  | error: no builders given: use --builders host:port[,host:port…]
+sync-proxy --builders=                   |  | error: no builders given: use --builders host:port[,host:port…]
+sync-proxy --builders ␣,␣,               |  | error: no builders given: use --builders host:port[,host:port…]
+sync-proxy --proxies 127.0.0.1:8551      |  | error: no builders given: use --builders host:port[,host:port…]
+sync-proxy --builders-file $ELS          |  | builders: [Endpoint { name: \"127.0.0.1:8552\"; builders: File(\"$ELS\")
+sync-proxy --builders 127.0.0.1:8551 --builders-file $ELS |  | error: --builders and --builders-file exclude each other
+sync-proxy --builders-file $BAD_ELS      |  | error: --builders-file; $BAD_ELS; line 3; https
+sync-proxy --builders-file $NO_ELS       |  | error: --builders-file; $NO_ELS; lists no execution client
+sync-proxy --builders-file /nonexistent  |  | error: cannot read --builders-file; /nonexistent
+# A --builder-jwt-secrets key must match exactly one builder (proxies are not builders).
+sync-proxy -builders 127.0.0.1:1 -builder-jwt-secrets $TYPO |  | error: \"typo:8551\"; matches no builder; $TYPO
+sync-proxy -builders 127.0.0.1:1 -proxies 127.0.0.9:9 -builder-jwt-secrets $PROXY_KEY | | error: \"127.0.0.9:9\"; matches no builder
+sync-proxy -builders 127.0.0.1:1 -builder-jwt-secrets $TWICE |  | error: matched by both; 127.0.0.1:1
 # Bad values in the environment name their variable.
   | LOG_LEVEL=loud              | error: not a log level; LOG_LEVEL; --loglevel
   | METRICS_ADDR=nowhere        | error: METRICS_ADDR; --metrics-addr; nowhere
@@ -305,6 +319,12 @@ fn cases() {
         ("$EMPTY", TempFile::new("{}")),
         ("$SHORT", secret_map(&[("alpha", &SECRET_HEX[..10])])),
         ("$ALMOST", TempFile::new(almost)),
+        ("$ELS", TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n")),
+        ("$BAD_ELS", TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n")),
+        ("$NO_ELS", TempFile::new("# nothing yet\n\n")),
+        ("$TYPO", secret_map(&[("127.0.0.1:1", SECRET_HEX), ("typo:8551", OTHER_SECRET_HEX)])),
+        ("$PROXY_KEY", secret_map(&[("127.0.0.9:9", SECRET_HEX)])),
+        ("$TWICE", secret_map(&[("127.0.0.1:1", SECRET_HEX), ("http://127.0.0.1:1", OTHER_SECRET_HEX)])),
     ];
     let paths: Vec<(&str, &str)> = files
         .iter()
@@ -323,9 +343,11 @@ fn cases() {
             |text: &str| text.split_whitespace().map(|word| word.replace('␣', " ")).collect::<Vec<_>>();
         let env = words(env);
         let env: Vec<(&str, &str)> = env.iter().filter_map(|pair| pair.split_once('=')).collect();
-        let (tokens, args) = match args.strip_prefix("jwt-tokens-service") {
-            Some(args) => (true, words(args)),
-            None => (false, words(&format!("-builders {BUILDER} {args}"))),
+        let (tokens, args) = match (args.strip_prefix("jwt-tokens-service"), args.strip_prefix("sync-proxy"))
+        {
+            (Some(args), _) => (true, words(args)),
+            (_, Some(args)) => (false, words(args)),
+            _ => (false, words(&format!("-builders {BUILDER} {args}"))),
         };
         // "~-flag value" stands for each of its spellings.
         let spelled: Vec<Vec<String>> = match args.iter().position(|arg| arg.starts_with('~')) {
@@ -345,7 +367,8 @@ fn cases() {
             match (want.starts_with("error:"), outcome) {
                 (true, Err(message)) => {
                     assert_mentions(&message, &pieces);
-                    assert!(!message.contains(almost) && !message.contains(&SECRET_HEX[..10]), "{message}");
+                    let leaks = [almost, &SECRET_HEX[..10], &OTHER_SECRET_HEX[..10]];
+                    assert!(leaks.iter().all(|leak| !message.contains(leak)), "{message}");
                 }
                 (false, Ok(debug)) if debug.starts_with("Run(") => {
                     for piece in pieces {
@@ -385,37 +408,7 @@ fn every_bad_number_address_and_missing_value_is_named() {
 }
 
 #[test]
-fn builders_and_builders_files() {
-    for args in [&[][..], &["--builders", ""], &["--builders", " , ,"], &["--proxies", BUILDER]] {
-        assert_eq!(error(args, &[]), "no builders given: use --builders host:port[,host:port…]", "{args:?}");
-    }
-    let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
-    let expected =
-        [(2, "127.0.0.1:8551"), (4, "http://127.0.0.1:8552/"), (5, "127.0.0.1:8553"), (5, "127.0.0.1:8554")];
-    assert_eq!(builders_file_entries(text), expected);
-    let file = TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n");
-    let config = run(&["--builders-file", file.arg()], &[]);
-    assert!(config.builders.iter().map(|b| b.name.as_str()).eq(["127.0.0.1:8552", "127.0.0.1:8551"]));
-    assert_eq!(config.reload.builders, BuilderList::File(file.0.clone()));
-    // Both at once, a bad line, an empty or a missing file are refused.
-    let (bad, empty) =
-        (TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n"), TempFile::new("# nothing yet\n\n"));
-    let rows: &[(&[&str], &[&str])] = &[
-        (
-            &["--builders", BUILDER, "--builders-file", file.arg()],
-            &["--builders and --builders-file exclude each other"],
-        ),
-        (&["--builders-file", bad.arg()], &["--builders-file", bad.arg(), "line 3", "https"]),
-        (&["--builders-file", empty.arg()], &["lists no execution client"]),
-        (&["--builders-file", "/nonexistent/els"], &["cannot read --builders-file"]),
-    ];
-    for (args, needles) in rows {
-        assert_mentions(&error(args, &[]), needles);
-    }
-}
-
-#[test]
-fn builder_secrets_match_exactly_one_builder_by_name_or_url() {
+fn builder_secrets_match_by_name_or_url() {
     let builders = "127.0.0.1:1,http://127.0.0.2:2/engine,127.0.0.3:3";
     let (one, other) = (Some(secret(SECRET_HEX)), Some(secret(OTHER_SECRET_HEX)));
     let rows = [
@@ -431,21 +424,6 @@ fn builder_secrets_match_exactly_one_builder_by_name_or_url() {
             run(&["-builders", builders, "-builder-jwt-secrets", map.arg()], &[]).builder_jwt_secrets,
             expected
         );
-    }
-    let typo = secret_map(&[("127.0.0.1:1", SECRET_HEX), ("typo:8551", OTHER_SECRET_HEX)]);
-    let proxy = secret_map(&[("127.0.0.9:9", SECRET_HEX)]);
-    let twice = secret_map(&[("127.0.0.1:1", SECRET_HEX), ("http://127.0.0.1:1", OTHER_SECRET_HEX)]);
-    let rows: &[(&[&str], &TempFile, &[&str])] = &[
-        (&[], &typo, &["\"typo:8551\"", "matches no builder", typo.arg()]),
-        // Proxies are not builders.
-        (&["-proxies", "127.0.0.9:9"], &proxy, &["\"127.0.0.9:9\"", "matches no builder"]),
-        (&[], &twice, &["matched by both", "127.0.0.1:1"]),
-    ];
-    for (more, map, needles) in rows {
-        let message =
-            error(&[&["-builders", "127.0.0.1:1", "-builder-jwt-secrets", map.arg()], *more].concat(), &[]);
-        assert_mentions(&message, needles);
-        assert!(!message.contains(OTHER_SECRET_HEX));
     }
 }
 
@@ -577,8 +555,8 @@ fn endpoints() {
         let [entry, url, host, path, first] = line.split_whitespace().collect::<Vec<_>>()[..] else {
             panic!("{line:?}")
         };
-        let parts = split_endpoint(entry).unwrap();
-        assert_eq!((parts.url.as_str(), parts.authority.as_str(), parts.path.as_str()), (url, host, path));
+        let (parts, ..) = split_endpoint(entry).unwrap();
+        assert_eq!((parts.url.as_str(), parts.host.as_str(), parts.path.as_str()), (url, host, path));
         if first != "-" {
             let endpoint = parse_endpoint(entry).unwrap();
             let got = (
@@ -594,6 +572,11 @@ fn endpoints() {
             );
         }
     }
+    // A builders file: blank lines and # comments skipped, commas split a line as in --builders.
+    let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
+    let entries =
+        [(2, "127.0.0.1:8551"), (4, "http://127.0.0.1:8552/"), (5, "127.0.0.1:8553"), (5, "127.0.0.1:8554")];
+    assert_eq!(builders_file_entries(text), entries);
     // The name is trimmed; localhost resolves IPv4 first.
     let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
     assert_eq!((endpoint.name.as_str(), endpoint.host.as_str()), ("127.0.0.1:8551", "127.0.0.1:8551"));
