@@ -68,18 +68,6 @@ pub fn parse_endpoint(entry: &str) -> Result<Endpoint, ConfigError> {
     Ok(endpoint)
 }
 
-/// The entries of a `--builders-file`, with their line numbers: one EL per line (commas split
-/// a line as in `--builders`); blank lines and everything after a `#` are ignored (a URL cannot
-/// contain `#`: fragments are refused).
-pub(super) fn builders_file_entries(text: &str) -> Vec<(usize, &str)> {
-    let mut entries = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default();
-        entries.extend(line.split(',').map(str::trim).filter(|e| !e.is_empty()).map(|e| (i + 1, e)));
-    }
-    entries
-}
-
 /// Go's `parseURLs`: split on commas, trim, skip empty entries.
 pub(super) fn parse_endpoint_list(list: &str, flag: &str) -> Result<Vec<Endpoint>, ConfigError> {
     list.split(',')
@@ -94,13 +82,16 @@ pub(super) fn parse_endpoint_list(list: &str, flag: &str) -> Result<Vec<Endpoint
 pub(super) fn read_builders(list: &BuilderList) -> Result<Vec<Endpoint>, ConfigError> {
     let builders = match list {
         BuilderList::Flag(text) => parse_endpoint_list(text, "--builders")?,
-        BuilderList::File(path) => builders_file_entries(&read_file(path, "--builders-file")?)
-            .into_iter()
-            .map(|(line, entry)| {
-                let place = || format!("--builders-file {} line {line}", show_path(path));
-                parse_endpoint(entry).map_err(|e| e.context(place()))
-            })
-            .collect::<Result<_, _>>()?,
+        BuilderList::File(path) => {
+            let mut builders = Vec::new();
+            // One line as one --builders list; a URL cannot contain `#` (fragments are refused),
+            // so everything after one is a comment.
+            for (i, line) in read_file(path, "--builders-file")?.lines().enumerate() {
+                let place = format!("--builders-file {} line {}", show_path(path), i + 1);
+                builders.extend(parse_endpoint_list(line.split('#').next().unwrap_or_default(), &place)?);
+            }
+            builders
+        }
     };
     if !builders.is_empty() {
         return Ok(builders);

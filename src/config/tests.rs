@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::endpoints::{builders_file_entries, split_endpoint};
+use super::endpoints::split_endpoint;
 use super::flags::{find, single_dash_to_double, Flag};
 use super::*;
 
@@ -255,7 +255,7 @@ sync-proxy                               |  | error: no builders given: use --bu
 sync-proxy --builders=                   |  | error: no builders given: use --builders host:port[,host:port…]
 sync-proxy --builders ␣,␣,               |  | error: no builders given: use --builders host:port[,host:port…]
 sync-proxy --proxies 127.0.0.1:8551      |  | error: no builders given: use --builders host:port[,host:port…]
-sync-proxy --builders-file $ELS          |  | builders: [Endpoint { name: \"127.0.0.1:8552\"; builders: File(\"$ELS\")
+sync-proxy --builders-file $ELS          |  | builders: [Endpoint { name: \"127.0.0.1:8552\"; builder_jwt_secrets: [None, None, None]; builders: File(\"$ELS\")
 sync-proxy --builders 127.0.0.1:8551 --builders-file $ELS |  | error: --builders and --builders-file exclude each other
 sync-proxy --builders-file $BAD_ELS      |  | error: --builders-file; $BAD_ELS; line 3; https
 sync-proxy --builders-file $NO_ELS       |  | error: --builders-file; $NO_ELS; lists no execution client
@@ -334,7 +334,10 @@ fn cases() {
         ("$EMPTY", TempFile::new("{}")),
         ("$SHORT", secret_map(&[("alpha", &SECRET_HEX[..10])])),
         ("$ALMOST", TempFile::new(almost)),
-        ("$ELS", TempFile::new("# ELs\n127.0.0.1:8552\n127.0.0.1:8551\n")),
+        (
+            "$ELS",
+            TempFile::new("# ELs\n127.0.0.1:8552  # primary\n\n 127.0.0.1:8551 ,http://127.0.0.1:8553/\n"),
+        ),
         ("$BAD_ELS", TempFile::new("127.0.0.1:8551\n\nhttps://el:8551\n")),
         ("$NO_ELS", TempFile::new("# nothing yet\n\n")),
         ("$TYPO", secret_map(&[("127.0.0.1:1", SECRET_HEX), ("typo:8551", OTHER_SECRET_HEX)])),
@@ -561,11 +564,6 @@ fn endpoints() {
             );
         }
     }
-    // A builders file: blank lines and # comments skipped, commas split a line as in --builders.
-    let text = "# primary first\n127.0.0.1:8551\n\n  http://127.0.0.1:8552/  # spare\n127.0.0.1:8553,127.0.0.1:8554\n";
-    let entries =
-        [(2, "127.0.0.1:8551"), (4, "http://127.0.0.1:8552/"), (5, "127.0.0.1:8553"), (5, "127.0.0.1:8554")];
-    assert_eq!(builders_file_entries(text), entries);
     // The name is trimmed; localhost resolves IPv4 first.
     let endpoint = parse_endpoint(" \t127.0.0.1:8551 ").unwrap();
     assert_eq!((endpoint.name.as_str(), endpoint.host.as_str()), ("127.0.0.1:8551", "127.0.0.1:8551"));
