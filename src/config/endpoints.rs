@@ -1,6 +1,6 @@
 //! `--builders`, `--builders-file` and `--proxies` entries: Go's URL rules, `http://` and
-//! (with the `tls` feature) `https://`, resolved at start-up with IPv4 first. Knows no files
-//! beyond splitting a builders file's text into entries.
+//! (with the `tls` feature) `https://`, resolved at start-up with IPv4 first. Reads no file but
+//! a `--builders-file`.
 
 use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
 

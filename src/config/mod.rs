@@ -229,8 +229,8 @@ impl Config {
     }
 }
 
-/// Settings are checked in a fixed order (address, builders and their secrets, then the fields of
-/// [`Config`] in order): a command line with several mistakes always names the same one.
+/// Settings are checked in a fixed order (the address, the builders and their secrets, then the
+/// rest), so a command line with several mistakes always names the same one.
 fn build_config(s: &Settings) -> Result<Config, ConfigError> {
     let listen = s.value("addr", parse_listen)?;
     let builders = match (s.path("builders-file"), s.text("builders")?.unwrap_or_default()) {
@@ -271,7 +271,7 @@ fn typed(
     let longest_wait = request_timeout.unwrap_or(Duration::from_secs(6));
     if answer_policy == AnswerPolicy::Safe && answer_wait >= longest_wait {
         return Err(err!(
-            "--answer-wait must be, with --answer-policy safe, below {} ms (the newPayload timeout)",
+            "--answer-wait must be below {} ms with --answer-policy safe (the newPayload timeout)",
             longest_wait.as_millis()
         ));
     }
