@@ -33,11 +33,6 @@ use std::time::{Duration, Instant};
 
 use crate::policy::{self, Class};
 
-/// `--answer-wait`'s default: long enough for a second EL on the same host to finish executing
-/// a block the first one already validated, short against newPayload's 8 s timeout and the
-/// 4 s a validator has to attest.
-pub const DEFAULT_ANSWER_WAIT: Duration = Duration::from_millis(1000);
-
 /// `--answer-policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AnswerPolicy {
@@ -49,14 +44,6 @@ pub enum AnswerPolicy {
 }
 
 impl AnswerPolicy {
-    pub fn parse(text: &str) -> Result<AnswerPolicy, String> {
-        match text {
-            "primary" => Ok(AnswerPolicy::Primary),
-            "safe" => Ok(AnswerPolicy::Safe),
-            other => Err(format!("--answer-policy must be primary or safe, not {other:?}")),
-        }
-    }
-
     /// Whether `decide` makes the answer of a call of this class. Other calls are answered by
     /// `policy::choose` under both policies.
     pub fn gathers(self, class: Class) -> bool {
@@ -282,10 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_flag_and_which_calls_it_gathers() {
-        assert_eq!(AnswerPolicy::parse("safe"), Ok(AnswerPolicy::Safe));
-        assert_eq!(AnswerPolicy::parse("primary"), Ok(AnswerPolicy::Primary));
-        assert!(AnswerPolicy::parse("Safe").is_err());
+    fn which_calls_the_safe_policy_gathers() {
         assert!(AnswerPolicy::Safe.gathers(Class::NewPayload));
         assert!(AnswerPolicy::Safe.gathers(Class::ForkchoiceUpdated));
         assert!(!AnswerPolicy::Safe.gathers(Class::GetPayload));

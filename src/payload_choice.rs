@@ -42,16 +42,6 @@ pub enum PayloadChoice {
     BestValue,
 }
 
-impl PayloadChoice {
-    pub fn parse(text: &str) -> Result<PayloadChoice, String> {
-        match text {
-            "primary" => Ok(PayloadChoice::Primary),
-            "best-value" => Ok(PayloadChoice::BestValue),
-            other => Err(format!("--payload-choice must be primary or best-value, not {other:?}")),
-        }
-    }
-}
-
 /// An Engine API payloadId (DATA, 8 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PayloadId(pub u64);
@@ -429,13 +419,6 @@ mod tests {
             "cd".repeat(5000)
         )
         .into_bytes()
-    }
-
-    #[test]
-    fn flag_values() {
-        assert_eq!(PayloadChoice::parse("best-value"), Ok(PayloadChoice::BestValue));
-        assert_eq!(PayloadChoice::parse("primary"), Ok(PayloadChoice::Primary));
-        assert!(PayloadChoice::parse("best_value").is_err());
     }
 
     #[test]

@@ -1,15 +1,13 @@
-//! The flag tables of both binaries, `lexopt` parsing into raw flag values ([`RawArgs`]), and
-//! `--help`. One table per binary is the single source for which flags exist, which take a value,
+//! The flag tables of both binaries, parsing into the flags as given ([`Given`]), and `--help`. One table per binary is the single source for which flags exist, which take a value,
 //! their defaults, their environment variables and their help, so the four cannot drift apart.
 //!
-//! Go compatibility: every flag works as `-flag` and `--flag`, with its value as the next
-//! argument or after `=`; booleans follow Go's `flag` package (`-json`, `-json=true`,
-//! `-json=false`, but never `-json false`). Knows no environment, files or DNS.
+//! Go compatibility: the arguments are read as Go's `flag` package reads them (see
+//! [`parse_raw`]). Knows no environment, files or DNS.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
 
+use super::settings::parse_go_bool;
 use super::{Command, ConfigError};
 
 /// One flag of a binary's table.
@@ -88,6 +86,8 @@ pub(super) const PROXY_FLAGS: &[Flag] = &[
     value("answer-policy", "primary|safe", "primary", "",
         "what a beacon node is told about newPayload and forkchoiceUpdated: the primary's answer \
          (as the Go proxy), or, with safe, SYNCING when the execution clients split on validity"),
+    // Long enough for a second EL on the same host to finish executing a block the first one
+    // already validated, short against newPayload's 8 s timeout and the 4 s a validator has to attest.
     value("answer-wait", "MS", "1000", "",
         "with --answer-policy safe, how long answers are gathered after the first decisive one"),
     value("payload-choice", "primary|best-value", "primary", "",
@@ -147,119 +147,49 @@ pub fn tokens_service_help_text() -> String {
     )
 }
 
-/// Flag values as given, before validation; the last occurrence of a flag wins, as in Go.
-pub(super) struct RawArgs {
-    /// The table they were parsed against, which also gives their defaults.
-    pub(super) flags: &'static [Flag],
-    values: BTreeMap<&'static str, OsString>,
-}
+/// The flags as given, before validation: the last occurrence of a flag wins, as in Go, and a
+/// boolean is stored checked, as `true` or `false`.
+pub(super) type Given = BTreeMap<&'static str, OsString>;
 
-impl RawArgs {
-    /// No flag given: every setting comes from its default.
-    pub(super) fn empty(flags: &'static [Flag]) -> RawArgs {
-        RawArgs { flags, values: BTreeMap::new() }
-    }
-
-    /// The flag's value as UTF-8 text, if it was given.
-    pub(super) fn text(&self, name: &str) -> Result<Option<&str>, ConfigError> {
-        let Some(value) = self.values.get(name) else { return Ok(None) };
-        value.to_str().map(Some).ok_or_else(|| err!("--{name}: the value is not valid UTF-8: {value:?}"))
-    }
-
-    pub(super) fn path(&self, name: &str) -> Option<PathBuf> {
-        self.values.get(name).map(PathBuf::from)
-    }
-
-    /// A boolean flag's value; the parser stored it already checked, as `true` or `false`.
-    pub(super) fn boolean(&self, name: &str) -> Option<bool> {
-        self.values.get(name).map(|value| value == "true")
-    }
-}
-
-/// `args` (without argv[0]) → help, version or the raw flag values.
-pub(super) fn parse_raw(
-    args: Vec<OsString>,
-    flags: &'static [Flag],
-) -> Result<Command<RawArgs>, ConfigError> {
-    use lexopt::Arg;
-
-    let args = single_dash_to_double(args, &|name| find(flags, name).is_some_and(|f| f.value.is_some()));
-    let mut parser = lexopt::Parser::from_args(args);
-    let mut raw = RawArgs::empty(flags);
-    while let Some(arg) = parser.next().map_err(lexopt_error)? {
-        let flag = match arg {
-            Arg::Short('h') | Arg::Long("h") | Arg::Long("help") => return Ok(Command::Help),
-            Arg::Long("version") => return Ok(Command::Version),
-            Arg::Long(name) => find(flags, name).ok_or_else(|| err!("unknown flag --{name} (see --help)"))?,
-            Arg::Short(c) => return Err(err!("unknown flag -{c} (see --help)")),
-            Arg::Value(value) => {
-                return Err(err!("unexpected argument {value:?}: every setting is a flag (see --help)"))
+/// `args` (without argv[0]) → help, version or the flags as given, read as Go's `flag` package
+/// reads them: an argument without a leading dash (or a lone `-`) is not a flag, `--` ends the
+/// flags, one dash or two, the value after `=` or as the next argument (even one starting with a
+/// dash, so `--jwt-client-id -abc` keeps its value); a boolean takes a value only after `=`
+/// (`-json false` is `-json` followed by an argument). Every argument that is not a flag is an
+/// error: every setting is a flag.
+pub(super) fn parse_raw(args: Vec<OsString>, flags: &'static [Flag]) -> Result<Command<Given>, ConfigError> {
+    let unexpected =
+        |arg: &OsString| err!("unexpected argument {arg:?}: every setting is a flag (see --help)");
+    let mut given = Given::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str().filter(|text| text.len() > 1 && text.starts_with('-')) else {
+            return Err(unexpected(&arg));
+        };
+        if text == "--" {
+            return args.next().map_or(Ok(Command::Run(given)), |arg| Err(unexpected(&arg)));
+        }
+        let spelled = text.strip_prefix("--").unwrap_or(&text[1..]);
+        let (name, inline) =
+            spelled.split_once('=').map_or((spelled, None), |(name, value)| (name, Some(value)));
+        let flag = match name {
+            "h" | "help" => return Ok(Command::Help),
+            "version" => return Ok(Command::Version),
+            _ => find(flags, name).ok_or_else(|| err!("unknown flag --{name} (see --help)"))?,
+        };
+        let value = match (flag.value, inline) {
+            (None, value) => {
+                let on = parse_go_bool(value.unwrap_or("true")).ok_or_else(|| {
+                    err!("--{name}: invalid boolean {:?}: use true or false", value.unwrap_or(""))
+                })?;
+                OsString::from(if on { "true" } else { "false" })
             }
+            (Some(_), Some(value)) => value.into(),
+            (Some(_), None) => args.next().ok_or_else(|| err!("missing value for --{name}"))?,
         };
-        let value = if flag.value.is_some() {
-            parser.value().map_err(lexopt_error)?
-        } else {
-            // Go's boolean flags take a value only after "=": "-json false" is "-json" followed
-            // by a positional argument.
-            let text = parser.optional_value().unwrap_or_else(|| "true".into());
-            let on = text
-                .to_str()
-                .and_then(parse_go_bool)
-                .ok_or_else(|| err!("--{}: invalid boolean {text:?}: use true or false", flag.name))?;
-            OsString::from(if on { "true" } else { "false" })
-        };
-        raw.values.insert(flag.name, value);
+        given.insert(flag.name, value);
     }
-    Ok(Command::Run(raw))
-}
-
-/// Rewrites Go-style `-flag` into `--flag` so that lexopt does not read it as a cluster of short
-/// options. Only arguments in option position that look like `-<letter><more>` are rewritten:
-/// `-h` and a lone `-` stay as they are, and nothing is rewritten after a `--` terminator or
-/// where the previous argument is a flag still waiting for its value (so `--jwt-client-id -abc`
-/// keeps its value, as Go's `flag` would).
-pub(super) fn single_dash_to_double(
-    args: Vec<OsString>,
-    takes_value: &dyn Fn(&str) -> bool,
-) -> Vec<OsString> {
-    let mut waiting_for_value = false;
-    let mut terminated = false;
-    let mut rewrite = |arg: OsString| {
-        let text = match arg.to_str() {
-            Some(text) if !waiting_for_value && !terminated => text,
-            _ => {
-                waiting_for_value = false;
-                return arg;
-            }
-        };
-        terminated = text == "--";
-        let long = text.strip_prefix("--").or_else(|| {
-            let rest = text.strip_prefix('-')?;
-            let mut chars = rest.chars();
-            (chars.next()?.is_ascii_alphabetic() && chars.next().is_some()).then_some(rest)
-        });
-        let Some(rest) = long else { return arg };
-        let name = rest.split_once('=').map_or(rest, |(name, _)| name);
-        waiting_for_value = !rest.contains('=') && takes_value(name);
-        OsString::from(format!("--{rest}"))
-    };
-    args.into_iter().map(&mut rewrite).collect()
-}
-
-fn lexopt_error(error: lexopt::Error) -> ConfigError {
-    match error {
-        lexopt::Error::MissingValue { option: Some(option) } => err!("missing value for {option}"),
-        other => err!("{other}"),
-    }
-}
-
-/// Go's `strconv.ParseBool`.
-pub(super) fn parse_go_bool(text: &str) -> Option<bool> {
-    match text {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
+    Ok(Command::Run(given))
 }
 
 fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> String {
@@ -275,8 +205,11 @@ fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> Strin
     wrap_into(&mut out, "", &intro);
     out.push_str("\nFlags:\n");
     for flag in flags {
-        let value = flag.value.map(|value| format!(" {value}")).unwrap_or_default();
-        out.push_str(&format!("  --{}{value}\n", flag.name));
+        out.push_str(&format!(
+            "  --{}{}\n",
+            flag.name,
+            flag.value.map(|v| format!(" {v}")).unwrap_or_default()
+        ));
         wrap_into(&mut out, "      ", flag.help);
         let origin: Vec<String> = [("default", flag.default), ("env", flag.env)]
             .iter()
@@ -293,10 +226,9 @@ fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> Strin
 
 /// Appends `text` word-wrapped to 80 columns, each line starting with `indent`.
 fn wrap_into(out: &mut String, indent: &str, text: &str) {
-    const WIDTH: usize = 80;
     let mut line = String::from(indent);
     for word in text.split_whitespace() {
-        if line.len() > indent.len() && line.len() + 1 + word.len() > WIDTH {
+        if line.len() > indent.len() && line.len() + 1 + word.len() > 80 {
             out.push_str(&line);
             out.push('\n');
             line = String::from(indent);
@@ -308,165 +240,4 @@ fn wrap_into(out: &mut String, indent: &str, text: &str) {
     }
     out.push_str(&line);
     out.push('\n');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::test_util::*;
-
-    #[test]
-    fn every_value_flag_in_every_spelling() {
-        type Check = fn(&Config) -> bool;
-        let table: &[(&str, &str, Check)] = &[
-            ("addr", "127.0.0.1:0", |c| c.listen == loopback(0) && c.listen_text == "127.0.0.1:0"),
-            ("builders", "127.0.0.1:1,127.0.0.2:2", |c| {
-                c.builders.len() == 2
-                    && c.builders[1].name == "127.0.0.2:2"
-                    && c.builder_jwt_secrets.len() == 2
-            }),
-            ("proxies", "127.0.0.1:3", |c| c.proxies.len() == 1 && c.proxies[0].url == "http://127.0.0.1:3/"),
-            ("request-timeout", "1500", |c| c.request_timeout == Some(Duration::from_millis(1500))),
-            ("proxy-request-timeout", "250", |c| c.proxy_request_timeout == Duration::from_millis(250)),
-            ("loglevel", "debug", |c| c.log_level == log::LevelFilter::Debug),
-            ("max-body-bytes", "1048576", |c| c.max_body_bytes == 1_048_576),
-            ("max-connections", "7", |c| c.max_connections == 7),
-            ("idle-timeout", "5000", |c| c.idle_timeout == Duration::from_millis(5000)),
-            ("read-timeout", "4000", |c| c.read_timeout == Duration::from_millis(4000)),
-            ("write-timeout", "3000", |c| c.write_timeout == Duration::from_millis(3000)),
-            ("backlog-requests", "9", |c| c.backlog_requests == 9),
-            ("backlog-bytes", "4096", |c| c.backlog_bytes == 4096),
-            ("beacon-expiry", "6000", |c| c.beacon_expiry == Duration::from_millis(6000)),
-            ("jwt-client-id", "proxy-1", |c| c.jwt_client_id.as_deref() == Some("proxy-1")),
-            ("metrics-addr", "127.0.0.1:9090", |c| c.metrics_addr == Some(loopback(9090))),
-        ];
-        for (flag, value, check) in table {
-            for spelling in spellings(flag, value) {
-                let args = joined(&["--builders", BUILDER], &spelling);
-                let config = run(&args);
-                assert!(check(&config), "{args:?} gave {config:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn boolean_flags_follow_go() {
-        let on = ["-json", "--json", "-json=true", "--json=true", "-json=1", "-json=t", "-json=TRUE"];
-        let off = ["-json=false", "--json=false", "-json=0", "-json=F", "-json=False"];
-        for (arg, expected) in on.iter().map(|arg| (arg, true)).chain(off.iter().map(|arg| (arg, false))) {
-            assert_eq!(run(&with_builder(&[arg])).log_json, expected, "{arg}");
-            let mirror = arg.replace("json", "mirror-mode");
-            assert_eq!(run(&with_builder(&[&mirror])).mirror_mode, expected, "{mirror}");
-        }
-    }
-
-    #[test]
-    fn values_are_read_as_go_reads_them() {
-        // The last occurrence of a flag wins.
-        let args = ["-builders", "127.0.0.1:1", "--loglevel=error", "-builders=127.0.0.1:2"];
-        let config = run(&[&args[..], &["-loglevel", "trace", "-json", "-json=false"]].concat());
-        assert_eq!(config.builders[0].name, "127.0.0.1:2");
-        assert_eq!(config.log_level, log::LevelFilter::Trace);
-        assert!(!config.log_json);
-        // A value that looks like a flag is kept; an empty client id means none.
-        assert_eq!(run(&with_builder(&["-jwt-client-id", "-abc"])).jwt_client_id.as_deref(), Some("-abc"));
-        assert_eq!(run(&with_builder(&["-jwt-client-id="])).jwt_client_id, None);
-    }
-
-    #[test]
-    fn help_and_version() {
-        let table: &[(&[&str], Command)] = &[
-            (&["-h"], Command::Help),
-            (&["--help"], Command::Help),
-            (&["-help"], Command::Help),
-            (&["--h"], Command::Help),
-            (&["--version"], Command::Version),
-            (&["-version"], Command::Version),
-            // Help needs no builders, and wins over what follows it, as in Go.
-            (&["--addr", "nonsense", "-h", "--bogus"], Command::Help),
-            (&["-version", "positional"], Command::Version),
-        ];
-        for (args, expected) in table {
-            assert_eq!(&parse_env(args, &[]).unwrap(), expected, "{args:?}");
-        }
-    }
-
-    #[test]
-    fn bad_command_lines_are_named() {
-        assert_errors(&[
-            (&["-json=maybe"], &["invalid boolean"]),
-            (&["--json="], &["invalid boolean"]),
-            (&["--mirror-mode=yes"], &["invalid boolean"]),
-            // Go reads "-json false" as -json followed by a positional argument.
-            (&["-json", "false"], &["unexpected argument", "false"]),
-            (&["-bogus"], &["unknown flag", "--bogus"]),
-            (&["--bogus=1"], &["unknown flag", "--bogus"]),
-            (&["-x"], &["unknown flag", "-x"]),
-            (&["--builder", BUILDER], &["unknown flag", "--builder"]),
-            // A jwt-tokens-service flag is not a sync-proxy flag.
-            (&["-config", "x"], &["unknown flag", "--config"]),
-            (&["stray"], &["unexpected argument"]),
-            (&["-"], &["unexpected argument"]),
-            (&["--", "--addr", "127.0.0.1:0"], &["unexpected argument"]),
-            // "-5" is a short option to lexopt.
-            (&["-5"], &["unknown flag -5"]),
-        ]);
-        for flag in PROXY_FLAGS.iter().filter(|f| f.value.is_some()) {
-            for dash in ["-", "--"] {
-                let message = error(&with_builder(&[&format!("{dash}{}", flag.name)]));
-                assert_mentions(&message, &["missing value", &format!("--{}", flag.name)]);
-            }
-        }
-    }
-
-    #[test]
-    fn single_dash_rewriting() {
-        let takes_value = |name: &str| matches!(name, "addr" | "jwt-client-id");
-        let table: &[(&[&str], &[&str])] = &[
-            (&["-addr", "x"], &["--addr", "x"]),
-            (&["-addr=x"], &["--addr=x"]),
-            (&["--addr", "x"], &["--addr", "x"]),
-            (&["-h", "-", "-5", "-x"], &["-h", "-", "-5", "-x"]),
-            (&["-json", "-addr", "-abc"], &["--json", "--addr", "-abc"]),
-            (&["-jwt-client-id", "-abc", "-json"], &["--jwt-client-id", "-abc", "--json"]),
-            (&["-addr=x", "-json"], &["--addr=x", "--json"]),
-            (&["--", "-json", "-addr"], &["--", "-json", "-addr"]),
-            (&["positional", "-json"], &["positional", "--json"]),
-        ];
-        for (input, expected) in table {
-            assert_eq!(single_dash_to_double(os_args(input), &takes_value), os_args(expected), "{input:?}");
-        }
-    }
-
-    #[test]
-    fn help_mentions_every_flag_default_and_variable() {
-        for (help, flags) in [(help_text(), PROXY_FLAGS), (tokens_service_help_text(), TOKENS_FLAGS)] {
-            for flag in flags {
-                assert!(help.contains(&format!("--{}", flag.name)), "--{}", flag.name);
-                for (what, text) in [("default", flag.default), ("env", flag.env)] {
-                    assert!(text.is_empty() || help.contains(&format!("[{what}: {text}]")), "{}", flag.name);
-                }
-            }
-            assert_mentions(&help, &["--help", "--version", env!("CARGO_PKG_VERSION")]);
-            assert!(!help.contains("0x"), "help has secret-like content");
-        }
-        let vars = ["PROXY_LISTEN_ADDR", "BUILDER_TIMEOUT_MS", "LOG_LEVEL", "LOG_JSON", "BEACON_EXPIRY_MS"];
-        assert_mentions(&help_text(), &vars);
-    }
-
-    #[test]
-    fn help_defaults_are_the_parsed_defaults() {
-        // The table's defaults feed both the help and the parser; check the numbers agree with
-        // the documented ones so a typo in the table cannot go unnoticed.
-        let expected =
-            "addr=localhost:25590 proxy-request-timeout=2000 loglevel=info max-body-bytes=134217728 memory-budget-bytes=1073741824 \
-                        max-connections=1024 idle-timeout=60000 read-timeout=30000 write-timeout=10000 \
-                        backlog-requests=512 backlog-bytes=268435456 beacon-expiry=12000";
-        let tokens = [(TOKENS_FLAGS, "addr", "localhost:1337"), (TOKENS_FLAGS, "config", "config.json")];
-        let proxy = expected.split_whitespace().filter_map(|pair| pair.split_once('='));
-        for (flags, name, default) in proxy.map(|(name, default)| (PROXY_FLAGS, name, default)).chain(tokens)
-        {
-            assert_eq!(find(flags, name).map(|f| f.default), Some(default), "{name}");
-        }
-    }
 }
