@@ -1,6 +1,6 @@
 //! The shell: the code that owns sockets. The connection state machines (`downstream` for
 //! beacon nodes, `upstream::Conn` for execution clients) own none; they decide, and the shell
-//! connects, registers, lends a socket for one read or write, shuts down the write side, and
+//! connects, registers, reads into the loop's buffer, writes what a connection offers, shuts down the write side, and
 //! closes (with RST when a connection asks to be aborted). Every error the shell meets on a
 //! connection's socket is handed back to the event loop as that connection's failure.
 //! `poll_loop` is the one poll loop both programs (the proxy, `jwt-tokens-service`) run on.
