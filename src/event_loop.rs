@@ -98,6 +98,9 @@ pub struct Proxy {
     stopping: bool,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// Some execution client connection's request is held (`up_write`): a beacon node's
+    /// answer written whole looks at them again.
+    holding: bool,
     /// The request bodies read whole and still held, for `--memory-budget-bytes`…
     meter: Meter,
     /// …and whether the budget was reached at the last head (said once per episode).
@@ -184,6 +187,7 @@ impl Proxy {
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
+            holding: false,
             meter: Meter::default(),
             budget_reached: false,
             budget_paused: Vec::new(),
@@ -459,6 +463,10 @@ impl Proxy {
         self.metrics.bytes_out += step.moved;
         if step.revisit {
             self.again.push(slot);
+        }
+        if self.holding && step.moved > 0 && down.queued_bytes() == 0 {
+            // A large answer may have gone out whole: the copies held for it may go.
+            self.release_held(now);
         }
     }
 

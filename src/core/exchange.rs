@@ -82,6 +82,20 @@ pub struct Exchange {
     /// When to decide again although no deadline passed (the end of getPayload's wait for
     /// better payloads); nothing counts as failed then.
     pub wake: Option<Instant>,
+    /// The beacon node's answer to a large-answer call, queued and not yet written whole (see
+    /// `core::hold`): the other clients' copies wait for it.
+    pub answer_out: Option<AnswerOut>,
+}
+
+/// Where the beacon node's answer went: its connection (slot and serial, as in `Reply`), the
+/// count of bytes written to that connection by which it is written whole, and when it was
+/// queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerOut {
+    pub slot: usize,
+    pub serial: u64,
+    pub out_by: u64,
+    pub since: Instant,
 }
 
 /// `--payload-choice best-value`'s state of one exchange.
@@ -123,6 +137,7 @@ impl Exchange {
             pick: None,
             picked: None,
             wake: None,
+            answer_out: None,
         }
     }
 
