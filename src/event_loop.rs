@@ -500,7 +500,9 @@ impl Proxy {
         let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
-            let Some(addr) = self.ups[up].conns[slot].as_ref().map(|c| c.addr) else { continue };
+            let Some(conn) = self.ups[up].conns[slot].as_mut() else { continue };
+            conn.use_pool(self.pool.clone());
+            let addr = conn.addr;
             if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token) {
                 log::debug!("{name}: cannot connect or register a connection: {e}");
                 unregistered.push((slot, e));

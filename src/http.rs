@@ -209,19 +209,8 @@ impl RequestReader {
         self.pool = Some(pool);
     }
 
-    /// The reader for a body framed by `framing`: a large declared length gets the pool's
-    /// spare buffer when it fits, else a buffer of its own with room for at most `reserve`
-    /// bytes up front (the whole declared length when it fits, see `body_buffer`).
     fn body_reader(&self, framing: Framing, reserve: usize) -> BodyReader {
-        if let (Framing::Length(n), Some(pool)) = (framing, self.pool.as_ref()) {
-            let spare = usize::try_from(n)
-                .ok()
-                .and_then(|len| pool.try_borrow_mut().ok().and_then(|mut pool| pool.take(len)));
-            if let Some(body) = spare {
-                return BodyReader::Length { remaining: n, body };
-            }
-        }
-        BodyReader::new(framing, self.limits.max_body, reserve)
+        body_reader(self.pool.as_ref(), framing, self.limits.max_body, reserve)
     }
 
     /// Reports a GET or HEAD as soon as its head is read, ignoring any body it announces, and
@@ -379,11 +368,23 @@ pub struct ResponseReader {
     body: Option<(ResponseHead, BodyReader)>,
     /// Whether any byte of an answer has arrived (a retry is only safe when none has).
     started: bool,
+    /// Where a large answer's buffer comes from, when a spare one is kept (see `pool`).
+    pool: Option<SharedPool>,
 }
 
 impl ResponseReader {
     pub fn new(limits: Limits) -> Self {
-        ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false }
+        ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false, pool: None }
+    }
+
+    /// Takes large answers' buffers from `pool` when it has one that fits.
+    pub fn use_pool(&mut self, pool: SharedPool) {
+        self.pool = Some(pool);
+    }
+
+    /// A reader for the connection's next answer: the same caps and pool.
+    pub fn next(&self) -> Self {
+        ResponseReader { pool: self.pool.clone(), ..ResponseReader::new(self.limits) }
     }
 
     /// Bytes held for the answer being read, for the process-wide memory budget.
@@ -424,7 +425,7 @@ impl ResponseReader {
             Ok((head, framing)) => {
                 // An execution client is a configured peer and its answer is charged at its
                 // declared length (see `core::budget`): reserved whole, within RESERVE_AHEAD.
-                let body = BodyReader::new(framing, self.limits.max_body, RESERVE_AHEAD);
+                let body = body_reader(self.pool.as_ref(), framing, self.limits.max_body, RESERVE_AHEAD);
                 self.body = Some((head, body));
                 if self.body.as_ref().is_some_and(|(_, b)| b.is_done()) {
                     self.complete(consumed)
@@ -835,6 +836,21 @@ impl BodyReader {
             }
         }
     }
+}
+
+/// The reader for a body framed by `framing`: a large declared length gets `pool`'s spare
+/// buffer when it fits, else a buffer of its own with room for at most `reserve` bytes up front
+/// (the whole declared length when it fits, see `body_buffer`).
+fn body_reader(pool: Option<&SharedPool>, framing: Framing, max: usize, reserve: usize) -> BodyReader {
+    if let (Framing::Length(n), Some(pool)) = (framing, pool) {
+        let spare = usize::try_from(n)
+            .ok()
+            .and_then(|len| pool.try_borrow_mut().ok().and_then(|mut pool| pool.take(len)));
+        if let Some(body) = spare {
+            return BodyReader::Length { remaining: n, body };
+        }
+    }
+    BodyReader::new(framing, max, reserve)
 }
 
 /// The buffer of a body of `n` declared bytes (already checked against `max_body`): room for
@@ -1386,6 +1402,34 @@ mod tests {
         let [RequestEvent::Request(request)] = events.as_slice() else { panic!("{events:?}") };
         assert_eq!(request.body, body);
         assert_eq!(request.body.as_ptr(), address, "the spare's memory");
+        assert_eq!(pool.borrow().spare_bytes(), 0);
+    }
+
+    #[test]
+    fn regression_a_large_answer_is_read_into_the_pools_spare_buffer_answer_after_answer() {
+        // Each 13 MB getPayload answer was a fresh allocation; with glibc's heap the freed one
+        // was not always reusable, and two answers' worth stayed resident (28 MiB peak).
+        use crate::pool::{BodyPool, MIN_POOLED};
+        let pool = BodyPool::shared();
+        let spare = Vec::with_capacity(2 * MIN_POOLED);
+        let address = spare.as_ptr();
+        pool.borrow_mut().give(spare);
+        let mut reader = ResponseReader::new(Limits { max_head: 1024, max_body: 4 * MIN_POOLED });
+        reader.use_pool(pool.clone());
+        let mut reader = reader.next();
+        let body = vec![b'x'; MIN_POOLED + 5];
+        let mut wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(&body);
+        let mut input = &wire[..];
+        let answer = loop {
+            let step = reader.advance(input);
+            input = &input[step.consumed..];
+            if let Some(event) = step.event {
+                break event.expect("a whole answer");
+            }
+        };
+        assert_eq!(answer.body, body);
+        assert_eq!(answer.body.as_ptr(), address, "the spare's memory, kept by `next`");
         assert_eq!(pool.borrow().spare_bytes(), 0);
     }
 

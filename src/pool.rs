@@ -1,16 +1,18 @@
-//! One spare body buffer, so that large request bodies arriving one after another reuse the
-//! same memory instead of each being fresh pages.
+//! One spare body buffer, so that large request bodies and execution clients' answers arriving
+//! one after another reuse the same memory instead of each being fresh pages.
 //!
-//! A large body gets its own buffer (its declared length reserved whole, or grown by doubling
-//! as its bytes arrive: see `http`), unless the spare below has room for all of it: then it is
-//! read into the spare and never grows. A spare too small for it is freed rather than kept
-//! beside the new buffer. With musl's allocator (the static build) every such allocation is a new mapping, so
-//! each byte of each body costs a page fault and the kernel's zeroing before the proxy can
-//! copy into it, and the mapping is
-//! torn down when the body is freed: about a sixth of the proxy's CPU on 8 MiB bodies. glibc
-//! keeps freed memory and reuses it, but not always the right block. So the last large body
-//! freed is kept here and handed to the next large body that fits. At most one buffer is kept,
-//! never larger than a body the proxy accepted (`--max-body-bytes`); it is freed after
+//! A large body or answer gets its own buffer (its declared length reserved whole, or grown by
+//! doubling as its bytes arrive: see `http`), unless the spare below has room for all of it:
+//! then it is read into the spare and never grows. A spare too small for it is freed rather
+//! than kept beside the new buffer. With musl's allocator (the static build) every such
+//! allocation is a new mapping, so each byte costs a page fault and the kernel's zeroing before
+//! the proxy can copy into it, and the mapping is torn down when the body is freed: about a
+//! sixth of the proxy's CPU on 8 MiB bodies. glibc keeps freed memory and reuses it, but not
+//! always the right block: 13 MB getPayload answers, each a fresh allocation, left two answers'
+//! worth resident. So the last large buffer freed (a request body when its last copy is
+//! written, an answer once written to the beacon node or read too late to matter) is kept here
+//! and handed to the next large body or answer that fits. At most one buffer is kept, never
+//! larger than a body or answer the proxy accepted (`--max-body-bytes`); it is freed after
 //! [`SPARE_KEEP`] without large bodies (`tick`, called by the event loop), so an idle proxy
 //! gives the memory back.
 //!

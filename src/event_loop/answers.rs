@@ -19,6 +19,7 @@ use crate::http;
 use crate::payload_choice;
 use crate::policy::Choice;
 use crate::policy::{Class, Standing};
+use crate::pool;
 use crate::rpc;
 use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
@@ -62,7 +63,7 @@ impl Proxy {
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
-            let answer = compose::answer(e, &choice, &name, &mut self.metrics);
+            let answer = compose::answer(e, &choice, &name, &mut self.metrics).recycled_by(&self.pool);
             let large = hold::large_answer(e.inbound.class) && e.pick.is_none() && e.gather.is_none();
             if let Some(reply) = reply {
                 let out = self.deliver(reply, r, answer, now);
@@ -338,10 +339,10 @@ impl Proxy {
             self.confirm_beacon(r, job.target, mine_status, now);
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        if !e.decided {
-            if let Some(slot) = e.answers.get_mut(job.target) {
-                *slot = Some(resp);
-            }
+        match e.answers.get_mut(job.target).filter(|_| !e.decided) {
+            Some(slot) => *slot = Some(resp),
+            // Too late to matter: its buffer may serve the next large answer.
+            None => pool::recycle(&self.pool, resp.body),
         }
         self.standing(r, job.target, Standing::Answered, now);
     }
