@@ -249,6 +249,12 @@ impl Exchange {
     }
 
     /// Whether nothing more can happen to this exchange.
+    /// Whether this call's answer is large (`hold::large_answer`) and the beacon node's answer
+    /// needs only the primary's: no payload choice among the clients' answers, no gathering.
+    pub fn large_answer_from_primary(&self) -> bool {
+        crate::core::hold::large_answer(self.inbound.class) && self.pick.is_none() && self.gather.is_none()
+    }
+
     pub fn finished(&self) -> bool {
         self.decided && self.live_jobs == 0
     }

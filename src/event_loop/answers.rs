@@ -64,7 +64,7 @@ impl Proxy {
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
             let answer = compose::answer(e, &choice, &name, &mut self.metrics).recycled_by(&self.pool);
-            let large = hold::large_answer(e.inbound.class) && e.pick.is_none() && e.gather.is_none();
+            let large = e.large_answer_from_primary();
             if let Some(reply) = reply {
                 let out = self.deliver(reply, r, answer, now);
                 if let (true, Some(out)) = (large, out) {
@@ -126,8 +126,7 @@ impl Proxy {
             .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
             .map(|c| c.last_progress);
         let e = job.exchange.and_then(|r| self.exchanges.get(r));
-        let large_answer =
-            e.is_some_and(|e| hold::large_answer(e.inbound.class) && e.pick.is_none() && e.gather.is_none());
+        let large_answer = e.is_some_and(Exchange::large_answer_from_primary);
         let answer_out_since = e
             .and_then(|e| e.answer_out.as_ref())
             .filter(|out| !self.answer_written(out))
