@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::exchange::ExchangeRef;
 use crate::http::{self, Limits, RequestReader};
+use crate::pool::{self, SharedPool};
 
 /// Most requests one connection may have in flight; beyond that the proxy stops reading from
 /// it until answers have gone out (pipelining backpressure).
@@ -59,9 +60,26 @@ pub struct Outgoing {
     pub head: Vec<u8>,
     pub body: Vec<u8>,
     pub close: bool,
+    /// Where a large body's buffer goes once the answer is written or dropped (`recycled_by`).
+    pub pool: Option<SharedPool>,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool::recycle(&pool, std::mem::take(&mut self.body));
+        }
+    }
 }
 
 impl Outgoing {
+    /// Gives the body's buffer to `pool` when the answer is done with, so that the next large
+    /// answer or body is read into the same memory (see `pool`).
+    pub fn recycled_by(mut self, pool: &SharedPool) -> Self {
+        self.pool = Some(pool.clone());
+        self
+    }
+
     /// A complete answer with the proxy's own head. A status that has no body (1xx, 204, 304:
     /// `http::status_has_body`) is written without one, whatever `body` holds, so an answer
     /// relayed from an execution client never desynchronises the beacon node's connection.
@@ -77,7 +95,7 @@ impl Outgoing {
         }
         let mut head = Vec::with_capacity(128);
         http::write_response_head(&mut head, status, content_type, body.len(), keep_alive, minor);
-        Outgoing { head, body, close: !keep_alive }
+        Outgoing { head, body, close: !keep_alive, pool: None }
     }
 
     /// The same answer without its body, as a `HEAD` request is answered: the head still says
@@ -103,7 +121,12 @@ impl Outgoing {
 
     /// `100 Continue`, which precedes the real answer.
     pub fn continue_100() -> Self {
-        Outgoing { head: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), body: Vec::new(), close: false }
+        Outgoing {
+            head: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+            body: Vec::new(),
+            close: false,
+            pool: None,
+        }
     }
 }
 
@@ -881,5 +904,19 @@ mod tests {
         assert_eq!(idle.on_timeout(t0 + IDLE, &T), Some(Expired::Idle));
         // A dead connection is not reported twice.
         assert_eq!(idle.on_timeout(t0 + IDLE * 2, &T), None);
+    }
+
+    #[test]
+    fn a_written_answer_gives_its_buffer_to_the_pool() {
+        let t0 = Instant::now();
+        let pool = crate::pool::BodyPool::shared();
+        let mut down = connection(usize::MAX, t0);
+        let body = vec![b'x'; crate::pool::MIN_POOLED];
+        let address = body.as_ptr();
+        down.push(Slot::Ready(Outgoing::answer(200, None, body, true, 1).recycled_by(&pool)));
+        assert_eq!(pool.borrow().spare_bytes(), 0, "not while it is queued");
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        let spare = pool.borrow_mut().take(crate::pool::MIN_POOLED).expect("the answer's buffer");
+        assert_eq!(spare.as_ptr(), address);
     }
 }

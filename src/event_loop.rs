@@ -97,6 +97,9 @@ pub struct Proxy {
     stop_deadline: Option<Instant>,
     /// One spare large-body buffer (see `pool`), freed after a while without large bodies.
     pool: SharedPool,
+    /// Some execution client connection's request is held (`up_write`): a beacon node's
+    /// answer written whole looks at them again.
+    holding: bool,
     /// The request bodies read whole and still held, for `--memory-budget-bytes`…
     meter: Meter,
     /// …and whether the budget was reached at the last head (said once per episode).
@@ -170,6 +173,7 @@ impl Proxy {
             exchanges: Exchanges::default(),
             scratch: vec![0; SCRATCH],
             pool: BodyPool::shared(),
+            holding: false,
             meter: Meter::default(),
             budget_reached: false,
             budget_paused: Vec::new(),
@@ -241,8 +245,10 @@ impl Proxy {
         let mut unregistered = Vec::new();
         for slot in dispatch.opened {
             let token = Self::up_token(up, slot);
-            let Some(addr) = self.ups[up].conns[slot].as_ref().map(|c| c.addr) else { continue };
-            let upstream = &self.ups[up];
+            let upstream = &mut self.ups[up];
+            let Some(conn) = upstream.conns[slot].as_mut() else { continue };
+            conn.use_pool(self.pool.clone());
+            let addr = conn.addr;
             let tls = upstream.tls.as_ref().map(|s| (s, upstream.endpoint.server_name()));
             if let Err(e) = self.el_sockets.connect(self.poll.registry(), up, slot, addr, token, tls) {
                 log::debug!("{}: cannot connect or register a connection: {e}", upstream.endpoint.name);
@@ -461,8 +467,13 @@ impl Service for Proxy {
         self.metrics.bytes_in += n as u64;
     }
 
-    fn on_flushed(&mut self, _slot: usize, written: u64, _now: Instant) {
+    fn on_flushed(&mut self, slot: usize, written: u64, now: Instant) {
         self.metrics.bytes_out += written;
+        let drained = self.bn.get_mut(slot).is_some_and(|down| down.queued_bytes() == 0);
+        if self.holding && written > 0 && drained {
+            // A large answer may have gone out whole: the copies held for it may go.
+            self.release_held(now);
+        }
     }
 
     fn on_other_event(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {

@@ -24,11 +24,17 @@ pub const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Most bytes of trailer fields accepted after the last chunk.
 const MAX_TRAILERS: usize = 8 * 1024;
-/// Most room reserved for a body before its bytes arrive: a declared `Content-Length` is a
-/// claim, not bytes, so a larger body grows (by doubling, never past its declared length) as
-/// its bytes come in. Sixteen clients announcing 16 MiB and sending 1 KiB hold 16 MiB, not
-/// 256 MiB.
+/// Most room reserved for a body before its bytes arrive, unless its reader is told it may
+/// reserve more (`RequestReader::accept_body`): a declared `Content-Length` is a claim, not
+/// bytes, so a larger body grows (by doubling, never past its declared length) as its bytes
+/// come in. Sixteen clients announcing 16 MiB and sending 1 KiB hold 16 MiB, not 256 MiB.
 pub const BODY_RESERVE: usize = 1 << 20;
+/// Most room reserved ahead of the bytes that fill it: process-wide for request bodies (the
+/// event loop passes what is left of it to `accept_body`), per answer for an execution
+/// client's. A body declared within it is reserved whole once, so it is never copied to grow
+/// and leaves no outgrown buffers behind (growing a 13 MB answer by doubling peaked at twice
+/// its size); one declared larger grows from `BODY_RESERVE`. Two 16 MiB bodies fit.
+pub const RESERVE_AHEAD: usize = 32 << 20;
 /// A refused body (see `RequestReader::refuse_body`) at most this long is read and dropped so
 /// the connection can carry the next request; a longer one ends the connection.
 pub const MAX_DISCARD: u64 = 64 * 1024;
@@ -203,18 +209,8 @@ impl RequestReader {
         self.pool = Some(pool);
     }
 
-    /// The reader for a body framed by `framing`: a large declared length gets the pool's
-    /// spare buffer when it fits, else a buffer of its own.
-    fn body_reader(&self, framing: Framing) -> BodyReader {
-        if let (Framing::Length(n), Some(pool)) = (framing, self.pool.as_ref()) {
-            let spare = usize::try_from(n)
-                .ok()
-                .and_then(|len| pool.try_borrow_mut().ok().and_then(|mut pool| pool.take(len)));
-            if let Some(body) = spare {
-                return BodyReader::Length { remaining: n, body };
-            }
-        }
-        BodyReader::new(framing, self.limits.max_body)
+    fn body_reader(&self, framing: Framing, reserve: usize) -> BodyReader {
+        body_reader(self.pool.as_ref(), framing, self.limits.max_body, reserve)
     }
 
     /// Reports a GET or HEAD as soon as its head is read, ignoring any body it announces, and
@@ -236,13 +232,21 @@ impl RequestReader {
         self.held.as_ref().map(|(head, _)| head)
     }
 
-    /// Reads the held head's body after all. True when the client asked for `100 Continue`
-    /// (held heads do not report `RequestEvent::Continue`: the caller owes the 100 now).
-    pub fn accept_body(&mut self) -> bool {
+    /// Reads the held head's body after all, its declared length reserved whole when it is
+    /// at most `reserve` bytes (what the caller's share of `RESERVE_AHEAD` has left), else
+    /// grown as it arrives. True when the client asked for `100 Continue` (held heads do not
+    /// report `RequestEvent::Continue`: the caller owes the 100 now).
+    pub fn accept_body(&mut self, reserve: usize) -> bool {
         let Some((head, framing)) = self.held.take() else { return false };
         let expect = head.expect_continue;
-        self.body = Some((head, self.body_reader(framing)));
+        self.body = Some((head, self.body_reader(framing, reserve)));
         expect
+    }
+
+    /// Room reserved for the body being read and not filled yet (counted against
+    /// `RESERVE_AHEAD` by the caller).
+    pub fn reserved_ahead(&self) -> usize {
+        self.body.as_ref().map_or(0, |(_, body)| body.reserved_ahead())
     }
 
     /// Refuses the held head's body: no `100 Continue` is owed, and nothing of it is kept. A
@@ -320,7 +324,7 @@ impl RequestReader {
                     self.held = Some((head, framing));
                     return Step::done(consumed, RequestEvent::Head);
                 }
-                let body = self.body_reader(framing);
+                let body = self.body_reader(framing, BODY_RESERVE);
                 let expect = head.expect_continue;
                 self.body = Some((head, body));
                 if expect {
@@ -364,11 +368,23 @@ pub struct ResponseReader {
     body: Option<(ResponseHead, BodyReader)>,
     /// Whether any byte of an answer has arrived (a retry is only safe when none has).
     started: bool,
+    /// Where a large answer's buffer comes from, when a spare one is kept (see `pool`).
+    pool: Option<SharedPool>,
 }
 
 impl ResponseReader {
     pub fn new(limits: Limits) -> Self {
-        ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false }
+        ResponseReader { limits, head: HeadBuffer::default(), body: None, started: false, pool: None }
+    }
+
+    /// Takes large answers' buffers from `pool` when it has one that fits.
+    pub fn use_pool(&mut self, pool: SharedPool) {
+        self.pool = Some(pool);
+    }
+
+    /// A reader for the connection's next answer: the same caps and pool.
+    pub fn next(&self) -> Self {
+        ResponseReader { pool: self.pool.clone(), ..ResponseReader::new(self.limits) }
     }
 
     /// Bytes held for the answer being read, for the process-wide memory budget.
@@ -407,7 +423,9 @@ impl ResponseReader {
             // An interim answer (100 Continue) is followed by the real one.
             Ok((head, _)) if (100..200).contains(&head.status) => Step::more(consumed),
             Ok((head, framing)) => {
-                let body = BodyReader::new(framing, self.limits.max_body);
+                // An execution client is a configured peer and its answer is charged at its
+                // declared length (see `core::budget`): reserved whole, within RESERVE_AHEAD.
+                let body = body_reader(self.pool.as_ref(), framing, self.limits.max_body, RESERVE_AHEAD);
                 self.body = Some((head, body));
                 if self.body.as_ref().is_some_and(|(_, b)| b.is_done()) {
                     self.complete(consumed)
@@ -686,9 +704,9 @@ enum BodyProgress {
 }
 
 impl BodyReader {
-    fn new(framing: Framing, max: usize) -> Self {
+    fn new(framing: Framing, max: usize, reserve: usize) -> Self {
         match framing {
-            Framing::Length(n) => BodyReader::Length { remaining: n, body: body_buffer(n) },
+            Framing::Length(n) => BodyReader::Length { remaining: n, body: body_buffer(n, reserve) },
             Framing::Chunked => {
                 BodyReader::Chunked { state: ChunkState::Size, line: Vec::new(), body: Vec::new(), max }
             }
@@ -713,6 +731,13 @@ impl BodyReader {
                 .max(body.len().saturating_add(usize::try_from(*remaining).unwrap_or(usize::MAX))),
             BodyReader::Chunked { line, body, .. } => line.capacity() + body.capacity(),
             BodyReader::UntilClose { body, .. } => body.capacity(),
+        }
+    }
+
+    fn reserved_ahead(&self) -> usize {
+        match self {
+            BodyReader::Length { body, .. } => body.capacity() - body.len(),
+            BodyReader::Chunked { .. } | BodyReader::UntilClose { .. } => 0,
         }
     }
 
@@ -813,12 +838,28 @@ impl BodyReader {
     }
 }
 
+/// The reader for a body framed by `framing`: a large declared length gets `pool`'s spare
+/// buffer when it fits, else a buffer of its own with room for at most `reserve` bytes up front
+/// (the whole declared length when it fits, see `body_buffer`).
+fn body_reader(pool: Option<&SharedPool>, framing: Framing, max: usize, reserve: usize) -> BodyReader {
+    if let (Framing::Length(n), Some(pool)) = (framing, pool) {
+        let spare = usize::try_from(n)
+            .ok()
+            .and_then(|len| pool.try_borrow_mut().ok().and_then(|mut pool| pool.take(len)));
+        if let Some(body) = spare {
+            return BodyReader::Length { remaining: n, body };
+        }
+    }
+    BodyReader::new(framing, max, reserve)
+}
+
 /// The buffer of a body of `n` declared bytes (already checked against `max_body`): room for
-/// at most `BODY_RESERVE` of them up front; the rest is grown as the bytes arrive
-/// (`grow_for`). If even that cannot be had, the buffer starts empty rather than aborting the
-/// process.
-fn body_buffer(n: u64) -> Vec<u8> {
-    let n = usize::try_from(n).unwrap_or(usize::MAX).min(BODY_RESERVE);
+/// all of them when they are at most `reserve`, else for `BODY_RESERVE` of them up front and
+/// the rest grown as the bytes arrive (`grow_for`). If even that cannot be had, the buffer
+/// starts empty rather than aborting the process.
+fn body_buffer(n: u64, reserve: usize) -> Vec<u8> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let n = if n <= reserve { n } else { n.min(BODY_RESERVE) };
     let mut body = Vec::new();
     let _ = body.try_reserve_exact(n);
     body
@@ -1223,6 +1264,58 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_large_answer_is_reserved_whole_at_its_head_and_never_grown() {
+        // A 13 MB getPayload answer grew from 1 MiB by doubling: each step a copy, and the
+        // outgrown buffers left the proxy's peak RSS at twice the answer (28 MiB for 12.7 MiB).
+        let declared = 13_000_000;
+        let mut reader = ResponseReader::new(Limits { max_head: 1024, max_body: 16 << 20 });
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n");
+        assert_eq!(reader.advance(head.as_bytes()).event, None);
+        let address = match reader.body.as_ref() {
+            Some((_, BodyReader::Length { body, .. })) => {
+                assert_eq!(body.capacity(), declared, "the declared length, once");
+                body.as_ptr()
+            }
+            other => panic!("no Content-Length body in progress: {other:?}"),
+        };
+        let piece = vec![b'x'; 64 * 1024];
+        let mut fed = 0;
+        let answer = loop {
+            let step = reader.advance(&piece[..piece.len().min(declared - fed)]);
+            fed += step.consumed;
+            if let Some(event) = step.event {
+                break event.expect("a whole answer");
+            }
+        };
+        assert_eq!((answer.body.len(), answer.body.capacity()), (declared, declared));
+        assert_eq!(answer.body.as_ptr(), address, "never moved to grow");
+        // Past RESERVE_AHEAD a declared length is a claim again: it grows as bytes arrive.
+        let mut reader = ResponseReader::new(Limits { max_head: 1024, max_body: 2 * RESERVE_AHEAD });
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", RESERVE_AHEAD + 1);
+        assert_eq!(reader.advance(head.as_bytes()).event, None);
+        assert!(
+            matches!(reader.body.as_ref(), Some((_, BodyReader::Length { body, .. })) if body.capacity() == BODY_RESERVE)
+        );
+    }
+
+    #[test]
+    fn an_admitted_body_is_reserved_whole_when_the_caller_has_room_for_it() {
+        let declared = 8 << 20;
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n");
+        for (reserve, room) in [(declared, declared), (declared - 1, BODY_RESERVE), (0, BODY_RESERVE)] {
+            let mut reader = RequestReader::new(Limits { max_head: 1024, max_body: 16 << 20 });
+            reader.hold_heads();
+            assert_eq!(reader.advance(head.as_bytes()).event, Some(Ok(RequestEvent::Head)));
+            assert_eq!(reader.reserved_ahead(), 0, "nothing before the decision");
+            assert!(!reader.accept_body(reserve));
+            assert_eq!(body_capacity(&reader), room, "reserve {reserve}");
+            assert_eq!(reader.reserved_ahead(), room);
+            assert_eq!(reader.advance(&[7; 1000]).consumed, 1000);
+            assert_eq!(reader.reserved_ahead(), room - 1000, "filled room is no longer ahead");
+        }
+    }
+
+    #[test]
     fn regression_an_endless_chunked_answer_fails_at_max_body_with_bounded_memory() {
         // The chunked reader's room could grow to twice `max_body` (amortized doubling past
         // it); with the fixed 128 MiB answer cap that was 256 MiB for one endless answer.
@@ -1313,6 +1406,34 @@ mod tests {
     }
 
     #[test]
+    fn regression_a_large_answer_is_read_into_the_pools_spare_buffer_answer_after_answer() {
+        // Each 13 MB getPayload answer was a fresh allocation; with glibc's heap the freed one
+        // was not always reusable, and two answers' worth stayed resident (28 MiB peak).
+        use crate::pool::{BodyPool, MIN_POOLED};
+        let pool = BodyPool::shared();
+        let spare = Vec::with_capacity(2 * MIN_POOLED);
+        let address = spare.as_ptr();
+        pool.borrow_mut().give(spare);
+        let mut reader = ResponseReader::new(Limits { max_head: 1024, max_body: 4 * MIN_POOLED });
+        reader.use_pool(pool.clone());
+        let mut reader = reader.next();
+        let body = vec![b'x'; MIN_POOLED + 5];
+        let mut wire = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(&body);
+        let mut input = &wire[..];
+        let answer = loop {
+            let step = reader.advance(input);
+            input = &input[step.consumed..];
+            if let Some(event) = step.event {
+                break event.expect("a whole answer");
+            }
+        };
+        assert_eq!(answer.body, body);
+        assert_eq!(answer.body.as_ptr(), address, "the spare's memory, kept by `next`");
+        assert_eq!(pool.borrow().spare_bytes(), 0);
+    }
+
+    #[test]
     fn a_get_can_be_answered_before_the_body_it_announces() {
         // nginx's auth_request subrequest: the original Content-Length, and no body.
         let mut reader = RequestReader::new(limits());
@@ -1340,7 +1461,7 @@ mod tests {
         // Nothing is read until the decision.
         assert_eq!(reader.advance(b"ok"), Step { consumed: 0, event: None });
         // Accepting says a 100 is owed (no Continue event comes), then the body is read.
-        assert!(reader.accept_body());
+        assert!(reader.accept_body(0));
         assert_eq!(reader.held_head(), None);
         match reader.advance(b"ok").event {
             Some(Ok(RequestEvent::Request(r))) => assert_eq!(r.body, b"ok"),
@@ -1377,7 +1498,7 @@ mod tests {
                             events.push("refused".to_string());
                         }
                         Some(Ok(RequestEvent::Head)) => {
-                            assert!(!reader.accept_body());
+                            assert!(!reader.accept_body(0));
                         }
                         Some(Ok(RequestEvent::Request(r))) => {
                             events.push(format!("{} {}", r.head.path, String::from_utf8_lossy(&r.body)))

@@ -1,15 +1,18 @@
-//! One spare body buffer, so that large request bodies arriving one after another reuse the
-//! same memory instead of each being fresh pages.
+//! One spare body buffer, so that large request bodies and execution clients' answers arriving
+//! one after another reuse the same memory instead of each being fresh pages.
 //!
-//! A large body grows, by doubling, to its declared length as its bytes arrive (see `http`),
-//! unless the spare below has room for all of it: then it is read into the spare and never
-//! grows. With musl's allocator (the static build) every such allocation is a new mapping, so
-//! each byte of each body costs a page fault and the kernel's zeroing before the proxy can
-//! copy into it, and the mapping is
-//! torn down when the body is freed: about a sixth of the proxy's CPU on 8 MiB bodies. glibc
-//! keeps freed memory and reuses it, but not always the right block. So the last large body
-//! freed is kept here and handed to the next large body that fits. At most one buffer is kept,
-//! never larger than a body the proxy accepted (`--max-body-bytes`); it is freed after
+//! A large body or answer gets its own buffer (its declared length reserved whole, or grown by
+//! doubling as its bytes arrive: see `http`), unless the spare below has room for all of it:
+//! then it is read into the spare and never grows. A spare too small for it is freed rather
+//! than kept beside the new buffer. With musl's allocator (the static build) every such
+//! allocation is a new mapping, so each byte costs a page fault and the kernel's zeroing before
+//! the proxy can copy into it, and the mapping is torn down when the body is freed: about a
+//! sixth of the proxy's CPU on 8 MiB bodies. glibc keeps freed memory and reuses it, but not
+//! always the right block: 13 MB getPayload answers, each a fresh allocation, left two answers'
+//! worth resident. So the last large buffer freed (a request body when its last copy is
+//! written, an answer once written to the beacon node or read too late to matter) is kept here
+//! and handed to the next large body or answer that fits. At most one buffer is kept, never
+//! larger than a body or answer the proxy accepted (`--max-body-bytes`); it is freed after
 //! [`SPARE_KEEP`] without large bodies (`tick`, called by the event loop), so an idle proxy
 //! gives the memory back.
 //!
@@ -44,13 +47,20 @@ impl BodyPool {
     }
 
     /// An empty buffer with room for `len` bytes, when the spare is large enough and `len` is
-    /// large enough to be worth it.
+    /// large enough to be worth it. A spare too small for a large body is freed: the body gets
+    /// a buffer of its own, and the spare would only be kept beside it (its memory resident
+    /// twice over) until the larger buffer replaced it.
     pub fn take(&mut self, len: usize) -> Option<Vec<u8>> {
-        if len < MIN_POOLED || self.spare.as_ref().map_or(0, Vec::capacity) < len {
+        if len < MIN_POOLED {
             return None;
         }
-        self.uses += 1;
-        self.spare.take()
+        match self.spare.take() {
+            Some(spare) if spare.capacity() >= len => {
+                self.uses += 1;
+                Some(spare)
+            }
+            _ => None,
+        }
     }
 
     /// Keeps `buffer` (emptied) as the spare when it is large and larger than the current one;
@@ -125,12 +135,22 @@ mod tests {
         pool.give(Vec::with_capacity(2 * MIN_POOLED));
         assert_eq!(pool.spare_bytes(), 4 * MIN_POOLED, "the larger one stays");
         assert_eq!(pool.take(MIN_POOLED - 1), None, "a small body allocates its own");
-        assert_eq!(pool.take(4 * MIN_POOLED + 1), None, "too small for this body");
         let reused = pool.take(3 * MIN_POOLED).expect("the spare");
         assert!(reused.is_empty(), "handed over empty");
         assert_eq!(reused.as_ptr(), address, "the same memory");
         assert_eq!(pool.spare_bytes(), 0);
         assert_eq!(pool.uses(), 2, "one buffer kept, one handed out");
+    }
+
+    #[test]
+    fn regression_a_spare_too_small_for_a_large_body_is_not_kept_beside_its_buffer() {
+        // The 4 MiB spare stayed while an 8 MiB body was read into a fresh buffer: both resident.
+        let mut pool = BodyPool::default();
+        pool.give(Vec::with_capacity(4 * MIN_POOLED));
+        assert_eq!(pool.take(MIN_POOLED - 1), None, "a small body allocates its own");
+        assert_eq!(pool.spare_bytes(), 4 * MIN_POOLED, "and leaves the spare alone");
+        assert_eq!(pool.take(4 * MIN_POOLED + 1), None, "too small for this body");
+        assert_eq!(pool.spare_bytes(), 0, "freed, not kept beside the body's own buffer");
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl Conn {
             self.dead = true;
         }
         self.served += 1;
-        self.reader = ResponseReader::new(self.reader.limits());
+        self.reader = self.reader.next();
         self.out.clear();
         self.written = 0;
         self.state = ConnState::Idle;
@@ -349,6 +349,11 @@ impl Conn {
     pub fn take_job(&mut self) -> Option<Job> {
         self.dead = true;
         self.job.take()
+    }
+
+    /// Takes large answers' buffers from `pool` (see `pool`).
+    pub fn use_pool(&mut self, pool: crate::pool::SharedPool) {
+        self.reader.use_pool(pool);
     }
 
     /// Bytes held for the answer being read (see `core::budget`).

@@ -12,6 +12,7 @@ mod engine_api;
 mod hostile;
 mod http_cli;
 mod lanes;
+mod large_answers;
 mod lingering;
 mod partition;
 mod payload;

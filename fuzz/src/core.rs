@@ -109,7 +109,7 @@ impl Model {
         let Some(head) = self.down.reader.held_head() else { return };
         let (keep_alive, minor) = (head.keep_alive, head.minor);
         if budget::admits(held, self.budget) {
-            if self.down.reader.accept_body() {
+            if self.down.reader.accept_body(sync_proxy::http::RESERVE_AHEAD) {
                 self.down.push(Slot::Ready(Outgoing::continue_100()));
             }
             return;

@@ -61,7 +61,8 @@ pub fn admits(held: usize, budget: usize) -> bool {
 /// `Retry-After`.
 pub fn busy_answer(keep_alive: bool, minor: u8) -> Outgoing {
     let body = policy::error_body(None, -32000, "server busy: memory budget reached; retry later");
-    let mut out = Outgoing { body, ..Outgoing::default() };
+    let mut out = Outgoing::default();
+    out.body = body;
     let extra: [(&[u8], &[u8]); 1] = [(b"Retry-After", RETRY_AFTER_SECS)];
     http::write_response_head_with(
         &mut out.head,

@@ -82,6 +82,20 @@ pub struct Exchange {
     /// When to decide again although no deadline passed (the end of getPayload's wait for
     /// better payloads); nothing counts as failed then.
     pub wake: Option<Instant>,
+    /// The beacon node's answer to a large-answer call, queued and not yet written whole (see
+    /// `core::hold`): the other clients' copies wait for it.
+    pub answer_out: Option<AnswerOut>,
+}
+
+/// Where the beacon node's answer went: its connection (slot and serial, as in `Reply`), the
+/// count of bytes written to that connection by which it is written whole, and when it was
+/// queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerOut {
+    pub slot: usize,
+    pub serial: u64,
+    pub out_by: u64,
+    pub since: Instant,
 }
 
 /// `--payload-choice best-value`'s state of one exchange.
@@ -123,6 +137,7 @@ impl Exchange {
             pick: None,
             picked: None,
             wake: None,
+            answer_out: None,
         }
     }
 
@@ -234,6 +249,12 @@ impl Exchange {
     }
 
     /// Whether nothing more can happen to this exchange.
+    /// Whether this call's answer is large (`hold::large_answer`) and the beacon node's answer
+    /// needs only the primary's: no payload choice among the clients' answers, no gathering.
+    pub fn large_answer_from_primary(&self) -> bool {
+        crate::core::hold::large_answer(self.inbound.class) && self.pick.is_none() && self.gather.is_none()
+    }
+
     pub fn finished(&self) -> bool {
         self.decided && self.live_jobs == 0
     }

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use super::Proxy;
 use crate::answer_policy::Status;
 use crate::beacons::Confirmed;
-use crate::core::exchange::{Exchange, ExchangeRef, Pick, Reply};
+use crate::core::exchange::{AnswerOut, Exchange, ExchangeRef, Pick, Reply};
 use crate::core::{compose, hold};
 use crate::downstream::Outgoing;
 use crate::http;
 use crate::payload_choice;
 use crate::policy::Choice;
 use crate::policy::{Class, Standing};
+use crate::pool;
 use crate::rpc;
 use crate::upstream::{AfterFailure, Failure, Job, Outcome, Upstream, MAX_CONNS};
 
@@ -62,9 +63,15 @@ impl Proxy {
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
-            let answer = compose::answer(e, &choice, &name, &mut self.metrics);
+            let answer = compose::answer(e, &choice, &name, &mut self.metrics).recycled_by(&self.pool);
+            let large = e.large_answer_from_primary();
             if let Some(reply) = reply {
-                self.deliver(reply, r, answer, now);
+                let out = self.deliver(reply, r, answer, now);
+                if let (true, Some(out)) = (large, out) {
+                    if let Some(e) = self.exchanges.get_mut(r) {
+                        e.answer_out = Some(out);
+                    }
+                }
             }
         }
         if self.exchanges.get(r).is_some_and(Exchange::finished) {
@@ -75,14 +82,33 @@ impl Proxy {
         }
     }
 
-    pub(super) fn deliver(&mut self, reply: Reply, r: ExchangeRef, answer: Outgoing, now: Instant) {
-        let Some(down) = self.bn.get_mut(reply.slot) else { return };
-        if down.serial != reply.serial || down.dead {
-            return;
+    /// Queues `answer` for the beacon node and writes what it can; returns, while the answer
+    /// is not written whole, where it went (see `AnswerOut`).
+    pub(super) fn deliver(
+        &mut self,
+        reply: Reply,
+        r: ExchangeRef,
+        answer: Outgoing,
+        now: Instant,
+    ) -> Option<AnswerOut> {
+        let down = self.bn.get_mut(reply.slot)?;
+        if down.serial != reply.serial || down.dead || !down.fill(r, answer) {
+            return None;
         }
-        if down.fill(r, answer) {
-            self.down_flush(reply.slot, now);
-        }
+        // Written whole once the connection has written everything queued now (at most the
+        // part of an earlier answer already written more: then the hold ends by its bound).
+        let out_by = down.sent + down.queued_bytes() as u64;
+        let out = AnswerOut { slot: reply.slot, serial: reply.serial, out_by, since: now };
+        self.down_flush(reply.slot, now);
+        (!self.answer_written(&out)).then_some(out)
+    }
+
+    /// Whether the beacon node's answer `out` is written whole (or can no longer be).
+    fn answer_written(&self, out: &AnswerOut) -> bool {
+        self.bn
+            .get(out.slot)
+            .filter(|down| down.serial == out.serial && !down.dead)
+            .map_or(true, |down| down.sent >= out.out_by)
     }
 
     /// Until when connection `slot` of client `up` should wait so that the primary gets its
@@ -98,7 +124,20 @@ impl Proxy {
             .flatten()
             .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
             .map(|c| c.last_progress);
-        hold::hold_until(job.inbound.received, job.inbound.body.len(), primary, now)
+        let e = job.exchange.and_then(|r| self.exchanges.get(r));
+        let large_answer = e.is_some_and(Exchange::large_answer_from_primary);
+        let answer_out_since = e
+            .and_then(|e| e.answer_out.as_ref())
+            .filter(|out| !self.answer_written(out))
+            .map(|out| out.since);
+        let call = hold::Call {
+            received: job.inbound.received,
+            body_len: job.inbound.body.len(),
+            large_answer,
+            answer_out_since,
+            timeout: job.timeout,
+        };
+        hold::hold_until(&call, primary, now)
     }
 
     /// Writes what connection `slot` of client `up` has to send, unless it waits for the primary.
@@ -107,6 +146,8 @@ impl Proxy {
             if let Some(conn) = self.ups[up].conns[slot].as_mut() {
                 conn.hold_until = Some(until);
             }
+            // Looked at again when a beacon node's answer has been written (`down_flush`).
+            self.holding = true;
             return;
         }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
@@ -127,8 +168,10 @@ impl Proxy {
         }
     }
 
-    /// The primary has answered (or failed): the requests held back for it go out now.
+    /// The primary has answered (or failed), or a beacon node's answer has been written: the
+    /// requests held back for it go out now (the others are held again).
     pub(super) fn release_held(&mut self, now: Instant) {
+        self.holding = false;
         for up in 1..self.ups.len() {
             for slot in 0..MAX_CONNS {
                 if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.hold_until.is_some() && !c.dead) {
@@ -301,10 +344,10 @@ impl Proxy {
             self.confirm_beacon(r, job.target, mine_status, now);
         }
         let Some(e) = self.exchanges.get_mut(r) else { return };
-        if !e.decided {
-            if let Some(slot) = e.answers.get_mut(job.target) {
-                *slot = Some(resp);
-            }
+        match e.answers.get_mut(job.target).filter(|_| !e.decided) {
+            Some(slot) => *slot = Some(resp),
+            // Too late to matter: its buffer may serve the next large answer.
+            None => pool::recycle(&self.pool, resp.body),
         }
         self.standing(r, job.target, Standing::Answered, now);
     }

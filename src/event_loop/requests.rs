@@ -90,6 +90,10 @@ impl Proxy {
                 );
             }
         }
+        // Room reserved ahead of its bytes, process-wide, within the budget (see `http`).
+        let ahead: usize = self.bn.iter().map(|d| d.reader.reserved_ahead()).sum();
+        let reserve =
+            http::RESERVE_AHEAD.saturating_sub(ahead).min(self.cfg.memory_budget_bytes.saturating_sub(held));
         let keys = self.cfg.beacon_keys();
         let Some(down) = self.bn.get_mut(slot) else { return };
         let Some(head) = down.reader.held_head() else { return };
@@ -109,7 +113,7 @@ impl Proxy {
                 }
                 return;
             }
-            if down.reader.accept_body() {
+            if down.reader.accept_body(reserve) {
                 down.push(Slot::Ready(Outgoing::continue_100()));
             }
             return;

@@ -127,6 +127,11 @@ impl BnSide {
         self.conns.get_mut(slot).and_then(Option::as_mut)
     }
 
+    /// The connection in `slot`, to look at.
+    pub fn get(&self, slot: usize) -> Option<&Downstream> {
+        self.conns.get(slot).and_then(Option::as_ref)
+    }
+
     /// Every open connection.
     pub fn iter(&self) -> impl Iterator<Item = &Downstream> {
         self.conns.iter().flatten()
@@ -451,7 +456,8 @@ mod tests {
                     down.stash(&input[i..]);
                     return;
                 }
-                let answer = Outgoing { head: b"ok\n".to_vec(), body: Vec::new(), close: false };
+                let mut answer = Outgoing::default();
+                answer.head = b"ok\n".to_vec();
                 down.push(Slot::Ready(answer));
             }
         }
