@@ -45,6 +45,7 @@ use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Upstream, MAX_CONNS};
 
 mod answers;
+mod cut;
 mod live_config;
 mod requests;
 
@@ -113,6 +114,9 @@ pub struct Proxy {
     /// The TLS settings of `https://` execution clients, made at start-up when one is listed,
     /// or at the first reload that adds one.
     tls: Option<tls::Settings>,
+    /// The large request body being read and scanned as it arrives, and streamed to the
+    /// primary once its method allows (`core::cut`).
+    cut: Option<crate::core::cut::Cut>,
 }
 
 fn unix_now() -> u64 {
@@ -193,6 +197,7 @@ impl Proxy {
             reload_in_flight: false,
             reload_again: false,
             tls,
+            cut: None,
         })
     }
 
@@ -543,6 +548,9 @@ impl Proxy {
         if needs_write {
             self.up_write(up, slot, now);
         }
+        if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.streaming) {
+            self.cut_write(now);
+        }
         let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
         if readable || conn.dead {
             let outcome = self.el_sockets.read(up, slot, conn, &mut self.scratch, now);
@@ -624,6 +632,7 @@ impl Proxy {
             if !self.downs[slot].as_ref().is_some_and(|d| d.dead) {
                 continue;
             }
+            self.cut_end(slot);
             if let Some(down) = self.downs[slot].take() {
                 for r in down.waiting().collect::<Vec<_>>() {
                     if let Some(e) = self.exchanges.get_mut(r) {
