@@ -62,6 +62,7 @@ impl Proxy {
                     .get_mut(PRIMARY)
                     .and_then(|up| up.start_stream(head, &client, cut.declared, timeout, now, unix_now()));
                 if cut.conn.is_some() {
+                    log::debug!("streaming a request from {} to the primary as it arrives", down.peer);
                     self.cut_write(now);
                 }
             }
