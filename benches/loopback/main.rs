@@ -18,7 +18,7 @@
 //!
 //! `cargo bench --bench loopback` (or `benches/load.sh`, which installs nginx when it is
 //! missing). Environment: `LOOPBACK_REPS` (default 3), `LOOPBACK_ONLY` (run the scenarios
-//! whose key contains this text, or any of a comma-separated list), `LOOPBACK_NGINX=0` (skip nginx), `NGINX` (its binary),
+//! whose key contains this text, or any item of a comma-separated list), `LOOPBACK_NGINX=0` (skip nginx), `NGINX` (its binary),
 //! `LOOPBACK_OUT` (also write the tables to this file), `SYNC_PROXY_BIN` (another build of the
 //! proxy, say one with symbols for `perf`), `LOOPBACK_PROBE=1` (poll the proxy's backlog),
 //! `LOOPBACK_METRICS=1` (print its per-EL metrics after each scenario).
@@ -546,8 +546,8 @@ fn main() {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut done: Vec<(&Scenario, [Option<Row>; TARGETS])> = Vec::new();
-    // A comma-separated list selects the scenarios matching any of its parts.
-    let wanted = |key: &str| only.as_deref().map_or(true, |o| o.split(',').any(|part| key.contains(part)));
+    // A comma-separated list selects the scenarios whose key contains any of its items.
+    let wanted = |key: &str| only.as_deref().map_or(true, |o| o.split(',').any(|o| key.contains(o.trim())));
     for s in SCENARIOS.iter().filter(|s| wanted(s.key)) {
         let Some((body, answer)) = bodies(s) else {
             println!("### {}: no {} body; skipped\n", s.title, s.size);
