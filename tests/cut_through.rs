@@ -5,7 +5,7 @@
 //! whole.
 
 use crate::payload::{Fork, NewPayload};
-use crate::util::{new_payload, post_request, Bn, Launch, MockEl, Proxy, TIMEOUT};
+use crate::util::{fcu, new_payload, post_request, Bn, Launch, MockEl, Proxy, TIMEOUT};
 
 /// A body well above `core::cut::MIN_BODY`, so that it streams.
 const SIZE: usize = 1 << 20;
@@ -111,5 +111,30 @@ fn a_beacon_node_that_leaves_mid_body_has_the_streamed_part_reset_at_the_primary
             r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(3))
         });
         assert!(!has_id(el, 2), "no EL got the abandoned request");
+    }
+}
+
+#[test]
+fn an_ordered_call_whole_before_a_streaming_one_goes_first_at_every_el() {
+    let s = setup();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    let mut streaming = s.proxy.bn();
+    streaming.send_raw(&bytes[..half]);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    // Another connection's forkchoiceUpdated is whole first: it is the first of the two
+    // everywhere, so the primary's partial newPayload is reset to let it pass.
+    let answer = s.proxy.bn().post(&fcu(10, None));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    s.primary.wait_resets(1, TIMEOUT);
+    streaming.send_raw(&bytes[half..]);
+    let answer = streaming.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        let got = el.wait_for("both calls", TIMEOUT, |r| r.len() >= 3);
+        let ids: Vec<Option<u64>> = got.iter().map(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64())).collect();
+        assert_eq!(ids, [Some(1), Some(10), Some(2)], "the same order at every EL");
+        assert_eq!(got[2].body, body);
     }
 }
