@@ -1,5 +1,6 @@
 //! The JSON-RPC scanner on newPayload bodies of 1 KiB, 128 KiB, 1 MiB and 8 MiB, with the keys
-//! in the order beacon nodes send them and reversed, and on answers: bytes per second.
+//! in the order beacon nodes send them and reversed, whole and fed in 64 KiB chunks as a body
+//! arrives from a socket, and on answers: bytes per second.
 //!
 //! `cargo bench --bench scanner`
 
@@ -32,6 +33,39 @@ fn scan_requests(c: &mut Criterion) {
     group.finish();
 }
 
+/// The chunk a socket read hands the incremental scanner in the proxy (its read buffer).
+const CHUNK: usize = 64 << 10;
+
+/// The same bodies, whole (`scan_request`) next to fed in 64 KiB chunks (`RequestScan`), so
+/// that the cost of resuming shows as the ratio of the two.
+fn scan_requests_chunked(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scan_request_chunked");
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for size in common::SIZES {
+        let Some(body) = common::new_payload(size) else { continue };
+        let chunked = |body: &[u8]| {
+            let mut scan = rpc::RequestScan::new();
+            let mut end = 0;
+            while end < body.len() {
+                end = (end + CHUNK).min(body.len());
+                if scan.feed(&body[..end]).is_err() {
+                    break;
+                }
+            }
+            scan.finish(body)
+        };
+        assert_eq!(chunked(&body), rpc::scan_request(&body), "{size}");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("whole", size), &body, |b, body| {
+            b.iter(|| rpc::scan_request(black_box(body)))
+        });
+        group.bench_with_input(BenchmarkId::new("chunks_64k", size), &body, |b, body| {
+            b.iter(|| chunked(black_box(body)))
+        });
+    }
+    group.finish();
+}
+
 fn scan_responses(c: &mut Criterion) {
     let mut group = c.benchmark_group("scan_response");
     group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
@@ -51,5 +85,5 @@ fn scan_responses(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan_requests, scan_responses);
+criterion_group!(benches, scan_requests, scan_requests_chunked, scan_responses);
 criterion_main!(benches);

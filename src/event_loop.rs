@@ -51,6 +51,7 @@ use crate::tls::{self, Handshake};
 use crate::upstream::{ConnState, Failure, Outcome, Upstream, MAX_CONNS};
 
 mod answers;
+mod cut;
 mod live_config;
 mod requests;
 
@@ -115,6 +116,9 @@ pub struct Proxy {
     /// The TLS settings of `https://` execution clients, made at start-up when one is listed,
     /// or at the first reload that adds one.
     tls: Option<tls::Settings>,
+    /// The large request body being read and scanned as it arrives, and streamed to the
+    /// primary once its method allows (`core::cut`).
+    cut: Option<crate::core::cut::Cut>,
 }
 
 fn unix_now() -> u64 {
@@ -184,6 +188,7 @@ impl Proxy {
             reload_in_flight: false,
             reload_again: false,
             tls,
+            cut: None,
         })
     }
 
@@ -299,6 +304,9 @@ impl Proxy {
             self.ups[up].conns[slot].as_ref().is_some_and(|c| c.job.is_some() && !c.request_sent());
         if needs_write {
             self.up_write(up, slot, now);
+        }
+        if self.ups[up].conns[slot].as_ref().is_some_and(|c| c.streaming) {
+            self.cut_write(now);
         }
         let Some(conn) = self.ups[up].conns[slot].as_ref() else { return };
         if readable || conn.dead {
@@ -504,7 +512,8 @@ impl Service for Proxy {
     }
 
     /// The exchanges a closed connection waited for forget it.
-    fn on_closed(&mut self, _slot: usize, down: Downstream) {
+    fn on_closed(&mut self, slot: usize, down: Downstream) {
+        self.cut_end(slot);
         for r in down.waiting() {
             if let Some(e) = self.exchanges.get_mut(r) {
                 e.reply = None;

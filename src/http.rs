@@ -272,6 +272,19 @@ impl RequestReader {
         self.head.buf.capacity() + self.body.as_ref().map_or(0, |(_, body)| body.held())
     }
 
+    /// The request whose body framed by `Content-Length` is being read: its head, the body's
+    /// bytes so far (a prefix of the body `RequestEvent::Request` will carry) and its declared
+    /// length. None for other framings and between requests. This is what lets a body be
+    /// forwarded as it arrives (`core::cut`).
+    pub fn body_in_progress(&self) -> Option<(&RequestHead, &[u8], u64)> {
+        match self.body.as_ref()? {
+            (head, BodyReader::Length { remaining, body }) => {
+                Some((head, body.as_slice(), (body.len() as u64).saturating_add(*remaining)))
+            }
+            _ => None,
+        }
+    }
+
     /// Whether some bytes of a request have arrived but not the whole request.
     pub fn in_progress(&self) -> bool {
         self.body.is_some() || !self.head.buf.is_empty() || self.held.is_some() || self.discard > 0

@@ -9,6 +9,11 @@
 //! returns byte ranges into them plus a few decoded values; what they mean for routing is
 //! `policy`'s business.
 //!
+//! The scan is resumable: [`RequestScan`] takes a request body as it arrives, in chunks split
+//! anywhere, reports the method as soon as its string is read, fails at the first byte that
+//! makes the body invalid, and at the end gives exactly the whole-body verdict. The whole-body
+//! functions are the same scan given every byte at once; there is one scanner.
+//!
 //! Semantics worth knowing:
 //! - Only members of the top-level object count; a `"method"` key nested anywhere else is
 //!   ignored. Keys may come in any order, so both candidate timestamps (`params[0].timestamp`
@@ -137,12 +142,17 @@ impl std::error::Error for ScanError {}
 /// Validates a request body and extracts its method, id and timestamp.
 pub fn scan_request(body: &[u8]) -> Result<Request, ScanError> {
     let (shape, fields) = scan(body, Mode::Request)?;
+    Ok(request_of(shape, fields))
+}
+
+/// The request fields out of everything a scan learned: the timestamp is picked by method.
+fn request_of(shape: Shape, fields: Fields) -> Request {
     let timestamp = match fields.method.as_deref() {
         Some(m) if m.starts_with(NEW_PAYLOAD_PREFIX) => fields.payload_timestamp,
         Some(m) if m.starts_with(FORKCHOICE_PREFIX) => fields.attributes_timestamp,
         _ => None,
     };
-    Ok(Request { shape, method: fields.method, id: fields.id, timestamp })
+    Request { shape, method: fields.method, id: fields.id, timestamp }
 }
 
 /// The block a newPayload call carries, as far as the sync view needs it.
@@ -283,33 +293,68 @@ struct Text {
     escaped: bool,
 }
 
-fn scan(body: &[u8], mode: Mode) -> Result<(Shape, Fields), ScanError> {
-    let mut scanner = Scanner {
-        body,
-        pos: 0,
-        mode,
-        fields: Fields::default(),
-        objects: 0,
-        depth: 0,
-        roles: [Role::Skip; ROLE_DEPTHS],
-        params_index: 0,
-        member: Slot::Skip,
-        member_start: 0,
-    };
-    scanner.skip_whitespace();
-    let shape = match scanner.peek() {
-        Some(b'{') => Shape::Object,
-        Some(b'[') => Shape::Array,
-        _ => Shape::Other,
-    };
-    scanner.run()?;
-    Ok((shape, scanner.fields))
+/// Where a suspended scan resumes. The scan stops only at these points, each of which needs
+/// no byte before `pos` again except through ranges already recorded, so feeding a body in
+/// chunks never rescans: a string or number cut by a chunk's end resumes at its last
+/// complete character, and only a literal, an escape or a UTF-8 character (at most twelve
+/// bytes) is read again from its start.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Before a value (after optional whitespace) that means `Slot`.
+    Value(Slot),
+    /// After `{`: the first key or `}`.
+    ObjectStart,
+    /// After `[`: the first element or `]`.
+    ArrayStart,
+    /// After `,` in an object: the next key.
+    Key,
+    /// After a key: whitespace, then `:`.
+    Colon(Text),
+    /// Inside a string whose content starts at `start`; `slot` is `None` for a key.
+    Str { slot: Option<Slot>, start: usize, escaped: bool },
+    /// Inside a number that starts at `start`.
+    Number { slot: Slot, start: usize, part: NumberPart },
+    /// At the first byte of `true`, `false` or `null`.
+    Literal(&'static [u8]),
+    /// A value is complete: close the containers it completes, then `,`, or the end.
+    After,
+    /// The top-level value and the whitespace after it are complete.
+    Done,
 }
 
-struct Scanner<'a> {
-    body: &'a [u8],
+/// Where a number stands in the RFC 8259 grammar
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NumberPart {
+    /// Before the optional minus sign.
+    Sign,
+    /// After the minus sign: an integer digit is required.
+    Minus,
+    /// After a leading `0`.
+    Zero,
+    /// In the integer digits after `[1-9]`.
+    Integer,
+    /// After `.`: a digit is required.
+    Point,
+    /// In the fraction digits.
+    Fraction,
+    /// After `e` or `E`: a sign or a digit.
+    Exponent,
+    /// After the exponent's sign: a digit is required.
+    ExponentSign,
+    /// In the exponent digits.
+    ExponentDigits,
+}
+
+/// Everything a scan carries from one chunk to the next: fixed size whatever the body holds
+/// (the depth is a bit stack), plus the few decoded values, each capped.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    /// Where the scan resumes in the body.
     pos: usize,
     mode: Mode,
+    shape: Shape,
     fields: Fields,
     /// Bit `d` is set when the container at depth `d + 1` is an object, clear for an array.
     /// 128 bits hold exactly [`MAX_DEPTH`] levels.
@@ -323,102 +368,289 @@ struct Scanner<'a> {
     /// range of `id` and `result` can be recorded when the value ends.
     member: Slot,
     member_start: usize,
+    /// The verdict once the body is known not to be JSON: later bytes cannot change it.
+    failed: Option<ScanError>,
+}
+
+impl State {
+    fn new(mode: Mode) -> State {
+        State {
+            phase: Phase::Value(Slot::Top),
+            pos: 0,
+            mode,
+            shape: Shape::Other,
+            fields: Fields::default(),
+            objects: 0,
+            depth: 0,
+            roles: [Role::Skip; ROLE_DEPTHS],
+            params_index: 0,
+            member: Slot::Skip,
+            member_start: 0,
+            failed: None,
+        }
+    }
+
+    /// Scans `body` from where the last call stopped. `complete` says that no byte follows
+    /// `body`; without it, running out of bytes suspends the scan instead of failing it.
+    fn advance(&mut self, body: &[u8], complete: bool) -> Result<(), ScanError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let placeholder = State::new(self.mode);
+        let mut scanner = Scanner { body, complete, state: std::mem::replace(self, placeholder) };
+        let result = scanner.run();
+        *self = scanner.state;
+        match result {
+            Err(error) if complete || error.kind != ScanErrorKind::UnexpectedEnd => {
+                self.failed = Some(error.clone());
+                Err(error)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn scan(body: &[u8], mode: Mode) -> Result<(Shape, Fields), ScanError> {
+    let mut state = State::new(mode);
+    state.advance(body, true)?;
+    Ok((state.shape, state.fields))
+}
+
+/// A request body scanned as its bytes arrive, to the same verdict as [`scan_request`].
+///
+/// The body lives in one buffer that only grows: each [`feed`](RequestScan::feed) passes all
+/// of it received so far (the bytes of the last call plus any new ones), and the scan goes on
+/// where it stopped, so the ranges it reports index that buffer. Its state is fixed size, with
+/// the same depth limit as the whole-body scan, whatever the body holds.
+#[derive(Debug)]
+pub struct RequestScan {
+    state: State,
+}
+
+impl Default for RequestScan {
+    fn default() -> Self {
+        RequestScan::new()
+    }
+}
+
+impl RequestScan {
+    pub fn new() -> RequestScan {
+        RequestScan { state: State::new(Mode::Request) }
+    }
+
+    /// Scans the bytes `body` adds since the last call. An error is final, and the same one
+    /// (offset and kind) that [`scan_request`] would give the whole body, whatever follows.
+    pub fn feed(&mut self, body: &[u8]) -> Result<(), ScanError> {
+        self.state.advance(body, false)
+    }
+
+    /// The top-level `method` once its string has been read whole. Provisional: a later
+    /// duplicate `"method"` key replaces it (last wins), so only [`finish`](Self::finish)
+    /// settles it.
+    pub fn method(&self) -> Option<&str> {
+        self.state.fields.method.as_deref()
+    }
+
+    /// The raw range of the top-level `id` once its value has been read whole (provisional
+    /// like the method).
+    pub fn id(&self) -> Option<Range<usize>> {
+        self.state.fields.id.clone()
+    }
+
+    /// The verdict on the whole `body`: exactly what [`scan_request`] gives it.
+    pub fn finish(mut self, body: &[u8]) -> Result<Request, ScanError> {
+        self.state.advance(body, true)?;
+        Ok(request_of(self.state.shape, self.state.fields))
+    }
+}
+
+/// One run of the scan over the bytes received so far.
+struct Scanner<'a> {
+    body: &'a [u8],
+    complete: bool,
+    state: State,
+}
+
+impl std::ops::Deref for Scanner<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Scanner<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
 }
 
 impl Scanner<'_> {
-    /// The scan proper: a loop that reads one value per turn and then climbs out of every
-    /// container that the value completes, so nesting costs a bit, never a stack frame.
+    /// The scan proper: one token per turn, driven by the phase, so that nesting costs a bit
+    /// and never a stack frame, and running out of bytes anywhere leaves a phase to resume
+    /// from. Running out is reported as [`ScanErrorKind::UnexpectedEnd`]; `State::advance`
+    /// decides whether that is final.
     fn run(&mut self) -> Result<(), ScanError> {
-        let mut slot = Slot::Top;
-        'value: loop {
-            self.skip_whitespace();
-            if matches!(slot, Slot::Id | Slot::Result) {
-                self.member_start = self.pos;
-            }
-            match self.peek() {
-                Some(b'{') => {
-                    self.open(true, object_role(slot))?;
+        loop {
+            match self.phase {
+                Phase::Value(slot) => self.value(slot)?,
+                Phase::ObjectStart => {
                     self.skip_whitespace();
-                    if self.peek() == Some(b'}') {
-                        self.pos += 1;
-                        self.close();
-                    } else {
-                        slot = self.member_key()?;
-                        continue 'value;
-                    }
-                }
-                Some(b'[') => {
-                    let role = if slot == Slot::Params { Role::Params } else { Role::Skip };
-                    self.open(false, role)?;
-                    self.skip_whitespace();
-                    if self.peek() == Some(b']') {
-                        self.pos += 1;
-                        self.close();
-                    } else {
-                        slot = self.element_slot();
-                        continue 'value;
-                    }
-                }
-                Some(b'"') => {
-                    let text = self.string()?;
-                    self.store_text(slot, text);
-                }
-                Some(b'-' | b'0'..=b'9') => {
-                    let number = self.number()?;
-                    if slot == Slot::Code {
-                        self.fields.error_code = self.body.get(number).and_then(parse_integer);
-                    }
-                }
-                Some(b't') => self.literal(b"true")?,
-                Some(b'f') => self.literal(b"false")?,
-                Some(b'n') => self.literal(b"null")?,
-                Some(_) => return Err(self.error(ScanErrorKind::UnexpectedByte)),
-                None => return Err(self.end()),
-            }
-
-            // A value is complete. Close every container it completes, then go on with the
-            // next member or element, or finish at the top level.
-            loop {
-                if self.depth == 0 {
-                    self.skip_whitespace();
-                    if self.pos < self.body.len() {
-                        return Err(self.error(ScanErrorKind::TrailingData));
-                    }
-                    return Ok(());
-                }
-                if self.depth == 1 {
-                    self.end_member();
-                }
-                self.skip_whitespace();
-                let in_object = self.in_object();
-                match self.peek() {
-                    Some(b',') if in_object => {
-                        self.pos += 1;
-                        self.skip_whitespace();
-                        slot = self.member_key()?;
-                        continue 'value;
-                    }
-                    Some(b',') => {
-                        self.pos += 1;
-                        if self.role() == Role::Params {
-                            self.params_index = self.params_index.saturating_add(1);
+                    match self.peek() {
+                        Some(b'}') => {
+                            self.pos += 1;
+                            self.close();
+                            self.phase = Phase::After;
                         }
-                        slot = self.element_slot();
-                        continue 'value;
+                        Some(_) => self.phase = Phase::Key,
+                        None => return Err(self.end()),
                     }
-                    Some(b'}') if in_object => {
-                        self.pos += 1;
-                        self.close();
-                    }
-                    Some(b']') if !in_object => {
-                        self.pos += 1;
-                        self.close();
-                    }
-                    Some(_) => return Err(self.error(ScanErrorKind::UnexpectedByte)),
-                    None => return Err(self.end()),
                 }
+                Phase::ArrayStart => {
+                    self.skip_whitespace();
+                    match self.peek() {
+                        Some(b']') => {
+                            self.pos += 1;
+                            self.close();
+                            self.phase = Phase::After;
+                        }
+                        Some(_) => self.phase = Phase::Value(self.element_slot()),
+                        None => return Err(self.end()),
+                    }
+                }
+                Phase::Key => {
+                    self.skip_whitespace();
+                    if self.peek() != Some(b'"') {
+                        return Err(self.unexpected());
+                    }
+                    self.pos += 1;
+                    let key = self.string(None, self.pos, false)?;
+                    self.phase = Phase::Colon(key);
+                }
+                Phase::Colon(key) => {
+                    self.skip_whitespace();
+                    if self.peek() != Some(b':') {
+                        return Err(self.unexpected());
+                    }
+                    self.pos += 1;
+                    let slot = self.member_slot(key);
+                    self.phase = Phase::Value(slot);
+                }
+                Phase::Str { slot, start, escaped } => {
+                    let text = self.string(slot, start, escaped)?;
+                    match slot {
+                        None => self.phase = Phase::Colon(text),
+                        Some(slot) => {
+                            self.store_text(slot, text);
+                            self.phase = Phase::After;
+                        }
+                    }
+                }
+                Phase::Number { slot, start, part } => {
+                    self.number(slot, start, part)?;
+                    if slot == Slot::Code {
+                        self.fields.error_code = self.body.get(start..self.pos).and_then(parse_integer);
+                    }
+                    self.phase = Phase::After;
+                }
+                Phase::Literal(word) => {
+                    self.literal(word)?;
+                    self.phase = Phase::After;
+                }
+                Phase::After => {
+                    if self.after()? {
+                        return Ok(());
+                    }
+                }
+                Phase::Done => return Ok(()),
             }
         }
+    }
+
+    /// Starts the value at `pos` (after whitespace).
+    fn value(&mut self, slot: Slot) -> Result<(), ScanError> {
+        self.skip_whitespace();
+        if matches!(slot, Slot::Id | Slot::Result) {
+            self.member_start = self.pos;
+        }
+        let byte = self.peek().ok_or_else(|| self.end())?;
+        if slot == Slot::Top {
+            self.shape = match byte {
+                b'{' => Shape::Object,
+                b'[' => Shape::Array,
+                _ => Shape::Other,
+            };
+        }
+        self.phase = match byte {
+            b'{' => {
+                self.open(true, object_role(slot))?;
+                Phase::ObjectStart
+            }
+            b'[' => {
+                let role = if slot == Slot::Params { Role::Params } else { Role::Skip };
+                self.open(false, role)?;
+                Phase::ArrayStart
+            }
+            b'"' => {
+                // Most values are strings: read here, without a turn of the phase loop.
+                self.pos += 1;
+                let text = self.string(Some(slot), self.pos, false)?;
+                self.store_text(slot, text);
+                Phase::After
+            }
+            b'-' | b'0'..=b'9' => Phase::Number { slot, start: self.pos, part: NumberPart::Sign },
+            b't' => Phase::Literal(&b"true"[..]),
+            b'f' => Phase::Literal(&b"false"[..]),
+            b'n' => Phase::Literal(&b"null"[..]),
+            _ => return Err(self.error(ScanErrorKind::UnexpectedByte)),
+        };
+        Ok(())
+    }
+
+    /// After a complete value: closes the container it completes, or goes on to the next
+    /// member or element; `Ok(true)` once the top-level value and its trailing whitespace
+    /// are complete.
+    fn after(&mut self) -> Result<bool, ScanError> {
+        if self.depth == 0 {
+            self.skip_whitespace();
+            if self.pos < self.body.len() {
+                return Err(self.error(ScanErrorKind::TrailingData));
+            }
+            if !self.complete {
+                // More whitespace, or trailing data, may follow.
+                return Err(self.end());
+            }
+            self.phase = Phase::Done;
+            return Ok(true);
+        }
+        if self.depth == 1 {
+            self.end_member();
+        }
+        self.skip_whitespace();
+        let in_object = self.in_object();
+        match self.peek() {
+            Some(b',') if in_object => {
+                self.pos += 1;
+                self.phase = Phase::Key;
+            }
+            Some(b',') => {
+                self.pos += 1;
+                if self.role() == Role::Params {
+                    self.params_index = self.params_index.saturating_add(1);
+                }
+                self.phase = Phase::Value(self.element_slot());
+            }
+            Some(b'}') if in_object => {
+                self.pos += 1;
+                self.close();
+            }
+            Some(b']') if !in_object => {
+                self.pos += 1;
+                self.close();
+            }
+            Some(_) => return Err(self.error(ScanErrorKind::UnexpectedByte)),
+            None => return Err(self.end()),
+        }
+        Ok(false)
     }
 
     fn peek(&self) -> Option<u8> {
@@ -460,7 +692,8 @@ impl Scanner<'_> {
             self.objects &= !bit;
         }
         self.depth += 1;
-        if let Some(slot) = self.roles.get_mut(self.depth) {
+        let depth = self.depth;
+        if let Some(slot) = self.roles.get_mut(depth) {
             *slot = role;
         }
         if role == Role::Params {
@@ -483,37 +716,28 @@ impl Scanner<'_> {
         self.roles.get(self.depth).copied().unwrap_or(Role::Skip)
     }
 
-    /// Scans `"key" :` at `pos` and tells what the member's value means.
-    fn member_key(&mut self) -> Result<Slot, ScanError> {
-        if self.peek() != Some(b'"') {
-            return Err(self.unexpected());
-        }
-        let key = self.string()?;
-        self.skip_whitespace();
-        if self.peek() != Some(b':') {
-            return Err(self.unexpected());
-        }
-        self.pos += 1;
+    /// Tells what the value of the member whose key was `key` means.
+    fn member_slot(&mut self, key: Text) -> Slot {
         let role = self.role();
         if role == Role::Skip {
-            return Ok(Slot::Skip);
+            return Slot::Skip;
         }
+        let body = self.body;
         let mut buffer = [0u8; 16];
         let name = if key.escaped {
             // Keys longer than the buffer are none of the names looked for.
-            self.body
-                .get(key.start..key.end)
+            body.get(key.start..key.end)
                 .and_then(|raw| decode(raw, &mut buffer))
                 .and_then(|len| buffer.get(..len))
         } else {
-            self.body.get(key.start..key.end)
+            body.get(key.start..key.end)
         };
         let slot = name.map_or(Slot::Skip, |name| classify(role, self.mode, name));
         self.forget(slot);
         if self.depth == 1 {
             self.member = slot;
         }
-        Ok(slot)
+        slot
     }
 
     /// What the next element of the innermost array means.
@@ -566,51 +790,55 @@ impl Scanner<'_> {
     }
 
     fn store_text(&mut self, slot: Slot, text: Text) {
-        let Some(raw) = self.body.get(text.start..text.end) else {
+        let body = self.body;
+        let Some(raw) = body.get(text.start..text.end) else {
             return;
         };
+        let fields = &mut self.state.fields;
         match slot {
-            Slot::Method => self.fields.method = decode_string(raw, text.escaped),
-            Slot::Status => self.fields.status = decode_string(raw, text.escaped),
-            Slot::PayloadStatusStatus => {
-                self.fields.payload_status = decode_string(raw, text.escaped);
-            }
-            Slot::PayloadTimestamp => {
-                self.fields.payload_timestamp = decode_quantity(raw, text.escaped);
-            }
+            Slot::Method => fields.method = decode_string(raw, text.escaped),
+            Slot::Status => fields.status = decode_string(raw, text.escaped),
+            Slot::PayloadStatusStatus => fields.payload_status = decode_string(raw, text.escaped),
+            Slot::PayloadTimestamp => fields.payload_timestamp = decode_quantity(raw, text.escaped),
             Slot::AttributesTimestamp => {
-                self.fields.attributes_timestamp = decode_quantity(raw, text.escaped);
+                fields.attributes_timestamp = decode_quantity(raw, text.escaped);
             }
-            Slot::PayloadNumber => self.fields.payload_number = decode_quantity(raw, text.escaped),
+            Slot::PayloadNumber => fields.payload_number = decode_quantity(raw, text.escaped),
             // Block hashes are plain hex; an escaped one is not worth decoding.
-            Slot::PayloadHash => {
-                self.fields.payload_hash = (!text.escaped).then(|| parse_hash(raw)).flatten()
-            }
+            Slot::PayloadHash => fields.payload_hash = (!text.escaped).then(|| parse_hash(raw)).flatten(),
             _ => {}
         }
     }
 
-    /// Validates the string whose opening quote is at `pos` and moves past its closing quote.
-    fn string(&mut self) -> Result<Text, ScanError> {
-        let start = self.pos + 1;
-        let mut i = start;
-        let mut escaped = false;
-        loop {
-            i = skip_plain(self.body, i);
-            match self.body.get(i) {
+    /// Validates string content from `pos` (the content starts at `start`) and moves past
+    /// the closing quote. When it fails, `pos` and the phase keep the last complete
+    /// character, so that a scan suspended for want of bytes resumes there.
+    fn string(&mut self, slot: Option<Slot>, start: usize, mut escaped: bool) -> Result<Text, ScanError> {
+        let body = self.body;
+        let mut i = self.pos;
+        let failure = loop {
+            i = skip_plain(body, i);
+            let step = match body.get(i) {
                 Some(b'"') => {
                     self.pos = i + 1;
                     return Ok(Text { start, end: i, escaped });
                 }
                 Some(b'\\') => {
                     escaped = true;
-                    i = self.escape(i)?;
+                    self.escape(i)
                 }
-                Some(&byte) if byte < 0x20 => return Err(at(i, ScanErrorKind::InvalidString)),
-                Some(_) => i = self.utf8_char(i)?,
-                None => return Err(self.end()),
+                Some(&byte) if byte < 0x20 => Err(at(i, ScanErrorKind::InvalidString)),
+                Some(_) => self.utf8_char(i),
+                None => Err(self.end()),
+            };
+            match step {
+                Ok(next) => i = next,
+                Err(error) => break error,
             }
-        }
+        };
+        self.pos = i;
+        self.phase = Phase::Str { slot, start, escaped };
+        Err(failure)
     }
 
     /// Validates the escape whose backslash is at `i`; returns the index after it. A `\u`
@@ -666,7 +894,9 @@ impl Scanner<'_> {
             Some(_) => Err(at(i, ScanErrorKind::InvalidUtf8)),
             None => {
                 // The body ends inside the character: that is an early end if what is there
-                // could still begin one, and bad UTF-8 otherwise.
+                // could still begin one, and bad UTF-8 otherwise. (A byte that is no
+                // continuation makes the character bad whatever follows, so a scan fed in
+                // chunks fails here exactly as the whole-body scan does.)
                 let tail = self.body.get(i + 1..).unwrap_or_default();
                 if tail.iter().all(|&b| (0x80..=0xBF).contains(&b)) {
                     Err(self.end())
@@ -677,48 +907,69 @@ impl Scanner<'_> {
         }
     }
 
-    /// Validates the number at `pos` against the RFC 8259 grammar
-    /// (`-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`) and returns its range.
-    fn number(&mut self) -> Result<Range<usize>, ScanError> {
-        let start = self.pos;
-        let mut i = start;
-        if self.body.get(i) == Some(&b'-') {
-            i += 1;
-        }
-        match self.body.get(i) {
-            Some(b'0') => {
-                i += 1;
-                if let Some(b'0'..=b'9') = self.body.get(i) {
-                    return Err(at(i, ScanErrorKind::InvalidNumber));
+    /// Validates the number that starts at `start`, from `pos` where `part` of the grammar
+    /// left off, and moves `pos` past it. The end of the bytes ends the number only when the
+    /// body is complete; otherwise more digits may follow, and the part is kept to resume.
+    fn number(&mut self, slot: Slot, start: usize, mut part: NumberPart) -> Result<(), ScanError> {
+        let body = self.body;
+        let mut i = self.pos;
+        let outcome = loop {
+            let byte = body.get(i).copied();
+            let next = match (part, byte) {
+                (NumberPart::Sign, Some(b'-')) => NumberPart::Minus,
+                (NumberPart::Sign | NumberPart::Minus, Some(b'0')) => NumberPart::Zero,
+                (NumberPart::Sign | NumberPart::Minus, Some(b'1'..=b'9')) => NumberPart::Integer,
+                (NumberPart::Zero, Some(b'0'..=b'9')) => break Err(at(i, ScanErrorKind::InvalidNumber)),
+                (NumberPart::Integer, Some(b'0'..=b'9')) => {
+                    i = skip_digits(body, i);
+                    continue;
                 }
-            }
-            Some(b'1'..=b'9') => i = skip_digits(self.body, i + 1),
-            Some(_) => return Err(at(i, ScanErrorKind::InvalidNumber)),
-            None => return Err(self.end()),
-        }
-        if self.body.get(i) == Some(&b'.') {
-            i = self.required_digits(i + 1)?;
-        }
-        if let Some(b'e' | b'E') = self.body.get(i) {
+                (NumberPart::Zero | NumberPart::Integer, Some(b'.')) => NumberPart::Point,
+                (NumberPart::Point, Some(b'0'..=b'9')) => NumberPart::Fraction,
+                (NumberPart::Fraction, Some(b'0'..=b'9')) => {
+                    i = skip_digits(body, i);
+                    continue;
+                }
+                (NumberPart::Zero | NumberPart::Integer | NumberPart::Fraction, Some(b'e' | b'E')) => {
+                    NumberPart::Exponent
+                }
+                (NumberPart::Exponent, Some(b'+' | b'-')) => NumberPart::ExponentSign,
+                (NumberPart::Exponent | NumberPart::ExponentSign, Some(b'0'..=b'9')) => {
+                    NumberPart::ExponentDigits
+                }
+                (NumberPart::ExponentDigits, Some(b'0'..=b'9')) => {
+                    i = skip_digits(body, i);
+                    continue;
+                }
+                (
+                    NumberPart::Zero
+                    | NumberPart::Integer
+                    | NumberPart::Fraction
+                    | NumberPart::ExponentDigits,
+                    Some(_),
+                ) => break Ok(()),
+                (
+                    NumberPart::Zero
+                    | NumberPart::Integer
+                    | NumberPart::Fraction
+                    | NumberPart::ExponentDigits,
+                    None,
+                ) if self.complete => break Ok(()),
+                (_, None) => break Err(self.end()),
+                (_, Some(_)) => break Err(at(i, ScanErrorKind::InvalidNumber)),
+            };
+            part = next;
             i += 1;
-            if let Some(b'+' | b'-') = self.body.get(i) {
-                i += 1;
-            }
-            i = self.required_digits(i)?;
-        }
+        };
         self.pos = i;
-        Ok(start..i)
-    }
-
-    /// Skips one or more digits at `i`, as a fraction or exponent requires.
-    fn required_digits(&self, i: usize) -> Result<usize, ScanError> {
-        match self.body.get(i) {
-            Some(b'0'..=b'9') => Ok(skip_digits(self.body, i + 1)),
-            Some(_) => Err(at(i, ScanErrorKind::InvalidNumber)),
-            None => Err(self.end()),
+        if outcome.is_err() {
+            self.phase = Phase::Number { slot, start, part };
         }
+        outcome
     }
 
+    /// Checks `word` at `pos` and moves past it; a word cut by the end of the bytes is read
+    /// again from its start.
     fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
         for (k, &expected) in word.iter().enumerate() {
             match self.body.get(self.pos + k) {
@@ -966,8 +1217,8 @@ fn parse_integer(text: &[u8]) -> Option<i64> {
 #[doc(hidden)]
 pub mod differential {
     use super::{
-        parse_quantity, scan_request, scan_response, ScanError, Shape, FORKCHOICE_PREFIX, MAX_DEPTH,
-        MAX_TEXT_LEN, NEW_PAYLOAD_PREFIX,
+        parse_quantity, scan_request, scan_response, RequestScan, ScanError, Shape, FORKCHOICE_PREFIX,
+        MAX_DEPTH, MAX_TEXT_LEN, NEW_PAYLOAD_PREFIX,
     };
     use serde_json::{Map, Value};
     use std::ops::Range;
@@ -994,6 +1245,43 @@ pub mod differential {
             .and_then(|param| param.as_object()?.get("timestamp")?.as_str())
             .and_then(|text| parse_quantity(text.as_bytes()));
         same("timestamp", &ours.timestamp, &timestamp)
+    }
+
+    /// Compares [`RequestScan`] fed `body` in chunks that end at `cuts` (any order, values
+    /// beyond the body clamped) with [`scan_request`] on the whole body: the same verdict and
+    /// fields, an error reported early being that verdict, and a method reported early being
+    /// the final one unless a later duplicate key replaced it.
+    pub fn check_chunked(body: &[u8], cuts: &[usize]) -> Result<(), String> {
+        let whole = scan_request(body);
+        let mut ends: Vec<usize> = cuts.iter().map(|&cut| cut.min(body.len())).collect();
+        ends.sort_unstable();
+        // Only then can no later key replace a method seen early.
+        let one_method_key =
+            body.windows(8).filter(|w| w == b"\"method\"").count() == 1 && !body.contains(&b'\\');
+        let mut scan = RequestScan::new();
+        for end in ends {
+            let prefix = body.get(..end).unwrap_or_default();
+            if let Err(early) = scan.feed(prefix) {
+                if whole.as_ref().err() != Some(&early) {
+                    return Err(format!("chunks to {end}: error {early:?}, whole body {whole:?}"));
+                }
+                if early.kind == super::ScanErrorKind::UnexpectedEnd {
+                    return Err(format!("chunks to {end}: the end of a chunk taken for the end of the body"));
+                }
+                break;
+            }
+            if let (Some(early), Ok(whole), true) = (scan.method(), &whole, one_method_key) {
+                if whole.method.as_deref() != Some(early) {
+                    return Err(format!("chunks to {end}: method {early:?}, whole body {:?}", whole.method));
+                }
+            }
+        }
+        let chunked = scan.finish(body);
+        if chunked == whole {
+            Ok(())
+        } else {
+            Err(format!("chunked {chunked:?}, whole body {whole:?}"))
+        }
     }
 
     /// Compares [`scan_response`] with serde_json on `body`.
@@ -1112,7 +1400,7 @@ pub mod differential {
 
 #[cfg(test)]
 mod tests {
-    use super::differential::{check_request, check_response};
+    use super::differential::{check_chunked, check_request, check_response};
     use super::*;
     use serde_json::Value;
 
@@ -2034,6 +2322,95 @@ mod tests {
             long.len(),
             "no printable ASCII byte but the quote and backslash stops"
         );
+    }
+
+    /// Every `.json` file under tests/fixtures, each a whole JSON document.
+    fn fixture_files() -> Vec<Vec<u8>> {
+        let mut bodies = Vec::new();
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("fixture folder") {
+                let path = entry.expect("fixture entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "json") {
+                    bodies.push(std::fs::read(&path).expect("fixture"));
+                }
+            }
+        }
+        assert!(bodies.len() > 30, "found {} fixtures", bodies.len());
+        bodies
+    }
+
+    #[track_caller]
+    fn chunked(body: &[u8], cuts: &[usize]) {
+        check_chunked(body, cuts)
+            .unwrap_or_else(|e| panic!("{e} in {:?}", String::from_utf8_lossy(&body[..body.len().min(300)])));
+    }
+
+    /// The incremental scan gives the whole-body verdict at every split point: fed a byte at
+    /// a time (every position is a chunk's end), and, for bodies up to 4 KiB, in two chunks
+    /// split at each position; on the fixtures, the samples, the invalid bodies, and
+    /// mutants and truncations of them all.
+    #[test]
+    fn chunked_scan_matches_the_whole_body_scan_at_every_split_point() {
+        let mut corpus = fixture_files();
+        corpus.extend(REQUEST_SAMPLES.iter().map(|s| s.1.to_vec()));
+        corpus.extend(INVALID.iter().map(|s| s.0.to_vec()));
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut mutants = Vec::new();
+        for body in &corpus {
+            for _ in 0..if body.len() < 4096 { 20 } else { 3 } {
+                mutants.push(mutate(body, &mut rng));
+            }
+        }
+        for (k, body) in corpus.iter().chain(&mutants).enumerate() {
+            let every: Vec<usize> = (0..=body.len()).collect();
+            chunked(body, &every);
+            if k < corpus.len() && body.len() <= 4096 {
+                for cut in 0..=body.len() {
+                    chunked(body, &[cut]);
+                }
+            } else {
+                for _ in 0..10 {
+                    let cuts: Vec<usize> = (0..1 + rng.below(8)).map(|_| rng.below(body.len() + 1)).collect();
+                    chunked(body, &cuts);
+                }
+            }
+        }
+    }
+
+    /// The method is reported once its string is read, long before a large body ends.
+    #[test]
+    fn chunked_scan_reports_the_method_before_the_body_ends() {
+        let method_end = NEW_PAYLOAD_128K
+            .windows(21)
+            .position(|w| w == b"\"engine_newPayloadV3\"")
+            .expect("method in the fixture")
+            + 21;
+        let mut scan = RequestScan::new();
+        scan.feed(&NEW_PAYLOAD_128K[..method_end - 1]).unwrap();
+        assert_eq!(scan.method(), None, "the closing quote is not there yet");
+        scan.feed(&NEW_PAYLOAD_128K[..method_end]).unwrap();
+        assert_eq!(scan.method(), Some("engine_newPayloadV3"));
+        assert!(method_end < 200, "{method_end}");
+        let request = scan.finish(NEW_PAYLOAD_128K).unwrap();
+        assert_eq!(request, scan_request(NEW_PAYLOAD_128K).unwrap());
+    }
+
+    /// A malformed byte is reported when it arrives, not when the body ends, and the
+    /// verdict stays the whole-body scan's whatever comes after it.
+    #[test]
+    fn chunked_scan_fails_at_the_first_bad_byte() {
+        let mut body = NEW_PAYLOAD_128K.to_vec();
+        let bad = body.len() / 2;
+        body[bad] = 0x01;
+        let whole = scan_request(&body).unwrap_err();
+        let mut scan = RequestScan::new();
+        scan.feed(&body[..bad]).unwrap();
+        assert_eq!(scan.feed(&body[..bad + 1]), Err(whole.clone()));
+        assert_eq!(scan.feed(&body), Err(whole.clone()));
+        assert_eq!(scan.finish(&body), Err(whole));
     }
 
     #[test]

@@ -161,6 +161,12 @@ pub struct Conn {
     pub last_progress: Instant,
     /// Closing must send RST and discard what the kernel has not delivered (see `abort`).
     pub abort: bool,
+    /// The request's head is out and its body is still arriving from the beacon node: the
+    /// event loop lends the body as it grows (`to_write_lent`) until the request is whole and
+    /// its job `attach`ed (`core::cut`).
+    pub streaming: bool,
+    /// The length of the streaming request's body (its `Content-Length`).
+    streamed_len: usize,
 }
 
 /// What became of the job on a connection after I/O.
@@ -191,6 +197,8 @@ impl Conn {
             hold_until: None,
             last_progress: now,
             abort: false,
+            streaming: false,
+            streamed_len: 0,
         }
     }
 
@@ -216,9 +224,19 @@ impl Conn {
         (head, &body[from..to])
     }
 
+    /// What a streaming request still has to write, `lent` being the part of its body that
+    /// may go out so far (a prefix of the body, which stays in the beacon node's reader): the
+    /// rest of the head, then what of `lent` has not gone out. Told with `wrote` as usual.
+    pub fn to_write_lent<'a>(&'a self, lent: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+        let head = self.out.get(self.written..).unwrap_or_default();
+        let from = self.written.saturating_sub(self.out.len()).min(lent.len());
+        (head, &lent[from..])
+    }
+
     /// The shell took `n` more bytes of `to_write` (into the socket or the TLS session).
     pub fn wrote(&mut self, n: usize, now: Instant) {
-        self.written = (self.written + n).min(self.out.len() + self.body().len());
+        let body = if self.streaming { self.streamed_len } else { self.body().len() };
+        self.written = (self.written + n).min(self.out.len() + body);
         if n > 0 {
             self.last_progress = now;
         }
@@ -639,7 +657,8 @@ impl Upstream {
             }
         }
         loop {
-            let want_ordered = !self.ordered_busy && !self.backlog.is_empty();
+            // A streaming request is an ordered call on its way: the next waits for it.
+            let want_ordered = !self.ordered_busy && !self.backlog.is_empty() && self.streaming().is_none();
             // Other calls never take the last connection: the ordered lane keeps one for
             // itself, so a newPayload never waits behind slow calls (eight 10 s
             // getPayloadBodiesByRange, say) for a free connection.
@@ -702,26 +721,7 @@ impl Upstream {
     /// Puts a job on a connection: the head is written now, with a fresh token, so that calls
     /// replayed from the backlog long after they arrived still carry a valid `iat`.
     fn start(&mut self, slot: usize, job: Job, now: Instant, unix_now: u64) {
-        let waited = now.saturating_duration_since(job.inbound.received);
-        let authorization = match (self.token.as_mut(), self.replay_token.as_mut()) {
-            (Some(own), _) => Some(own.header_value(unix_now).as_bytes().to_vec()),
-            (None, Some(shared)) if waited > REPLAY_REMINT_AFTER => {
-                Some(shared.header_value(unix_now).as_bytes().to_vec())
-            }
-            (None, None) => {
-                if let Some(waited) = self.stale_token_warning(waited) {
-                    log::warn!(
-                        "{}: replaying calls that waited {} s with the beacon node's own token; execution \
-                         clients reject an iat over 60 s old: give the proxy --jwt-secret (or \
-                         --builder-jwt-secrets) so it can mint fresh tokens",
-                        self.endpoint.name,
-                        waited.as_secs()
-                    );
-                }
-                None
-            }
-            _ => None,
-        };
+        let authorization = self.authorization(job.inbound.received, now, unix_now);
         let Some(conn) = self.conns[slot].as_mut() else { return };
         conn.out.clear();
         let fwd = http::Forward {
@@ -739,6 +739,108 @@ impl Upstream {
             conn.deadline = now + job.timeout;
         }
         conn.job = Some(Job { sent_at: Some(now), ..job });
+    }
+
+    /// Starts a request whose body is still arriving (cut-through, see `core::cut`) on an idle
+    /// connection, and returns that connection: its head goes out now, its body as the event
+    /// loop lends it. Only when the ordered lane is free and nothing ordered waits (the
+    /// request is ordered and must not pass one), the client is up and speaks plain HTTP, and
+    /// a kept-alive connection is idle; None otherwise, and the request takes the usual path.
+    /// While it streams, no other ordered call is dispatched; `timeout` is the call's.
+    pub fn start_stream(
+        &mut self,
+        head: &http::RequestHead,
+        client: &str,
+        declared: usize,
+        timeout: Duration,
+        now: Instant,
+        unix_now: u64,
+    ) -> Option<usize> {
+        if self.ordered_busy || !self.backlog.is_empty() || self.streaming().is_some() {
+            return None;
+        }
+        if self.health != Health::Up || self.tls.is_some() || self.is_peer {
+            return None;
+        }
+        let slot = self.conns.iter().position(|c| {
+            c.as_ref().is_some_and(|c| c.state == ConnState::Idle && c.job.is_none() && !c.dead)
+        })?;
+        let authorization = self.authorization(now, now, unix_now);
+        let conn = self.conns[slot].as_mut()?;
+        conn.out.clear();
+        let fwd = http::Forward {
+            path: &self.endpoint.path,
+            host: &self.endpoint.host,
+            authorization: authorization.as_deref(),
+            client,
+            content_length: declared,
+        };
+        http::write_forward_head(&mut conn.out, head, &fwd);
+        conn.written = 0;
+        conn.sent_at = now;
+        conn.state = ConnState::Busy;
+        conn.deadline = now + timeout;
+        conn.streaming = true;
+        conn.streamed_len = declared;
+        Some(slot)
+    }
+
+    /// The live connection carrying a streaming request, if any.
+    pub fn streaming(&self) -> Option<usize> {
+        self.conns.iter().position(|c| c.as_ref().is_some_and(|c| c.streaming && !c.dead))
+    }
+
+    /// The streaming request on connection `slot` is whole and valid: its job takes over the
+    /// connection, with what was written so far, and holds the ordered lane as a dispatched
+    /// ordered call does. The job comes back when the connection is gone (it then takes the
+    /// usual path).
+    pub fn attach(&mut self, slot: usize, job: Job) -> Result<(), Job> {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut).filter(|c| c.streaming && !c.dead)
+        else {
+            return Err(job);
+        };
+        conn.streaming = false;
+        self.ordered_busy |= job.ordered();
+        conn.job = Some(Job { sent_at: Some(conn.sent_at), ..job });
+        Ok(())
+    }
+
+    /// The streaming request on connection `slot` is abandoned (its body was not JSON, or its
+    /// beacon node left): the connection is aborted so that the client never gets the rest,
+    /// and it is reaped like any dead one. The client is not at fault: it is not marked down,
+    /// and its ordered lane moves on.
+    pub fn abort_stream(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut).filter(|c| c.streaming) {
+            conn.streaming = false;
+            conn.dead = true;
+            conn.abort();
+        }
+    }
+
+    /// The token for a call that arrived at `received`: the client's own, or for a call that
+    /// waited long in the backlog one minted with the shared secret, or None (the beacon node's
+    /// own is forwarded).
+    fn authorization(&mut self, received: Instant, now: Instant, unix_now: u64) -> Option<Vec<u8>> {
+        let waited = now.saturating_duration_since(received);
+        match (self.token.as_mut(), self.replay_token.as_mut()) {
+            (Some(own), _) => Some(own.header_value(unix_now).as_bytes().to_vec()),
+            (None, Some(shared)) if waited > REPLAY_REMINT_AFTER => {
+                Some(shared.header_value(unix_now).as_bytes().to_vec())
+            }
+            (None, None) => {
+                if let Some(waited) = self.stale_token_warning(waited) {
+                    log::warn!(
+                        "{}: replaying calls that waited {} s with the beacon node's own token; execution \
+                         clients reject an iat over 60 s old: give the proxy --jwt-secret (or \
+                         --builder-jwt-secrets) so it can mint fresh tokens",
+                        self.endpoint.name,
+                        waited.as_secs()
+                    );
+                }
+                None
+            }
+            _ => None,
+        }
     }
 
     /// A call that waited `waited` goes out with the beacon node's own token (no secret to mint
@@ -1162,6 +1264,123 @@ mod tests {
         let sent = up.conns[slot].as_ref().and_then(|c| c.job.as_ref()).map(|j| j.inbound.body[0]);
         assert_eq!(sent, Some(1));
         assert_eq!(backlog(&up), vec![2]);
+    }
+
+    /// A client that is up with one idle kept-alive connection, as after a first answer.
+    fn up_with_idle_conn(t0: Instant) -> Upstream {
+        let mut up = upstream(10, 1 << 20);
+        up.mark_up();
+        let mut conn = Conn::new(up.endpoint.addrs[0], up.answer_limits, t0);
+        conn.state = ConnState::Idle;
+        up.conns[0] = Some(conn);
+        up
+    }
+
+    fn stream(up: &mut Upstream, now: Instant) -> Option<usize> {
+        let head = job(0, 0, true).inbound.head.clone();
+        up.start_stream(&head, "127.0.0.1", 1 << 20, Duration::from_secs(8), now, 0)
+    }
+
+    /// What a streaming connection may send now, all taken as a socket with room would.
+    fn written(conn: &mut Conn, lent: &[u8], now: Instant) -> Vec<u8> {
+        let (head, body) = conn.to_write_lent(lent);
+        let sent = [head, body].concat();
+        conn.wrote(sent.len(), now);
+        sent
+    }
+
+    #[test]
+    fn a_stream_writes_its_head_and_the_lent_body_under_the_calls_deadline() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        let slot = stream(&mut up, t0 + Duration::from_millis(3)).expect("an idle connection streams");
+        let conn = up.conns[slot].as_mut().unwrap();
+        assert!(conn.streaming && conn.state == ConnState::Busy);
+        assert_eq!(conn.deadline, t0 + Duration::from_millis(3) + Duration::from_secs(8));
+        let first = written(conn, b"{\"a\"", t0 + Duration::from_millis(4));
+        let text = String::from_utf8_lossy(&first);
+        assert!(text.to_ascii_lowercase().contains("content-length: 1048576\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{\"a\""), "{text}");
+        assert_eq!(conn.last_progress, t0 + Duration::from_millis(4));
+        // Only what is new goes out next time.
+        assert_eq!(written(conn, b"{\"a\":1", t0 + Duration::from_millis(5)), b":1");
+        // Nothing ordered is dispatched while the stream holds the lane.
+        up.enqueue(job(1, 10, true));
+        assert!(up.dispatch(t0 + Duration::from_millis(6), 0).opened.is_empty());
+        assert!(up.conns.iter().flatten().all(|c| c.job.is_none()), "the fcU waits behind the stream");
+    }
+
+    #[test]
+    fn a_stream_starts_only_on_a_free_lane_of_a_plain_client_that_is_up() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        up.enqueue(job(1, 10, true));
+        assert_eq!(stream(&mut up, t0), None, "an ordered call waits in the backlog: it goes first");
+        let mut up = up_with_idle_conn(t0);
+        up.mark_down(t0);
+        assert_eq!(stream(&mut up, t0), None, "a client that is down");
+        let mut up = upstream(10, 1 << 20);
+        up.mark_up();
+        assert_eq!(stream(&mut up, t0), None, "no idle connection: none is opened for it");
+        let mut up = up_with_idle_conn(t0);
+        assert!(stream(&mut up, t0).is_some());
+        assert_eq!(stream(&mut up, t0), None, "one stream at a time");
+    }
+
+    #[test]
+    fn an_attached_job_keeps_what_was_streamed_and_holds_the_lane_until_it_ends() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        let slot = stream(&mut up, t0).unwrap();
+        let conn = up.conns[slot].as_mut().unwrap();
+        written(conn, &[], t0);
+        let whole = job(7, 1 << 20, true);
+        let body = whole.inbound.body.clone();
+        written(conn, &body[..1000], t0);
+        assert!(up.attach(slot, whole).is_ok());
+        let conn = up.conns[slot].as_mut().unwrap();
+        assert!(!conn.streaming);
+        assert_eq!(
+            conn.job.as_ref().and_then(|j| j.sent_at),
+            Some(t0),
+            "latency counts from the stream's start"
+        );
+        let (head, rest) = conn.to_write();
+        assert!(head.is_empty(), "no second head");
+        assert_eq!(rest, &body[1000..], "the rest of the body");
+        conn.wrote(rest.len(), t0);
+        assert!(conn.request_sent());
+        assert!(up.ordered_busy, "the attached newPayload holds the ordered lane like any other");
+    }
+
+    #[test]
+    fn a_stream_whose_body_stops_coming_ends_at_the_calls_deadline() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        let slot = stream(&mut up, t0).unwrap();
+        let deadline = up.next_deadline().expect("the stream has a deadline");
+        assert_eq!(deadline, t0 + Duration::from_secs(8));
+        let conn = up.conns[slot].as_mut().unwrap();
+        assert!(matches!(conn.on_timeout(), Outcome::Pending), "no job failed: none was attached yet");
+        assert!(conn.dead && conn.job.is_none(), "reaped");
+        assert_eq!(up.streaming(), None, "the lane is free again");
+    }
+
+    #[test]
+    fn an_aborted_stream_is_reset_and_frees_the_lane_without_marking_the_client_down() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        let slot = stream(&mut up, t0).unwrap();
+        up.enqueue(job(1, 10, true));
+        up.abort_stream(slot);
+        let conn = up.conns[slot].as_ref().unwrap();
+        assert!(conn.dead && conn.abort && conn.job.is_none(), "reaped with RST");
+        assert!(up.attach(slot, job(2, 10, true)).is_err(), "nothing attaches to it");
+        assert_eq!(up.state(), "up");
+        up.conns[slot] = None;
+        let dispatch = up.dispatch(t0, 0);
+        assert_eq!(dispatch.opened.len(), 1, "the lane moves on");
+        assert_eq!(backlog(&up), Vec::<u8>::new());
     }
 
     #[test]

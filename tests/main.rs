@@ -8,6 +8,7 @@ mod auth_metrics;
 mod bounds;
 mod budget;
 mod combined_errors;
+mod cut_through;
 mod engine_api;
 mod hostile;
 mod http_cli;

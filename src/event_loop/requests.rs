@@ -1,7 +1,8 @@
 //! The beacon node side of the event loop's work, once bytes are read: parsing them into
 //! requests (`feed`), refusing or answering what needs no execution client (bad requests, 401
 //! at the head, admin GETs), and turning each call into an exchange with
-//! a job per execution client (`on_request`, `send`).
+//! a job per execution client (`on_request`, `send`). A large newPayload body is handed to
+//! `cut` as it arrives, so that it can stream to the primary.
 //!
 //! It reads no socket: the bytes come from `event_loop`'s reads, and answers are queued on the
 //! connection for `event_loop` to write. The decisions are asked of `core::intake`, `policy`
@@ -51,7 +52,11 @@ impl Proxy {
                 Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
                 Some(Err(e)) => self.on_bad_request(slot, e),
                 None if step.consumed == 0 => break,
-                None => {}
+                None => {
+                    if self.cut.is_some() {
+                        self.cut_progress(slot, now);
+                    }
+                }
             }
         }
         if let Some(down) = self.bn.get_mut(slot) {
@@ -62,6 +67,7 @@ impl Proxy {
     /// The request could not be read: it is answered at once, and the connection lingers and
     /// closes (the client may still be sending the rest).
     pub(super) fn on_bad_request(&mut self, slot: usize, error: HttpError) {
+        self.cut_end(slot);
         let Some(down) = self.bn.get_mut(slot) else { return };
         log::debug!("bad request from {}: {error}", down.peer);
         self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
@@ -116,6 +122,7 @@ impl Proxy {
             if down.reader.accept_body(reserve) {
                 down.push(Slot::Ready(Outgoing::continue_100()));
             }
+            self.cut_begin(slot);
             return;
         };
         let (keep_alive, minor) = (head.keep_alive, head.minor);
@@ -128,8 +135,29 @@ impl Proxy {
         }
     }
 
+    /// A request was read whole. One whose body streamed to the primary as it arrived
+    /// (`cut`) takes its scan from there, and its primary copy goes on that connection; when
+    /// the request goes anywhere else (refused, not JSON, answered here), the streamed part is
+    /// aborted, so the primary never gets it whole.
     pub(super) fn on_request(&mut self, slot: usize, req: Request, now: Instant) {
-        let Some(down) = self.bn.get_mut(slot) else { return };
+        let cut = self.cut_take(slot);
+        let streamed = cut.as_ref().and_then(|c| c.conn);
+        let attached = self.call(slot, req, cut, streamed, now);
+        if let (Some(conn), false, Some(primary)) = (streamed, attached, self.ups.first_mut()) {
+            primary.abort_stream(conn);
+        }
+    }
+
+    /// Handles a request read whole; true when its primary copy went on connection `streamed`.
+    fn call(
+        &mut self,
+        slot: usize,
+        req: Request,
+        cut: Option<crate::core::cut::Cut>,
+        streamed: Option<usize>,
+        now: Instant,
+    ) -> bool {
+        let Some(down) = self.bn.get_mut(slot) else { return false };
         let keep_alive = req.head.keep_alive;
         let minor = req.head.minor;
         if !keep_alive {
@@ -144,18 +172,18 @@ impl Proxy {
                 if let Some(down) = self.bn.get_mut(slot) {
                     down.push(Slot::Ready(answer));
                 }
-                return;
+                return false;
             }
             Route::NotHere => {
                 let body = METRICS_ONLY_404.to_vec();
                 down.push(Slot::Ready(Outgoing::answer(404, Some(b"text/plain"), body, keep_alive, minor)));
-                return;
+                return false;
             }
             Route::Call => {}
             Route::NotAllowed => {
                 let body = policy::error_body(None, -32600, "only POST carries JSON-RPC");
                 down.push(answer(405, body));
-                return;
+                return false;
             }
         }
         // A request with a body had its token checked at the head (`on_head`); this check is
@@ -168,16 +196,20 @@ impl Proxy {
                     log::warn!("rejected a request from {}: {why}", down.peer);
                     self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                     down.push(answer(401, policy::error_body(None, -32000, &format!("unauthorized: {why}"))));
-                    return;
+                    return false;
                 }
             };
-        let scan = match rpc::scan_request(&req.body) {
+        let scanned = match cut {
+            Some(cut) if !cut.failed => cut.finish(&req.body),
+            _ => rpc::scan_request(&req.body),
+        };
+        let scan = match scanned {
             Ok(scan) => scan,
             Err(e) => {
                 log::debug!("invalid JSON from {}: {e}", down.peer);
                 self.metrics.request(Class::NonEngine, RequestOutcome::Rejected);
                 down.push(answer(400, policy::error_body(None, -32700, &format!("parse error: {e}"))));
-                return;
+                return false;
             }
         };
         let class = if scan.shape == rpc::Shape::Object {
@@ -192,7 +224,7 @@ impl Proxy {
                 log::warn!("refused a batch with engine_* calls from beacon node {identity}");
                 self.metrics.request(Class::NonEngine, RequestOutcome::Refused);
                 down.push(answer(200, body));
-                return;
+                return false;
             }
         }
         let id = scan.id.as_ref().and_then(|r| req.body.get(r.clone())).map(<[u8]>::to_vec);
@@ -232,7 +264,7 @@ impl Proxy {
             self.metrics.request(class, RequestOutcome::Filtered);
             let body = policy::result_body(id.as_deref(), policy::SYNCING_FCU_RESULT);
             down.push(answer(200, body));
-            return;
+            return false;
         }
         self.metrics.request(class, RequestOutcome::Forwarded);
         let timeout = policy::timeout_for(scan.method.as_deref(), class, self.cfg.request_timeout);
@@ -285,6 +317,10 @@ impl Proxy {
         if let (Some(down), false) = (self.bn.get_mut(slot), mirror) {
             down.push(Slot::Waiting(r));
         }
+        if class.is_ordered() {
+            self.cut_yield(slot);
+        }
+        let mut attached = false;
         if class.is_fanned_out() {
             if let Some((targets, holder)) = fetch {
                 // Every EL with a build of its own is asked at once, with its own id.
@@ -311,6 +347,12 @@ impl Proxy {
                 }
             } else {
                 for target in 0..self.builders {
+                    if let (0, Some(conn)) = (target, streamed) {
+                        if self.cut_attach(conn, r, &inbound, now) {
+                            attached = true;
+                            continue;
+                        }
+                    }
                     self.send(target, r, target, &inbound, now);
                 }
             }
@@ -330,6 +372,7 @@ impl Proxy {
             self.send(0, r, 0, &inbound, now);
         }
         self.decide(r, now);
+        attached
     }
 
     /// `--payload-choice best-value`: which ELs to ask for a getPayload, each with its own id,

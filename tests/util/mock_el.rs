@@ -78,6 +78,10 @@ struct Records {
     open: usize,
     errors: Vec<String>,
     partition: Partition,
+    /// Bytes read on every connection, as they arrive (before any request is whole).
+    bytes: usize,
+    /// Connections the peer reset (RST) rather than closed.
+    resets: usize,
 }
 
 /// The state of a simulated network partition (see the module docs).
@@ -233,6 +237,36 @@ impl MockEl {
                 seen.len()
             ),
         }
+    }
+
+    /// Waits until at least `n` bytes have been read, over all connections, whole requests or
+    /// not (a request still arriving counts).
+    #[track_caller]
+    pub fn wait_bytes(&self, n: usize, timeout: Duration) {
+        let result = self.recorder.wait(timeout, |r| r.bytes >= n);
+        let bytes = lock(&self.recorder.records).bytes;
+        assert!(
+            result.is_ok(),
+            "mock EL {}: timed out after {timeout:?} waiting for {n} bytes; {bytes} came",
+            self.addr
+        );
+    }
+
+    /// Bytes read so far over all connections.
+    pub fn bytes_read(&self) -> usize {
+        lock(&self.recorder.records).bytes
+    }
+
+    /// Waits until the peer has reset (RST) at least `n` connections.
+    #[track_caller]
+    pub fn wait_resets(&self, n: usize, timeout: Duration) {
+        let result = self.recorder.wait(timeout, |r| r.resets >= n);
+        let resets = lock(&self.recorder.records).resets;
+        assert!(
+            result.is_ok(),
+            "mock EL {}: timed out after {timeout:?} waiting for {n} resets; {resets} came",
+            self.addr
+        );
     }
 
     /// Waits until exactly `n` connections are open.
@@ -557,10 +591,18 @@ impl ConnReader {
                 Ok(0) if self.cut => return self.settle(true, buf),
                 Ok(0) => return self.closed_by_peer(&buf),
                 Ok(n) if self.cut || self.hold_from_now() => self.held.extend_from_slice(&chunk[..n]),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    self.recorder.update(|r| r.bytes += n);
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) if self.cut => return self.settle(false, buf),
-                Err(_) => return,
+                Err(e) => {
+                    if e.kind() == ErrorKind::ConnectionReset {
+                        self.recorder.update(|r| r.resets += 1);
+                    }
+                    return;
+                }
             }
         }
     }

@@ -1,0 +1,140 @@
+//! Cut-through requests (issue 15): a large newPayload body goes to the primary EL as it
+//! arrives from the beacon node, with its last byte held until the whole body has validated.
+//! The mock ELs count bytes as they arrive, so a test can see the primary receive a body the
+//! beacon node has only half sent, and a reset of a streamed request that must never arrive
+//! whole.
+
+use crate::payload::{Fork, NewPayload};
+use crate::util::{fcu, new_payload, post_request, Bn, Launch, MockEl, Proxy, TIMEOUT};
+
+/// A body well above `core::cut::MIN_BODY`, so that it streams.
+const SIZE: usize = 1 << 20;
+
+struct Setup {
+    primary: MockEl,
+    secondary: MockEl,
+    proxy: Proxy,
+}
+
+/// Two ELs behind the proxy, each with a kept-alive connection from a first newPayload (a
+/// stream starts only on an idle connection of an EL known to be up).
+fn setup() -> Setup {
+    let primary = MockEl::start();
+    let secondary = MockEl::start();
+    let builders = format!("{},{}", primary.url(), secondary.url());
+    let proxy = Launch::proxy().args(&["--builders", &builders]).start();
+    let answer = proxy.bn().post(&new_payload(1, 1_700_000_000));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    primary.wait_requests(1, TIMEOUT);
+    secondary.wait_requests(1, TIMEOUT);
+    Setup { primary, secondary, proxy }
+}
+
+/// A large newPayload with `id`, as the bytes of a whole HTTP request, and where its body starts.
+fn large_request(proxy: &Proxy, id: u64, corrupt: Option<usize>) -> (Vec<u8>, Vec<u8>, usize) {
+    let mut body = NewPayload::new(Fork::Deneb, SIZE).seed(id).id(id).slot(id).body();
+    if let Some(at) = corrupt {
+        // A control character is invalid anywhere in JSON, inside a string or not.
+        body[at] = 0x01;
+    }
+    let bytes = post_request(&proxy.addr().to_string(), &[], &body);
+    let head = bytes.len() - body.len();
+    (bytes, body, head)
+}
+
+fn has_id(primary: &MockEl, id: u64) -> bool {
+    primary.received().iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(id))
+}
+
+#[test]
+fn the_primary_gets_a_new_payload_body_before_the_beacon_node_sent_all_of_it() {
+    let s = setup();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    let mut bn = s.proxy.bn();
+    bn.send_raw(&bytes[..half]);
+    // Most of the half sent reaches the primary while the beacon node still holds the rest.
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    assert!(!has_id(&s.primary, 2), "the primary cannot have the whole request yet");
+    bn.send_raw(&bytes[half..]);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        let got = el.wait_for("the large newPayload", TIMEOUT, |r| r.len() >= 2);
+        assert_eq!(got[1].body, body, "the body arrives byte for byte");
+    }
+}
+
+#[test]
+fn a_malformed_streamed_body_resets_the_primary_reaches_no_one_and_the_next_call_goes_through() {
+    let s = setup();
+    let (bytes, body, head) = large_request(&s.proxy, 2, Some(SIZE * 3 / 4));
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    let mut bn = s.proxy.bn();
+    bn.send_raw(&bytes[..half]);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    bn.send_raw(&bytes[half..]);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("parse error"), "{}", answer.text());
+    s.primary.wait_resets(1, TIMEOUT);
+    // The next call reaches both ELs: the primary is not down and its ordered lane moved on.
+    let answer = bn.post(&new_payload(3, 1_700_000_012));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("VALID"), "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        el.wait_for("the next newPayload", TIMEOUT, |r| {
+            r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(3))
+        });
+        assert!(!has_id(el, 2), "no EL got the malformed request whole");
+    }
+    assert_eq!(s.secondary.received().len(), 2, "the secondary got nothing of it");
+}
+
+#[test]
+fn a_beacon_node_that_leaves_mid_body_has_the_streamed_part_reset_at_the_primary() {
+    let s = setup();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    let mut bn: Bn = s.proxy.bn();
+    bn.send_raw(&bytes[..half]);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    drop(bn);
+    s.primary.wait_resets(1, TIMEOUT);
+    let answer = s.proxy.bn().post(&new_payload(3, 1_700_000_012));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        el.wait_for("the next newPayload", TIMEOUT, |r| {
+            r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(3))
+        });
+        assert!(!has_id(el, 2), "no EL got the abandoned request");
+    }
+}
+
+#[test]
+fn an_ordered_call_whole_before_a_streaming_one_goes_first_at_every_el() {
+    let s = setup();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    let mut streaming = s.proxy.bn();
+    streaming.send_raw(&bytes[..half]);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    // Another connection's forkchoiceUpdated is whole first: it is the first of the two
+    // everywhere, so the primary's partial newPayload is reset to let it pass.
+    let answer = s.proxy.bn().post(&fcu(10, None));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    s.primary.wait_resets(1, TIMEOUT);
+    streaming.send_raw(&bytes[half..]);
+    let answer = streaming.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        let got = el.wait_for("both calls", TIMEOUT, |r| r.len() >= 3);
+        let ids: Vec<Option<u64>> = got.iter().map(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64())).collect();
+        assert_eq!(ids, [Some(1), Some(10), Some(2)], "the same order at every EL");
+        assert_eq!(got[2].body, body);
+    }
+}
