@@ -10,13 +10,14 @@
 //! first 16 bytes, read again one per event in turn, pick the events (read the next piece,
 //! answer the oldest exchange, let the client take some bytes, advance the clock).
 
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sync_proxy::core::budget::{self, Meter};
-use sync_proxy::downstream::{Downstream, Outgoing, Slot, Timeouts, MAX_PIPELINE, MAX_QUEUED_BYTES};
+use sync_proxy::downstream::{
+    Downstream, Flushed, Outgoing, Slot, Timeouts, MAX_PIPELINE, MAX_QUEUED_BYTES, WRITE_SLICES,
+};
 use sync_proxy::core::exchange::{Exchange, ExchangeRef, Exchanges, Inbound};
 use sync_proxy::http::{Refusal, RequestEvent};
 use sync_proxy::policy::Class;
@@ -30,22 +31,24 @@ const TIMEOUTS: Timeouts = Timeouts {
 };
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A socket that takes at most `room` more bytes, then would block.
+/// A client that takes at most `room` more bytes, then would block: what the shell does for a
+/// connection (`shell::BnSockets::flush`), written to nowhere.
 struct Sink {
     room: usize,
 }
 
-impl io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.room == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
+impl Sink {
+    /// Offers the connection's ready bytes until the client takes no more or nothing is left.
+    fn flush(&mut self, down: &mut Downstream, now: Instant) {
+        loop {
+            let ready: usize = down.to_write().take(WRITE_SLICES).map(<[u8]>::len).sum();
+            let n = ready.min(self.room);
+            self.room -= n;
+            match down.wrote(n, now) {
+                Flushed::Blocked if n > 0 => continue,
+                _ => return,
+            }
         }
-        let n = buf.len().min(self.room);
-        self.room -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -101,7 +104,7 @@ impl Model {
         }
         self.down.after_read(self.now);
         // As the event loop does after every read and every answer filled in.
-        let _ = self.down.flush(&mut self.sink, self.now);
+        self.sink.flush(&mut self.down, self.now);
     }
 
     fn on_head(&mut self) {
@@ -132,7 +135,7 @@ impl Model {
         let r = self.waiting.remove(0);
         self.exchanges.remove(r);
         if self.down.fill(r, Outgoing::json(200, vec![b' '; size], true, 1)) {
-            let _ = self.down.flush(&mut self.sink, self.now);
+            self.sink.flush(&mut self.down, self.now);
         }
     }
 
@@ -208,7 +211,7 @@ pub fn run(data: &[u8]) {
             2 => model.answer(usize::from(event) * 97 + i),
             3 => {
                 model.sink.room = usize::from(event) * 31;
-                let _ = model.down.flush(&mut model.sink, model.now);
+                model.sink.flush(&mut model.down, model.now);
             }
             _ => {
                 model.now += Duration::from_millis(u64::from(event));
