@@ -1,8 +1,10 @@
-//! The flag tables of both binaries, parsing into the flags as given ([`Given`]), and `--help`. One table per binary is the single source for which flags exist, which take a value,
+//! The flag tables of both binaries, `lexopt` parsing into the flags as given ([`Given`]), and
+//! `--help`. One table per binary is the single source for which flags exist, which take a value,
 //! their defaults, their environment variables and their help, so the four cannot drift apart.
 //!
-//! Go compatibility: the arguments are read as Go's `flag` package reads them (see
-//! [`parse_raw`]). Knows no environment, files or DNS.
+//! Go compatibility: every flag works as `-flag` and `--flag`, with its value as the next
+//! argument or after `=`; booleans follow Go's `flag` package (`-json`, `-json=true`,
+//! `-json=false`, but never `-json false`). Knows no environment, files or DNS.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -151,45 +153,77 @@ pub fn tokens_service_help_text() -> String {
 /// boolean is stored checked, as `true` or `false`.
 pub(super) type Given = BTreeMap<&'static str, OsString>;
 
-/// `args` (without argv[0]) → help, version or the flags as given, read as Go's `flag` package
-/// reads them: an argument without a leading dash (or a lone `-`) is not a flag, `--` ends the
-/// flags, one dash or two, the value after `=` or as the next argument (even one starting with a
-/// dash, so `--jwt-client-id -abc` keeps its value); a boolean takes a value only after `=`
-/// (`-json false` is `-json` followed by an argument). Every argument that is not a flag is an
-/// error: every setting is a flag.
+/// `args` (without argv[0]) → help, version or the flags as given.
 pub(super) fn parse_raw(args: Vec<OsString>, flags: &'static [Flag]) -> Result<Command<Given>, ConfigError> {
-    let unexpected =
-        |arg: &OsString| err!("unexpected argument {arg:?}: every setting is a flag (see --help)");
+    use lexopt::Arg;
+
+    let args = single_dash_to_double(args, &|name| find(flags, name).is_some_and(|f| f.value.is_some()));
+    let mut parser = lexopt::Parser::from_args(args);
     let mut given = Given::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let Some(text) = arg.to_str().filter(|text| text.len() > 1 && text.starts_with('-')) else {
-            return Err(unexpected(&arg));
-        };
-        if text == "--" {
-            return args.next().map_or(Ok(Command::Run(given)), |arg| Err(unexpected(&arg)));
-        }
-        let spelled = text.strip_prefix("--").unwrap_or(&text[1..]);
-        let (name, inline) =
-            spelled.split_once('=').map_or((spelled, None), |(name, value)| (name, Some(value)));
-        let flag = match name {
-            "h" | "help" => return Ok(Command::Help),
-            "version" => return Ok(Command::Version),
-            _ => find(flags, name).ok_or_else(|| err!("unknown flag --{name} (see --help)"))?,
-        };
-        let value = match (flag.value, inline) {
-            (None, value) => {
-                let on = parse_go_bool(value.unwrap_or("true")).ok_or_else(|| {
-                    err!("--{name}: invalid boolean {:?}: use true or false", value.unwrap_or(""))
-                })?;
-                OsString::from(if on { "true" } else { "false" })
+    while let Some(arg) = parser.next().map_err(lexopt_error)? {
+        let flag = match arg {
+            Arg::Short('h') | Arg::Long("h") | Arg::Long("help") => return Ok(Command::Help),
+            Arg::Long("version") => return Ok(Command::Version),
+            Arg::Long(name) => find(flags, name).ok_or_else(|| err!("unknown flag --{name} (see --help)"))?,
+            Arg::Short(c) => return Err(err!("unknown flag -{c} (see --help)")),
+            Arg::Value(value) => {
+                return Err(err!("unexpected argument {value:?}: every setting is a flag (see --help)"))
             }
-            (Some(_), Some(value)) => value.into(),
-            (Some(_), None) => args.next().ok_or_else(|| err!("missing value for --{name}"))?,
+        };
+        let value = if flag.value.is_some() {
+            parser.value().map_err(lexopt_error)?
+        } else {
+            // Go's boolean flags take a value only after "=": "-json false" is "-json" followed
+            // by a positional argument.
+            let text = parser.optional_value().unwrap_or_else(|| "true".into());
+            let on = text
+                .to_str()
+                .and_then(parse_go_bool)
+                .ok_or_else(|| err!("--{}: invalid boolean {text:?}: use true or false", flag.name))?;
+            OsString::from(if on { "true" } else { "false" })
         };
         given.insert(flag.name, value);
     }
     Ok(Command::Run(given))
+}
+
+/// Rewrites Go-style `-flag` into `--flag` so that lexopt does not read it as a cluster of short
+/// options. Only arguments in option position that look like `-<letter><more>` are rewritten:
+/// `-h` and a lone `-` stay as they are, and nothing is rewritten after a `--` terminator or
+/// where the previous argument is a flag still waiting for its value (so `--jwt-client-id -abc`
+/// keeps its value, as Go's `flag` would).
+pub(super) fn single_dash_to_double(
+    args: Vec<OsString>,
+    takes_value: &dyn Fn(&str) -> bool,
+) -> Vec<OsString> {
+    let (mut waiting_for_value, mut terminated) = (false, false);
+    let mut rewrite = |arg: OsString| {
+        let text = match arg.to_str() {
+            Some(text) if !waiting_for_value && !terminated => text,
+            _ => {
+                waiting_for_value = false;
+                return arg;
+            }
+        };
+        terminated = text == "--";
+        let long = text.strip_prefix("--").or_else(|| {
+            let rest = text.strip_prefix('-')?;
+            let mut chars = rest.chars();
+            (chars.next()?.is_ascii_alphabetic() && chars.next().is_some()).then_some(rest)
+        });
+        let Some(rest) = long else { return arg };
+        let name = rest.split_once('=').map_or(rest, |(name, _)| name);
+        waiting_for_value = !rest.contains('=') && takes_value(name);
+        OsString::from(format!("--{rest}"))
+    };
+    args.into_iter().map(&mut rewrite).collect()
+}
+
+fn lexopt_error(error: lexopt::Error) -> ConfigError {
+    match error {
+        lexopt::Error::MissingValue { option: Some(option) } => err!("missing value for {option}"),
+        other => err!("{other}"),
+    }
 }
 
 fn render_help(program: &str, about: &str, usage: &str, flags: &[Flag]) -> String {

@@ -2,7 +2,7 @@
 //! for the `jwt-tokens-service` binary).
 //!
 //! Parsing happens in two steps, as in ripgrep: `flags` turns the arguments into the flags as
-//! given, then `settings` types each flag with one lookup order (flag, environment
+//! given with `lexopt`, then `settings` types each flag with one lookup order (flag, environment
 //! variable, the table's default) and one wording for refusals; adding a flag is a row in the
 //! flag table and a field here. Addresses are resolved at start-up (blocking DNS is fine then:
 //! `endpoints`), and secret files are read here (`files`); [`read_reloadable`] reads the builder

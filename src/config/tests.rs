@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::endpoints::split_endpoint;
-use super::flags::{find, Flag};
+use super::flags::{find, single_dash_to_double, Flag};
 use super::*;
 
 const SECRET_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -199,8 +199,7 @@ const CASES: &str = "
 # The last occurrence of a flag wins.
 -builders 127.0.0.1:1 --loglevel=error -builders=127.0.0.1:2 -loglevel trace -json -json=false | | name: \"127.0.0.1:2\"; log_level: Trace; log_json: false
 # A value that looks like a flag is kept; an empty client id means none.
--jwt-client-id -abc -json |  | jwt_client_id: Some(\"-abc\"); log_json: true
--json --            |  | log_json: true
+-jwt-client-id -abc |  | jwt_client_id: Some(\"-abc\")
 -jwt-client-id=     |  | jwt_client_id: None
 # Answer policies and the beacon switch; without safe the wait is unused, so a short --request-timeout is no conflict.
 --answer-policy safe --answer-wait 250 --beacon-switch not-invalid | | answer_policy: Safe; answer_wait: 250ms; beacon_switch: NotInvalid
@@ -304,8 +303,7 @@ jwt-tokens-service -version positional     |  | Version
 -bogus                          |  | error: unknown flag; --bogus
 --bogus=1                       |  | error: unknown flag; --bogus
 -x                              |  | error: unknown flag; -x
--5                              |  | error: unknown flag --5
----json                         |  | error: unknown flag ---json
+-5                              |  | error: unknown flag -5
 --builder 127.0.0.1:8551        |  | error: unknown flag; --builder
 -config x                       |  | error: unknown flag; --config
 stray                           |  | error: unexpected argument
@@ -505,6 +503,25 @@ fn help_mentions_every_flag_default_and_variable() {
     let tokens = [(TOKENS_FLAGS, "addr", "localhost:1337"), (TOKENS_FLAGS, "config", "config.json")];
     for (flags, name, default) in proxy.chain(tokens) {
         assert_eq!(find(flags, name).map(|f: &Flag| f.default), Some(default), "{name}");
+    }
+}
+
+#[test]
+fn single_dash_rewriting() {
+    let takes_value = |name: &str| matches!(name, "addr" | "jwt-client-id");
+    let table: &[(&[&str], &[&str])] = &[
+        (&["-addr", "x"], &["--addr", "x"]),
+        (&["-addr=x"], &["--addr=x"]),
+        (&["--addr", "x"], &["--addr", "x"]),
+        (&["-h", "-", "-5", "-x"], &["-h", "-", "-5", "-x"]),
+        (&["-json", "-addr", "-abc"], &["--json", "--addr", "-abc"]),
+        (&["-jwt-client-id", "-abc", "-json"], &["--jwt-client-id", "-abc", "--json"]),
+        (&["-addr=x", "-json"], &["--addr=x", "--json"]),
+        (&["--", "-json", "-addr"], &["--", "-json", "-addr"]),
+        (&["positional", "-json"], &["positional", "--json"]),
+    ];
+    for (input, expected) in table {
+        assert_eq!(single_dash_to_double(os_args(input), &takes_value), os_args(expected), "{input:?}");
     }
 }
 
