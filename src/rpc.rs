@@ -2368,7 +2368,11 @@ mod tests {
             let every: Vec<usize> = (0..=body.len()).collect();
             chunked(body, &every);
             if k < corpus.len() && body.len() <= 4096 {
-                for cut in 0..=body.len() {
+                // Two pieces, the second taken by the block loops at once. Every 13th cut (and
+                // each of the first 64): each check scans the whole body twice, and a cut at
+                // every byte made this one test take 8 s of `cargo test`; resuming at every
+                // byte is already checked just above.
+                for cut in (0..=body.len()).filter(|&c| c < 64 || c % 13 == 0) {
                     chunked(body, &[cut]);
                 }
             } else {
