@@ -206,22 +206,12 @@ impl Conn {
         self.job.as_ref().map_or(&[][..], |j| &j.inbound.body)
     }
 
-    /// How much of the body may be written so far: all of it. (A cap here, for a body still
-    /// arriving, holds its tail back; `request_sent` still waits for the whole body.)
-    fn body_ready(&self) -> usize {
-        self.body().len()
-    }
-
     /// What the request still has to write: the rest of its head, then the rest of the shared
     /// body, borrowed from the job (never copied: one body serves every client's copy). The
     /// shell writes both with one vectored write, or feeds them to the TLS session, and says
     /// how much it took with `wrote`.
     pub fn to_write(&self) -> (&[u8], &[u8]) {
-        let head = self.out.get(self.written..).unwrap_or_default();
-        let body = self.body();
-        let from = self.written.saturating_sub(self.out.len()).min(body.len());
-        let to = self.body_ready().clamp(from, body.len());
-        (head, &body[from..to])
+        self.to_write_lent(self.body())
     }
 
     /// What a streaming request still has to write, `lent` being the part of its body that
