@@ -146,7 +146,7 @@ impl Proxy {
             if let Some(conn) = self.ups[up].conns[slot].as_mut() {
                 conn.hold_until = Some(until);
             }
-            // Looked at again when a beacon node's answer has been written (`down_flush`).
+            // Looked at again when a beacon node's answer has been written (`Service::on_flushed`).
             self.holding = true;
             return;
         }
