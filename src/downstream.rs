@@ -52,6 +52,22 @@ pub enum Slot {
     Waiting(ExchangeRef),
     /// Ready to be written.
     Ready(Outgoing),
+    /// An execution client's answer relayed as it arrives (`core::relay`): the proxy's own
+    /// head, then the body as far as it has arrived, `len` bytes once whole.
+    Streaming { exchange: ExchangeRef, out: Outgoing, len: usize },
+}
+
+/// What became of a streaming answer whose execution client failed (`Downstream::stream_failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// None of it had been written: the slot waits for the exchange again, which may fall
+    /// back to the next execution client.
+    Waiting,
+    /// Part of it was written: the connection writes what arrived and then closes (the
+    /// beacon node sees a body shorter than its `Content-Length`).
+    Truncated,
+    /// No streaming slot for that exchange (the connection is not the one, or it is gone).
+    Gone,
 }
 
 /// Bytes to write: a head, a body, and whether the connection ends after them.
@@ -95,6 +111,22 @@ impl Outgoing {
         }
         let mut head = Vec::with_capacity(128);
         http::write_response_head(&mut head, status, content_type, body.len(), keep_alive, minor);
+        Outgoing { head, body, close: !keep_alive, pool: None }
+    }
+
+    /// The head of an answer whose body of `len` bytes is relayed as it arrives into `body` (an
+    /// empty buffer, reserved for them): byte for byte the head `answer` writes for the same
+    /// status, `Content-Type`, length and keep-alive.
+    pub fn streaming(
+        status: u16,
+        content_type: Option<&[u8]>,
+        body: Vec<u8>,
+        len: usize,
+        keep_alive: bool,
+        minor: u8,
+    ) -> Self {
+        let mut head = Vec::with_capacity(128);
+        http::write_response_head(&mut head, status, content_type, len, keep_alive, minor);
         Outgoing { head, body, close: !keep_alive, pool: None }
     }
 
@@ -409,33 +441,95 @@ impl Downstream {
         false
     }
 
+    /// Turns the slot waiting for `exchange` into a streaming one: `out` is the answer's head
+    /// with an empty body buffer, and `len` bytes of body will be appended (`stream_append`).
+    /// The whole answer counts as queued from now on, as a stored one would (`queued_bytes`,
+    /// `held_bytes`). False when no slot waits for it.
+    pub fn stream(&mut self, exchange: ExchangeRef, out: Outgoing, len: usize) -> bool {
+        for slot in self.out.iter_mut() {
+            if matches!(slot, Slot::Waiting(e) if *e == exchange) {
+                self.queued_bytes += out.head.len() + len;
+                *slot = Slot::Streaming { exchange, out, len };
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Appends body bytes to `exchange`'s streaming answer, never past its length. False when
+    /// no slot streams it (the connection is another, or the bytes are not wanted).
+    pub fn stream_append(&mut self, exchange: ExchangeRef, bytes: &[u8]) -> bool {
+        for slot in self.out.iter_mut() {
+            if let Slot::Streaming { exchange: e, out, len } = slot {
+                if *e == exchange {
+                    let room = len.saturating_sub(out.body.len());
+                    out.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The execution client of `exchange`'s streaming answer failed before its end. While no
+    /// byte of it has been written, the slot waits for the exchange again; otherwise what
+    /// arrived is written and the connection ends after it.
+    pub fn stream_failed(&mut self, exchange: ExchangeRef) -> StreamEnd {
+        let Some(i) =
+            self.out.iter().position(|s| matches!(s, Slot::Streaming { exchange: e, .. } if *e == exchange))
+        else {
+            return StreamEnd::Gone;
+        };
+        let started = i == 0 && self.written > 0;
+        let Some(Slot::Streaming { out, len, .. }) = self.out.get_mut(i) else { return StreamEnd::Gone };
+        if !started {
+            self.queued_bytes = self.queued_bytes.saturating_sub(out.head.len() + *len);
+            self.out[i] = Slot::Waiting(exchange);
+            return StreamEnd::Waiting;
+        }
+        self.queued_bytes = self.queued_bytes.saturating_sub(*len - out.body.len());
+        *len = out.body.len();
+        out.close = true;
+        self.no_more_requests = true;
+        StreamEnd::Truncated
+    }
+
     /// The exchanges this connection still waits for (so they can forget it when it dies).
     pub fn waiting(&self) -> impl Iterator<Item = ExchangeRef> + '_ {
         self.out.iter().filter_map(|s| match s {
             Slot::Waiting(e) => Some(*e),
-            Slot::Ready(_) => None,
+            Slot::Ready(_) | Slot::Streaming { .. } => None,
         })
     }
 
     /// The bytes ready to go out, in order, for one vectored write: the unwritten part of
     /// each ready answer's head and body (empty ones skipped), up to the first answer still
-    /// waited for and never past the connection's last answer. Nothing while lingering (the
-    /// write side is shut). The shell takes at most `WRITE_SLICES` of them per write.
+    /// waited for and never past the connection's last answer. A streaming answer offers what
+    /// of its body has arrived, and nothing after it goes before it is whole. Nothing while
+    /// lingering (the write side is shut). The shell takes at most `WRITE_SLICES` of them per
+    /// write.
     pub fn to_write(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let lingering = self.lingering();
         let mut skip = self.written;
+        // Set after the connection's last answer, or a streaming one not whole yet.
         let mut last = false;
         self.out
             .iter()
-            .map_while(move |slot| match slot {
-                Slot::Ready(out) if !last && !lingering => {
-                    last = out.close;
-                    let head_skip = skip.min(out.head.len());
-                    let body_skip = (skip - head_skip).min(out.body.len());
-                    skip = 0;
-                    Some([&out.head[head_skip..], &out.body[body_skip..]])
+            .map_while(move |slot| {
+                if last || lingering {
+                    return None;
                 }
-                _ => None,
+                let (out, partial) = match slot {
+                    Slot::Ready(out) => (out, false),
+                    Slot::Streaming { out, len, .. } => (out, out.body.len() < *len),
+                    Slot::Waiting(_) => return None,
+                };
+                // A partial body ends this write: the answers behind it wait for it.
+                last = out.close || partial;
+                let head_skip = skip.min(out.head.len());
+                let body_skip = (skip - head_skip).min(out.body.len());
+                skip = 0;
+                Some([&out.head[head_skip..], &out.body[body_skip..]])
             })
             .flatten()
             .filter(|part| !part.is_empty())
@@ -453,12 +547,18 @@ impl Downstream {
         }
         self.sent += n as u64;
         let mut left = n;
-        while let Some(Slot::Ready(out)) = self.out.front() {
-            let len = out.len();
-            let take = left.min(len - self.written);
+        loop {
+            // The answer's length, the part of it that can be written now, and whether it is
+            // the connection's last.
+            let (len, ready, close) = match self.out.front() {
+                Some(Slot::Ready(out)) => (out.len(), out.len(), out.close),
+                Some(Slot::Streaming { out, len, .. }) => (out.head.len() + len, out.len(), out.close),
+                _ => break,
+            };
+            let take = left.min(ready - self.written);
             self.written += take;
             left -= take;
-            if self.written < len {
+            if self.written < ready {
                 // The write deadline runs from the last byte the client took; a write that
                 // moved nothing does not restart it.
                 if n > 0 || self.stalled_since.is_none() {
@@ -466,7 +566,12 @@ impl Downstream {
                 }
                 return Flushed::Blocked;
             }
-            let close = out.close;
+            if self.written < len {
+                // All that arrived of a streaming answer is written: the rest waits for its
+                // execution client, not for this one, so no write deadline runs.
+                self.stalled_since = None;
+                return Flushed::Drained;
+            }
             self.queued_bytes = self.queued_bytes.saturating_sub(len);
             self.out.pop_front();
             self.written = 0;

@@ -326,8 +326,8 @@ impl Proxy {
             conn.transport_sent(0, self.el_sockets.holds_unsent(up, slot), now);
             match read {
                 Ok(0) => break conn.on_eof(now),
-                Ok(n) => match conn.on_bytes(&self.scratch[..n], now) {
-                    Outcome::Pending if !conn.dead => {}
+                Ok(n) => match self.answer_bytes(up, slot, n, now) {
+                    Outcome::Pending if self.ups[up].conns[slot].as_ref().is_some_and(|c| !c.dead) => {}
                     outcome => break outcome,
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -336,6 +336,33 @@ impl Proxy {
             }
         };
         self.on_outcome(up, outcome, now);
+    }
+
+    /// Hands the `n` bytes just read into `scratch` to connection `slot` of client `up`. An
+    /// answer that may be relayed as it arrives is offered at its head (`Outcome::Head`,
+    /// `answers::offer_relay`), and the body of one being relayed goes on to its beacon node
+    /// (`answers::relay_bytes`) instead of into the connection; its last byte answers the job.
+    fn answer_bytes(&mut self, up: usize, slot: usize, n: usize, now: Instant) -> Outcome {
+        let mut at = 0;
+        loop {
+            let Some(conn) = self.ups[up].conns[slot].as_mut() else { return Outcome::Pending };
+            match conn.on_bytes(&self.scratch[at..n], now) {
+                Outcome::Head { consumed } => {
+                    at += consumed;
+                    self.offer_relay(up, slot, now);
+                }
+                Outcome::Relayed { body, last } => {
+                    self.relay_bytes(up, slot, at..at + body, now);
+                    at += body;
+                    if !last {
+                        return Outcome::Pending;
+                    }
+                    let Some(conn) = self.ups[up].conns[slot].as_mut() else { return Outcome::Pending };
+                    return conn.end_relay(at < n, now);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Bytes held in request bodies, queued answers and answers being read, for the

@@ -449,6 +449,35 @@ impl ResponseReader {
         }
     }
 
+    /// The head of the answer being read while none of its body has arrived yet, with the
+    /// body's length when `Content-Length` frames it (None when chunked or close-delimited).
+    pub fn head_before_body(&self) -> Option<(&ResponseHead, Option<u64>)> {
+        match self.body.as_ref()? {
+            (head, BodyReader::Length { remaining, body }) => {
+                body.is_empty().then_some((head, Some(*remaining)))
+            }
+            (head, BodyReader::Chunked { body, .. } | BodyReader::UntilClose { body, .. }) => {
+                body.is_empty().then_some((head, None))
+            }
+        }
+    }
+
+    /// Takes the `Content-Length` answer whose head was read and whose body has not begun
+    /// (`head_before_body`), to be relayed as it arrives instead of stored: its head, the
+    /// buffer reserved for its body (empty, with room for all of it when it fits
+    /// `RESERVE_AHEAD`, as a stored one), and its length. The reader reads no more of it.
+    pub fn take_for_relay(&mut self) -> Option<(ResponseHead, Vec<u8>, u64)> {
+        match self.body.take() {
+            Some((head, BodyReader::Length { remaining, body })) if body.is_empty() => {
+                Some((head, body, remaining))
+            }
+            other => {
+                self.body = other;
+                None
+            }
+        }
+    }
+
     /// The peer closed the connection: a close-delimited answer is now whole; anything else
     /// is an answer cut short.
     pub fn finish(&mut self) -> Result<Response, HttpError> {

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub payload_mappings_dropped: u64,
     /// `--answer-policy safe` answers of SYNCING because the clients split on validity.
     safe_syncing: u64,
+    /// Relayed answers cut short by their execution client after part was written.
+    relay_cut: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
@@ -143,6 +145,7 @@ impl Metrics {
             candidates_dropped: 0,
             disagreements: 0,
             safe_syncing: 0,
+            relay_cut: 0,
             payload_picks: vec![0; els],
             payload_gain_eth: 0.0,
             payload_mappings_dropped: 0,
@@ -239,6 +242,11 @@ impl Metrics {
 
     pub fn safe_syncing(&mut self) {
         self.safe_syncing += 1;
+    }
+
+    /// An answer relayed as it arrived broke off after part of it was written (`core::relay`).
+    pub fn relay_cut(&mut self) {
+        self.relay_cut += 1;
     }
 
     pub fn disagreement(&mut self) {
@@ -465,6 +473,14 @@ impl Metrics {
              on validity.",
         );
         let _ = writeln!(out, "sync_proxy_answer_policy_syncing_total {}", self.safe_syncing);
+        family(
+            &mut out,
+            "sync_proxy_relayed_answers_cut_total",
+            "counter",
+            "Answers relayed to a beacon node as they arrived whose execution client failed after \
+             part was written: the beacon node's connection was closed after that part.",
+        );
+        let _ = writeln!(out, "sync_proxy_relayed_answers_cut_total {}", self.relay_cut);
         family(
             &mut out,
             "sync_proxy_payload_choice_total",

@@ -167,6 +167,11 @@ pub struct Conn {
     pub streaming: bool,
     /// The length of the streaming request's body (its `Content-Length`).
     streamed_len: usize,
+    /// The answer being relayed as it arrives (`start_relay`): its head, and how many bytes of
+    /// its body are still to come. Its body is handed out (`Outcome::Relayed`), never stored.
+    relay: Option<(http::ResponseHead, u64)>,
+    /// Whether the current answer's head was already offered for relaying (`Outcome::Head`).
+    relay_offered: bool,
 }
 
 /// What became of the job on a connection after I/O.
@@ -178,6 +183,18 @@ pub enum Outcome {
     Failed(Job, Failure),
     /// The connection closed under a job before any byte of an answer: send it again, once.
     Retry(Job),
+    /// The first `consumed` bytes of the input ended the head of an answer that may be relayed
+    /// as it arrives (`core::relay::head_qualifies`): the caller starts the relay
+    /// (`start_relay`) or not, then hands in the rest of the input.
+    Head {
+        consumed: usize,
+    },
+    /// The first `body` bytes of the input are body of the answer being relayed, for the
+    /// caller to pass on; `last` when they end it (then `end_relay`).
+    Relayed {
+        body: usize,
+        last: bool,
+    },
 }
 
 impl Conn {
@@ -199,6 +216,8 @@ impl Conn {
             abort: false,
             streaming: false,
             streamed_len: 0,
+            relay: None,
+            relay_offered: false,
         }
     }
 
@@ -250,7 +269,8 @@ impl Conn {
             Some(job) => {
                 self.abort();
                 let reused = self.served > 0;
-                if reused && !self.reader.started() && !job.retried && failure == Failure::Reset {
+                let untouched = !self.reader.started() && self.relay.is_none();
+                if reused && untouched && !job.retried && failure == Failure::Reset {
                     Outcome::Retry(Job { retried: true, ..job })
                 } else {
                     Outcome::Failed(job, failure)
@@ -263,15 +283,34 @@ impl Conn {
     /// read whole ends the job; bytes nobody asked for, or more bytes after a whole answer,
     /// mean the connection is out of step with the client and is never used again. After
     /// `Pending` on a connection that is not `dead`, the caller reads on.
+    ///
+    /// An answer's head that may be relayed is reported (`Outcome::Head`) before any of its
+    /// body is read; once relaying, body bytes are reported (`Outcome::Relayed`), not stored.
     pub fn on_bytes(&mut self, mut input: &[u8], now: Instant) -> Outcome {
         if self.job.is_none() {
             // Bytes nobody asked for: the connection cannot be trusted any more.
             self.dead = true;
             return Outcome::Pending;
         }
+        if let Some((_, left)) = self.relay.as_mut() {
+            let body = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= body as u64;
+            return Outcome::Relayed { body, last: *left == 0 };
+        }
+        let whole = input.len();
         while !input.is_empty() {
             let step = self.reader.advance(input);
             input = &input[step.consumed..];
+            if step.event.is_none()
+                && !self.relay_offered
+                && self.job.as_ref().is_some_and(|j| j.exchange.is_some())
+            {
+                let head = self.reader.head_before_body();
+                if head.is_some_and(|(head, len)| crate::core::relay::head_qualifies(head, len)) {
+                    self.relay_offered = true;
+                    return Outcome::Head { consumed: whole - input.len() };
+                }
+            }
             match step.event {
                 Some(Ok(resp)) => {
                     if !input.is_empty() {
@@ -302,6 +341,42 @@ impl Conn {
         }
     }
 
+    /// The head of the answer just offered (`Outcome::Head`), with its body's length.
+    pub fn offered_head(&self) -> Option<(&http::ResponseHead, Option<u64>)> {
+        self.reader.head_before_body().filter(|_| self.relay_offered && self.relay.is_none())
+    }
+
+    /// Relays the answer just offered (`Outcome::Head`): returns its head, the buffer reserved
+    /// for its body (empty; the beacon node's answer is filled into it, so the bytes are still
+    /// copied once) and its length. From now on its body is handed out as it arrives.
+    pub fn start_relay(&mut self) -> Option<(http::ResponseHead, Vec<u8>, u64)> {
+        if !self.relay_offered || self.relay.is_some() {
+            return None;
+        }
+        let (head, body, len) = self.reader.take_for_relay()?;
+        self.relay = Some((head.clone(), len));
+        Some((head, body, len))
+    }
+
+    /// The relayed answer's last byte was handed out (`Outcome::Relayed` with `last`): the
+    /// job is answered, as by a stored answer without its body. `more` says bytes followed it
+    /// in the same read (the connection is then out of step, as after a stored answer).
+    pub fn end_relay(&mut self, more: bool, now: Instant) -> Outcome {
+        match self.relay.take() {
+            Some((head, 0)) => {
+                if more {
+                    self.dead = true;
+                }
+                self.complete(Response { head, body: Vec::new() }, now)
+            }
+            Some(unfinished) => {
+                self.relay = Some(unfinished);
+                Outcome::Pending
+            }
+            None => Outcome::Pending,
+        }
+    }
+
     fn complete(&mut self, resp: Response, now: Instant) -> Outcome {
         if !self.request_sent() {
             // An answer before the whole request went out (say, 413): the connection is no
@@ -310,6 +385,7 @@ impl Conn {
         }
         self.served += 1;
         self.reader = self.reader.next();
+        self.relay_offered = false;
         self.out.clear();
         self.written = 0;
         self.state = ConnState::Idle;

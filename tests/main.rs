@@ -20,6 +20,7 @@ mod payload;
 mod payload_selftest;
 mod probes_sync;
 mod realnet;
+mod relay;
 mod reload_resolve;
 mod routing;
 mod stale_token_warning;

@@ -85,6 +85,19 @@ pub struct Exchange {
     /// The beacon node's answer to a large-answer call, queued and not yet written whole (see
     /// `core::hold`): the other clients' copies wait for it.
     pub answer_out: Option<AnswerOut>,
+    /// The answer is being relayed to the beacon node as it arrives (`core::relay`): its
+    /// `reply` was taken when the relay started, so the answer is never delivered twice.
+    pub relay: Option<Relay>,
+}
+
+/// An answer relayed as it arrives: from client `el` (its index among the exchange's
+/// clients) to the beacon node connection `to`. Until the body is whole, the call's deadline
+/// is the client connection's own (the same timeout, from when the request went out): it
+/// fails the relay, and the beacon node's connection is closed after what was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    pub to: Reply,
+    pub el: usize,
 }
 
 /// Where the beacon node's answer went: its connection (slot and serial, as in `Reply`), the
@@ -138,6 +151,7 @@ impl Exchange {
             picked: None,
             wake: None,
             answer_out: None,
+            relay: None,
         }
     }
 
@@ -228,9 +242,10 @@ impl Exchange {
 
     /// Its deadline has passed: every client that has not answered counts as failed. Or its
     /// `wake` has: a wait ended, and nothing counts as failed. True when either happened now
-    /// (the exchange is then ready to `decide`).
+    /// (the exchange is then ready to `decide`). An exchange being relayed is left to its client
+    /// connection's deadline (see `Relay`).
     pub fn on_timeout(&mut self, now: Instant) -> bool {
-        if self.decided {
+        if self.decided || self.relay.is_some() {
             return false;
         }
         if self.deadline > now {
@@ -355,10 +370,12 @@ impl Exchanges {
             .collect()
     }
 
-    /// The earliest deadline of an exchange still waiting for a decision.
+    /// The earliest deadline of an exchange still waiting for a decision (one being relayed
+    /// waits for its client connection's deadline instead, see `Relay`).
     pub fn next_deadline(&self) -> Option<Instant> {
         let due = |e: &Exchange| e.wake.map_or(e.deadline, |w| w.min(e.deadline));
-        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(|e| !e.decided).map(due).min()
+        let waits = |e: &&Exchange| !e.decided && e.relay.is_none();
+        self.slots.iter().filter_map(|(_, e)| e.as_ref()).filter(waits).map(due).min()
     }
 }
 
@@ -453,6 +470,20 @@ mod tests {
         assert_eq!(e.standings, vec![Standing::Failed, Standing::Answered]);
         assert_eq!(e.decide(e.inbound.received), Some(Choice::Relay(1)));
         assert!(!e.on_timeout(e.deadline), "a decided exchange has nothing left to time out");
+    }
+
+    #[test]
+    fn a_relaying_exchange_is_left_to_its_client_connections_deadline_on_a_fake_clock() {
+        let mut e = exchange(2);
+        e.relay = Some(Relay { to: Reply { slot: 0, serial: 1 }, el: 0 });
+        let mut slab = Exchanges::default();
+        assert!(
+            !e.on_timeout(e.deadline + Duration::from_secs(1)),
+            "the relay's deadline is the connection's"
+        );
+        assert_eq!(e.standings, vec![Standing::Pending; 2], "nobody failed by the exchange's deadline");
+        slab.insert(e);
+        assert_eq!(slab.next_deadline(), None, "no busy poll past a relaying exchange's deadline");
     }
 
     #[test]

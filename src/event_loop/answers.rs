@@ -1,7 +1,8 @@
 //! The execution client side of the event loop's work, above the sockets: when a job's request
 //! may be written (the primary-first hold), what a connection's outcome means for its
 //! client and its exchange (answered, failed, retried, requeued), and when the beacon node's
-//! answer is decided and delivered.
+//! answer is decided and delivered, or relayed to it as it arrives (`offer_relay`,
+//! `relay_bytes`, `relay_broke`).
 //!
 //! It reads no socket and registers none: `event_loop` does the I/O and reports outcomes
 //! here. The decisions are asked of `core::hold`, `core::compose`, `policy` and `upstream`.
@@ -12,10 +13,11 @@ use std::time::{Duration, Instant};
 use super::Proxy;
 use crate::answer_policy::Status;
 use crate::beacons::Confirmed;
-use crate::core::exchange::{AnswerOut, Exchange, ExchangeRef, Pick, Reply};
-use crate::core::{compose, hold};
-use crate::downstream::Outgoing;
+use crate::core::exchange::{AnswerOut, Exchange, ExchangeRef, Pick, Relay, Reply};
+use crate::core::{compose, hold, relay};
+use crate::downstream::{Outgoing, StreamEnd};
 use crate::http;
+use crate::metrics::RequestOutcome;
 use crate::payload_choice;
 use crate::policy::Choice;
 use crate::policy::{Class, Standing};
@@ -60,6 +62,8 @@ impl Proxy {
                 };
                 log::info!("payload built by {}, value {}{over}", name(report.el), report.value);
             }
+            // A relayed answer was (or is being) written as it came: nothing more to deliver.
+            e.relay = None;
             let reply = e.reply.take();
             let ups = &self.ups;
             let name = |i: usize| ups.get(i).map_or("?", Upstream::name).to_string();
@@ -227,9 +231,10 @@ impl Proxy {
     }
 
     pub(super) fn on_outcome(&mut self, up: usize, outcome: Outcome, now: Instant) {
-        let ended = !matches!(outcome, Outcome::Pending);
+        let ended = matches!(outcome, Outcome::Answered(..) | Outcome::Failed(..) | Outcome::Retry(_));
         match outcome {
-            Outcome::Pending => {}
+            // A relay's steps are taken where the bytes are read (`event_loop::answer_bytes`).
+            Outcome::Pending | Outcome::Head { .. } | Outcome::Relayed { .. } => {}
             Outcome::Answered(job, resp) => {
                 self.ups[up].job_ended(&job);
                 self.job_answered(up, job, resp, now);
@@ -443,6 +448,7 @@ impl Proxy {
     }
 
     pub(super) fn job_failed(&mut self, up: usize, job: Job, failure: Failure, now: Instant) {
+        self.relay_broke(up, &job, now);
         log::debug!(
             "{}: {} failed: {}",
             self.ups[up].name(),
@@ -455,5 +461,111 @@ impl Proxy {
             e.live_jobs = e.live_jobs.saturating_sub(1);
         }
         self.standing(r, job.target, Standing::Failed, now);
+    }
+}
+
+/// Relaying an execution client's answer to the beacon node as it arrives (`core::relay`).
+impl Proxy {
+    /// The head of an answer that may be relayed was read on connection `slot` of client `up`:
+    /// when `core::relay` says so, the beacon node's waiting slot becomes a streaming one, with
+    /// the proxy's own head and the buffer reserved for the answer's body, and the exchange's
+    /// `reply` is taken so that the answer is never delivered twice. Otherwise the answer is
+    /// read whole as usual.
+    pub(super) fn offer_relay(&mut self, up: usize, slot: usize, now: Instant) {
+        let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+        let Some((r, el)) = conn.job.as_ref().and_then(|j| j.exchange.map(|r| (r, j.target))) else { return };
+        let Some(e) = self.exchanges.get(r) else { return };
+        let Some((head, len)) = conn.offered_head() else { return };
+        let Some(reply) = e.reply.filter(|_| relay::relays(e, el, head, len)) else { return };
+        let Some(down) = self.bn.get_mut(reply.slot).filter(|d| d.serial == reply.serial && !d.dead) else {
+            return;
+        };
+        if !down.waiting().any(|w| w == r) {
+            return;
+        }
+        let Some((head, body, len)) = conn.start_relay() else { return };
+        let (keep_alive, minor) = (e.inbound.head.keep_alive, e.inbound.head.minor);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        let ct = head.header("content-type");
+        let out = Outgoing::streaming(head.status, ct, body, len, keep_alive, minor).recycled_by(&self.pool);
+        down.stream(r, out, len);
+        // Written whole once the connection has written everything queued now, the whole
+        // relayed answer included (`queued_bytes` counts it at its length).
+        let out_by = down.sent + down.queued_bytes() as u64;
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        e.reply = None;
+        e.relay = Some(Relay { to: reply, el });
+        e.answer_out = Some(AnswerOut { slot: reply.slot, serial: reply.serial, out_by, since: now });
+        log::debug!("{}: relaying its answer ({len} bytes) as it arrives", self.ups[up].name());
+        self.down_flush(reply.slot, now);
+    }
+
+    /// `range` of `scratch` is body of the answer relayed from connection `slot` of client `up`:
+    /// appended to the beacon node's streaming answer and written at once. Bytes whose beacon
+    /// node has gone are dropped (the connection reads on to the answer's end, keeping its
+    /// framing).
+    pub(super) fn relay_bytes(
+        &mut self,
+        up: usize,
+        slot: usize,
+        range: std::ops::Range<usize>,
+        now: Instant,
+    ) {
+        let to = self.ups[up].conns[slot]
+            .as_ref()
+            .and_then(|c| c.job.as_ref())
+            .and_then(|j| j.exchange.map(|r| (r, j.target)))
+            .and_then(|(r, el)| Some((r, self.exchanges.get(r)?.relay.filter(|relay| relay.el == el)?.to)));
+        let Some((r, to)) = to else { return };
+        let Some(down) = self.bn.get_mut(to.slot).filter(|d| d.serial == to.serial && !d.dead) else {
+            return;
+        };
+        if down.stream_append(r, self.scratch.get(range).unwrap_or_default()) {
+            self.down_flush(to.slot, now);
+        }
+    }
+
+    /// Client `up` failed `job` while relaying its answer: while no byte of it reached the
+    /// beacon node, its slot waits again and the exchange goes on as if nothing had been
+    /// relayed (falling back to the next client, as today). Otherwise the beacon node gets what
+    /// was written and its connection closes (its answer is shorter than its `Content-Length`
+    /// said): counted, logged at warn, and the exchange is decided (nobody else answers it).
+    fn relay_broke(&mut self, up: usize, job: &Job, now: Instant) {
+        let Some(r) = job.exchange else { return };
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        let Some(relay) = e.relay.filter(|relay| relay.el == job.target) else { return };
+        e.relay = None;
+        let end = self
+            .bn
+            .get_mut(relay.to.slot)
+            .filter(|d| d.serial == relay.to.serial && !d.dead)
+            .map_or(StreamEnd::Gone, |d| d.stream_failed(r));
+        let Some(e) = self.exchanges.get_mut(r) else { return };
+        match end {
+            StreamEnd::Waiting => {
+                e.reply = Some(relay.to);
+                e.answer_out = None;
+                log::debug!(
+                    "{}: failed before any of its relayed answer was written; the call goes on as usual",
+                    self.ups[up].name()
+                );
+            }
+            StreamEnd::Truncated => {
+                e.decided = true;
+                let class = e.inbound.class;
+                let method = e.inbound.method.clone();
+                self.metrics.relay_cut();
+                self.metrics.request(class, RequestOutcome::Failed);
+                log::warn!(
+                    "{}: its answer to {} broke off while being relayed; the beacon node's connection \
+                     closes after the part written",
+                    self.ups[up].name(),
+                    method.as_deref().unwrap_or("call")
+                );
+                self.down_flush(relay.to.slot, now);
+            }
+            // Its beacon node has gone: nobody is owed an answer any more.
+            StreamEnd::Gone => e.decided = true,
+        }
     }
 }

@@ -35,7 +35,7 @@ pub use self::{
     proxy::{run_bin_expect_exit, run_proxy_expect_exit, Exited, Launch, Proxy, SYNC_PROXY},
     received::{without_repeats, Received},
     reply::{
-        default_reply, default_result, reply_status, rpc_error, rpc_result, sequence, Framing, Reply,
+        default_reply, default_result, reply_status, rpc_error, rpc_result, sequence, Framing, Gate, Reply,
         ZERO_HASH,
     },
     temp_file::TempFile,

@@ -3,7 +3,7 @@
 //! (`default_reply`) and builders of JSON-RPC answers. Knows no sockets or threads.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -60,6 +60,42 @@ pub enum Reply {
     /// Does the inner reply (without adding `Connection: close`), then closes at once: the
     /// client's next request on this keep-alive connection finds it closed.
     CloseIdle(Box<Reply>),
+    /// Writes the first bytes of the inner answer (`Json`, as encoded), then waits for the
+    /// test to `open` the gate (the rest is written) or `break_off` (the connection closes
+    /// mid-answer). A gate nobody opens holds until `stop()`.
+    Gated { reply: Box<Reply>, first: usize, gate: Gate },
+}
+
+/// The signal a `Reply::Gated` answer waits for, shared between the test and the mock.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(Mutex<Option<bool>>, Condvar)>);
+
+impl Gate {
+    /// The rest of the answer goes out.
+    pub fn open(&self) {
+        self.set(true);
+    }
+
+    /// The answer is never finished: the mock closes the connection.
+    pub fn break_off(&self) {
+        self.set(false);
+    }
+
+    fn set(&self, open: bool) {
+        *super::lock(&self.0 .0) = Some(open);
+        self.0 .1.notify_all();
+    }
+
+    /// Waits up to `timeout` for the test's word: Some(true) to go on, Some(false) to break off.
+    pub(super) fn wait(&self, timeout: Duration) -> Option<bool> {
+        let guard = super::lock(&self.0 .0);
+        let (guard, _) = self
+            .0
+             .1
+            .wait_timeout_while(guard, timeout, |word| word.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard
+    }
 }
 
 /// How a connection continues after a reply.
@@ -108,6 +144,11 @@ impl Reply {
         Reply::Trickle(Box::new(self), gap)
     }
 
+    /// The first `first` bytes of this answer, then the rest once `gate` opens.
+    pub fn gated(self, first: usize, gate: &Gate) -> Reply {
+        Reply::Gated { reply: Box::new(self), first, gate: gate.clone() }
+    }
+
     /// This reply, then the connection closes without warning.
     pub fn then_close(self) -> Reply {
         Reply::CloseIdle(Box::new(self))
@@ -119,7 +160,9 @@ impl Reply {
         match self {
             Reply::Json { framing, .. } if close || *framing == Framing::CloseDelimited => Outcome::Close,
             Reply::Json { .. } => Outcome::KeepAlive,
-            Reply::Delay(_, inner) | Reply::Trickle(inner, _) => inner.outcome(close),
+            Reply::Delay(_, inner) | Reply::Trickle(inner, _) | Reply::Gated { reply: inner, .. } => {
+                inner.outcome(close)
+            }
             Reply::Hang => Outcome::Hang,
             Reply::Close | Reply::Garbage(_) => Outcome::Close,
             Reply::Reset => Outcome::Reset,

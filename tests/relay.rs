@@ -1,0 +1,143 @@
+//! Answers relayed as they arrive (issue 15): a large 2xx answer framed by its
+//! `Content-Length`, from the execution client whose answer the beacon node gets whatever it
+//! says, goes on to the beacon node while it is still arriving, under the proxy's own head.
+//! Everything else (errors, chunked, small answers) is read whole first, as before.
+
+use serde_json::json;
+
+use crate::routing::{metric, start_proxy};
+use crate::util::{rpc_body, Framing, Gate, HttpResponse, MockEl, ReadError, Reply, TIMEOUT};
+
+/// `core::relay::RELAY_MIN`: the smallest body relayed as it arrives.
+const RELAY_MIN: usize = 64 * 1024;
+const CUT: &str = "sync_proxy_relayed_answers_cut_total";
+const RELAYING: &str = "relaying its answer";
+
+/// A JSON-RPC answer to id 1 whose body is exactly `len` bytes.
+fn answer_of_len(len: usize) -> Vec<u8> {
+    let frame = r#"{"jsonrpc":"2.0","id":1,"result":""}"#.len();
+    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{}"}}"#, "b".repeat(len - frame)).into_bytes()
+}
+
+fn get_payload() -> Vec<u8> {
+    rpc_body(1, "engine_getPayloadV5", json!(["0x0000000000000001"]))
+}
+
+/// Waits until the beacon node has received at least `n` bytes of an answer still incomplete.
+#[track_caller]
+fn wait_partial(bn: &mut crate::util::Bn, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match bn.try_read_response(std::time::Duration::from_millis(20)) {
+            Err(ReadError::Timeout { buffered }) if buffered >= n => return buffered,
+            Err(ReadError::Timeout { .. }) => {}
+            other => panic!("expected a partial answer, got {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the beacon node never got {n} bytes");
+    }
+}
+
+#[test]
+fn a_large_answer_reaches_the_bn_before_the_el_has_sent_all_of_it() {
+    let body = answer_of_len(4 << 20);
+    let gate = Gate::default();
+    let half = body.len() / 2;
+    let (reply, g) = (body.clone(), gate.clone());
+    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(half, &g));
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &[]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &get_payload());
+    // Stored and forwarded, not one byte would arrive before the mock sent the rest.
+    let got = wait_partial(&mut bn, half / 2);
+    assert!(got < body.len(), "the answer arrived whole before the mock finished it");
+    gate.open();
+    let response = bn.read_response();
+    assert_eq!(response.status, 200);
+    assert!(response.body == body, "the relayed body differs from the EL's");
+    assert_eq!(metric(&proxy, CUT), 0);
+}
+
+#[test]
+fn a_primary_that_breaks_off_mid_relay_closes_the_bn_connection_and_is_counted() {
+    let body = answer_of_len(1 << 20);
+    let gate = Gate::default();
+    let (reply, g) = (body.clone(), gate.clone());
+    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(300 * 1024, &g));
+    let secondary = MockEl::start();
+    let proxy = start_proxy(&[&primary, &secondary], &["--loglevel", "debug"]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &get_payload());
+    wait_partial(&mut bn, 200 * 1024);
+    gate.break_off();
+    match bn.try_read_response(TIMEOUT) {
+        Err(ReadError::Closed { partial, .. }) => {
+            assert!(partial.len() < body.len(), "the answer must be cut short, got {} bytes", partial.len());
+            let head = String::from_utf8_lossy(&partial[..200]).to_string();
+            assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        }
+        other => panic!("expected the connection to close mid-answer, got {other:?}"),
+    }
+    proxy.wait_log("broke off while being relayed", TIMEOUT);
+    assert_eq!(metric(&proxy, CUT), 1);
+    // The proxy serves on: the next call is answered whole.
+    primary.set_behaviour(|_| Reply::json(answer_of_len(RELAY_MIN * 2)));
+    let response = proxy.bn().post(&get_payload());
+    assert_eq!((response.status, response.body), (200, answer_of_len(RELAY_MIN * 2)));
+}
+
+#[test]
+fn a_primary_that_fails_before_its_head_falls_back_to_the_next_el_which_is_relayed() {
+    let body = answer_of_len(1 << 20);
+    let primary = MockEl::with(|_| Reply::Close);
+    let reply = body.clone();
+    let secondary = MockEl::with(move |_| Reply::json(reply.clone()));
+    let proxy = start_proxy(&[&primary, &secondary], &["--loglevel", "debug"]);
+    let call = rpc_body(1, "eth_getBlockByNumber", json!(["latest", true]));
+    let response = proxy.bn().post(&call);
+    assert_eq!(response.status, 200);
+    assert!(response.body == body, "the secondary's answer, whole");
+    assert_eq!(primary.wait_requests(1, TIMEOUT).len(), 1, "the primary was asked first");
+    proxy.wait_log(&format!("{}: {RELAYING}", secondary.url()), TIMEOUT);
+    assert_eq!(metric(&proxy, CUT), 0);
+}
+
+/// The answer `el` gives, through the proxy, with the proxy's log after it.
+fn through_proxy(reply: Reply) -> (HttpResponse, Vec<String>) {
+    let el = MockEl::with(move |_| reply.clone());
+    let proxy = start_proxy(&[&el], &["--loglevel", "debug"]);
+    let response = proxy.bn().post(&get_payload());
+    (response, proxy.logs())
+}
+
+#[test]
+fn large_error_chunked_and_small_answers_are_read_whole_as_before() {
+    let large = answer_of_len(RELAY_MIN * 4);
+    let small = answer_of_len(RELAY_MIN - 1);
+    for (what, reply, status, body) in [
+        ("a large 500", Reply::http(500, large.clone()), 500, &large),
+        ("a large chunked answer", Reply::json(large.clone()).framed(Framing::Chunked), 200, &large),
+        ("an answer just below the threshold", Reply::json(small.clone()), 200, &small),
+    ] {
+        let (response, logs) = through_proxy(reply);
+        assert_eq!(response.status, status, "{what}");
+        assert!(response.body == *body, "{what}: the EL's body, whole");
+        assert_eq!(response.header("content-length"), Some(body.len().to_string().as_str()), "{what}");
+        assert!(!logs.iter().any(|l| l.contains(RELAYING)), "{what} was relayed as it arrived");
+    }
+}
+
+#[test]
+fn a_relayed_answer_has_the_head_a_stored_one_has() {
+    let (stored, logs) = through_proxy(Reply::json(answer_of_len(RELAY_MIN - 1)));
+    assert!(!logs.iter().any(|l| l.contains(RELAYING)));
+    let (relayed, logs) = through_proxy(Reply::json(answer_of_len(RELAY_MIN)));
+    assert!(logs.iter().any(|l| l.contains(RELAYING)), "an answer of RELAY_MIN bytes is relayed");
+    assert!(relayed.body == answer_of_len(RELAY_MIN));
+    let without_length = |r: &HttpResponse| -> Vec<(String, String)> {
+        r.headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("content-length")).cloned().collect()
+    };
+    assert_eq!(without_length(&relayed), without_length(&stored), "the same head but for its length");
+    assert_eq!(relayed.header("content-length"), Some(RELAY_MIN.to_string().as_str()));
+    assert_eq!(relayed.headers.len(), stored.headers.len());
+}
