@@ -1024,4 +1024,87 @@ mod tests {
         let spare = pool.borrow_mut().take(crate::pool::MIN_POOLED).expect("the answer's buffer");
         assert_eq!(spare.as_ptr(), address);
     }
+
+    /// A streaming answer of `len` body bytes, and the head a stored answer of that length has.
+    fn streaming(len: usize) -> (Outgoing, Vec<u8>) {
+        let out = Outgoing::streaming(200, Some(b"application/json"), Vec::with_capacity(len), len, true, 1);
+        let stored = Outgoing::json(200, vec![b'.'; len], true, 1);
+        (out, stored.head.clone())
+    }
+
+    #[test]
+    fn a_streaming_answer_offers_what_arrived_and_the_next_answer_waits_behind_it_on_a_fake_clock() {
+        let t0 = Instant::now();
+        let mut exchanges = crate::core::exchange::Exchanges::default();
+        let (a, b) = (exchange_ref(&mut exchanges), exchange_ref(&mut exchanges));
+        let mut down = connection(usize::MAX, t0);
+        down.push(Slot::Waiting(a));
+        down.push(Slot::Waiting(b));
+        let next = Outgoing::json(200, b"{}".to_vec(), true, 1);
+        let next_bytes = [next.head.clone(), next.body.clone()].concat();
+        assert!(down.fill(b, next));
+        let (out, head) = streaming(10);
+        assert_eq!(out.head, head, "byte for byte the head of the same answer stored");
+        assert!(down.stream(a, out, 10));
+        assert_eq!(down.queued_bytes(), head.len() + 10 + next_bytes.len(), "charged whole from the start");
+        assert_eq!(down.waiting().count(), 0);
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.written, head, "the head goes at once; the answer behind waits");
+        assert!(down.stream_append(a, b"01234"));
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(down.flush(t1), Flushed::Drained);
+        assert_eq!(down.written, [&head[..], b"01234"].concat());
+        assert_eq!(down.deadline(&T), None, "waiting for the execution client runs no write deadline");
+        assert!(down.stream_append(a, b"56789 and never past its length"));
+        assert_eq!(down.flush(t1), Flushed::Drained);
+        assert_eq!(down.written, [&head[..], b"0123456789", &next_bytes[..]].concat());
+        assert_eq!((down.queued_bytes(), down.owes_answers()), (0, false));
+    }
+
+    #[test]
+    fn a_client_that_takes_nothing_of_a_streaming_answer_meets_the_write_timeout_on_a_fake_clock() {
+        let t0 = Instant::now();
+        let mut exchanges = crate::core::exchange::Exchanges::default();
+        let a = exchange_ref(&mut exchanges);
+        let (out, head) = streaming(10);
+        let mut down = connection(head.len() + 2, t0);
+        down.push(Slot::Waiting(a));
+        assert!(down.stream(a, out, 10));
+        assert!(down.stream_append(a, b"01234"));
+        assert_eq!(down.flush(t0), Flushed::Blocked);
+        assert_eq!(down.deadline(&T), Some(t0 + WRITE));
+        assert_eq!(down.on_timeout(t0 + WRITE, &T), Some(Expired::Write));
+    }
+
+    #[test]
+    fn a_streaming_answer_cut_off_waits_again_while_unwritten_else_ends_the_connection_after_what_arrived() {
+        let t0 = Instant::now();
+        let mut exchanges = crate::core::exchange::Exchanges::default();
+        let (a, b) = (exchange_ref(&mut exchanges), exchange_ref(&mut exchanges));
+        // Behind an answer still waited for, no byte of it went out: it may be answered again.
+        let mut down = connection(usize::MAX, t0);
+        down.push(Slot::Waiting(a));
+        down.push(Slot::Waiting(b));
+        let (out, _) = streaming(10);
+        assert!(down.stream(b, out, 10));
+        assert!(down.stream_append(b, b"0123"));
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert!(down.written.is_empty());
+        assert_eq!(down.stream_failed(b), StreamEnd::Waiting);
+        assert_eq!(down.waiting().collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(down.queued_bytes(), 0);
+        assert_eq!(down.stream_failed(b), StreamEnd::Gone, "no longer streaming");
+        // Part of it went out: the rest of what arrived is written, then the connection ends.
+        let mut down = connection(usize::MAX, t0);
+        down.push(Slot::Waiting(a));
+        down.push(Slot::Waiting(b));
+        let (out, head) = streaming(10);
+        assert!(down.stream(a, out, 10));
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert!(down.stream_append(a, b"012"));
+        assert_eq!(down.stream_failed(a), StreamEnd::Truncated);
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.written, [&head[..], b"012"].concat(), "a body shorter than its Content-Length");
+        assert!(down.dead && down.no_more_requests);
+    }
 }

@@ -1749,4 +1749,112 @@ mod tests {
         assert_eq!(ids(&up.take_all_jobs()), vec![1, 2]);
         assert_eq!((up.queued(), up.backlog_bytes()), (0, 0));
     }
+
+    /// A busy connection whose request went out, for a job that an exchange waits for.
+    fn relaying_conn(up: &mut Upstream, t0: Instant, reused: bool) -> usize {
+        let mut j = job(1, 10, false);
+        j.exchange = Some(crate::core::exchange::Exchanges::default().next_ref());
+        let slot = busy_with(up, j, t0);
+        let c = conn(up, slot);
+        send_all(c, t0);
+        if reused {
+            c.served = 1;
+        }
+        slot
+    }
+
+    fn answer_head(len: usize) -> Vec<u8> {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+            .into_bytes()
+    }
+
+    const LARGE: usize = crate::core::relay::RELAY_MIN as usize + 7;
+
+    #[test]
+    fn a_large_answer_is_offered_at_its_head_and_its_body_handed_out_once_relayed() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = relaying_conn(&mut up, t0, false);
+        let c = conn(&mut up, slot);
+        let head = answer_head(LARGE);
+        let body = vec![b'x'; LARGE];
+        let input = [&head[..], &body[..1000]].concat();
+        let Outcome::Head { consumed } = c.on_bytes(&input, t0) else { panic!("not offered") };
+        assert_eq!(consumed, head.len(), "offered before any body byte is read");
+        assert_eq!(c.offered_head().map(|(h, len)| (h.status, len)), Some((200, Some(LARGE as u64))));
+        let (h, buffer, len) = c.start_relay().expect("relayed");
+        assert_eq!((h.status, buffer.len(), len), (200, 0, LARGE as u64));
+        assert!(buffer.capacity() >= LARGE, "the body's buffer is reserved whole, once");
+        assert!(c.held_bytes() < 1024, "the connection holds none of the body");
+        assert!(matches!(c.on_bytes(&input[consumed..], t0), Outcome::Relayed { body: 1000, last: false }));
+        let rest = &body[1000..];
+        assert!(matches!(c.on_bytes(rest, t0), Outcome::Relayed { body, last: true } if body == rest.len()));
+        let (_, resp) = answered(c.end_relay(false, t0));
+        assert_eq!((resp.head.status, resp.body.len()), (200, 0));
+        assert!(!c.dead && c.state == ConnState::Idle, "kept alive for the next call");
+        // The next answer on the connection is offered again.
+        assert!(c.offered_head().is_none());
+    }
+
+    #[test]
+    fn a_declined_offer_and_answers_that_do_not_qualify_are_read_whole() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = relaying_conn(&mut up, t0, false);
+        let c = conn(&mut up, slot);
+        let answer = [answer_head(LARGE), vec![b'x'; LARGE]].concat();
+        let Outcome::Head { consumed } = c.on_bytes(&answer, t0) else { panic!("not offered") };
+        let (_, resp) = answered(c.on_bytes(&answer[consumed..], t0));
+        assert_eq!(resp.body.len(), LARGE, "not relayed: stored as before");
+        for answer in [
+            [answer_head(LARGE - 8), vec![b'x'; LARGE - 8]].concat(),
+            [b"HTTP/1.1 500 Oops\r\nContent-Length: 70000\r\n\r\n".to_vec(), vec![b'x'; 70_000]].concat(),
+        ] {
+            let slot = relaying_conn(&mut up, t0, false);
+            let (_, resp) = answered(conn(&mut up, slot).on_bytes(&answer, t0));
+            assert!(resp.body.len() >= LARGE - 8);
+        }
+        // No exchange waits for the answer (a peer's call): never offered.
+        let slot = busy_with(&mut up, job(1, 10, false), t0);
+        send_all(conn(&mut up, slot), t0);
+        let answer = [answer_head(LARGE), vec![b'x'; LARGE]].concat();
+        answered(conn(&mut up, slot).on_bytes(&answer, t0));
+    }
+
+    #[test]
+    fn the_end_of_the_stream_mid_relay_fails_the_call_and_never_retries_it() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = relaying_conn(&mut up, t0, true);
+        let c = conn(&mut up, slot);
+        let head = answer_head(LARGE);
+        assert!(matches!(c.on_bytes(&head, t0), Outcome::Head { .. }));
+        c.start_relay().expect("relayed");
+        assert!(matches!(c.on_bytes(b"xyz", t0), Outcome::Relayed { body: 3, last: false }));
+        assert!(matches!(c.on_eof(t0), Outcome::Failed(_, Failure::Reset)), "part of it was relayed");
+        assert!(c.dead && c.abort);
+        // A timeout mid-relay fails it too (the exchange leaves its deadline to the connection).
+        let slot = relaying_conn(&mut up, t0, false);
+        let c = conn(&mut up, slot);
+        assert!(matches!(c.on_bytes(&head, t0), Outcome::Head { .. }));
+        c.start_relay().expect("relayed");
+        assert!(matches!(c.on_timeout(), Outcome::Failed(_, Failure::Timeout)));
+    }
+
+    #[test]
+    fn bytes_after_a_relayed_answer_retire_the_connection() {
+        let mut up = upstream(10, 1 << 20);
+        let t0 = Instant::now();
+        let slot = relaying_conn(&mut up, t0, false);
+        let c = conn(&mut up, slot);
+        let input = [answer_head(LARGE), vec![b'x'; LARGE], b"HTTP/1.1".to_vec()].concat();
+        let Outcome::Head { consumed } = c.on_bytes(&input, t0) else { panic!("not offered") };
+        c.start_relay().expect("relayed");
+        let Outcome::Relayed { body, last: true } = c.on_bytes(&input[consumed..], t0) else {
+            panic!("not whole")
+        };
+        assert_eq!(body, LARGE);
+        answered(c.end_relay(consumed + body < input.len(), t0));
+        assert!(c.dead, "out of step with the client");
+    }
 }
