@@ -70,6 +70,11 @@ pub const METRICS_MAX_CONNECTIONS: usize = 8;
 /// Largest request head read from a beacon node, and largest answer head from a client.
 const MAX_HEAD: usize = 64 * 1024;
 const SCRATCH: usize = 64 * 1024;
+/// A relayed answer's bytes are written to the beacon node once this many have gathered (or
+/// the execution client's socket has no more for now): one write per read of `SCRATCH` bytes
+/// cost a system call and a wake-up of the beacon node each, ten times the context switches
+/// of writing the stored answer whole.
+const RELAY_WRITE: usize = 256 * 1024;
 
 pub use crate::shell::Stopper;
 
@@ -119,6 +124,10 @@ pub struct Proxy {
     /// The large request body being read and scanned as it arrives, and streamed to the
     /// primary once its method allows (`core::cut`).
     cut: Option<crate::core::cut::Cut>,
+    /// The beacon node connection a relayed answer's bytes were appended to since its last
+    /// write, and how many (`answers::relay_bytes`): written once `RELAY_WRITE` have gathered
+    /// or the execution client's socket has no more for now, not after every read.
+    relay_unflushed: Option<(usize, usize)>,
 }
 
 fn unix_now() -> u64 {
@@ -189,6 +198,7 @@ impl Proxy {
             reload_again: false,
             tls,
             cut: None,
+            relay_unflushed: None,
         })
     }
 
@@ -318,8 +328,20 @@ impl Proxy {
     /// connection, until the socket has no more, the connection has an outcome, or it is dead
     /// (bytes nobody asked for). A read error (or TLS error, or a missing socket) is a reset.
     fn up_read(&mut self, up: usize, slot: usize, now: Instant) {
+        let outcome = self.up_read_all(up, slot, now);
+        // What was relayed and not written yet goes out now, before anything else happens.
+        if let Some((to, _)) = self.relay_unflushed.take() {
+            self.down_flush(to, now);
+        }
+        if let Some(outcome) = outcome {
+            self.on_outcome(up, outcome, now);
+        }
+    }
+
+    /// `up_read`'s reading: None when the socket has no more for now.
+    fn up_read_all(&mut self, up: usize, slot: usize, now: Instant) -> Option<Outcome> {
         let outcome = loop {
-            let Some(conn) = self.ups[up].conns[slot].as_mut() else { return };
+            let Some(conn) = self.ups[up].conns[slot].as_mut() else { return None };
             let read = self.el_sockets.read(up, slot, &mut self.scratch);
             // Whether the request is out is asked before an answer is taken: reading may
             // have sent the last TLS records.
@@ -330,12 +352,12 @@ impl Proxy {
                     Outcome::Pending if self.ups[up].conns[slot].as_ref().is_some_and(|c| !c.dead) => {}
                     outcome => break outcome,
                 },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break conn.fail(Failure::Reset),
             }
         };
-        self.on_outcome(up, outcome, now);
+        Some(outcome)
     }
 
     /// Hands the `n` bytes just read into `scratch` to connection `slot` of client `up`. An

@@ -141,3 +141,42 @@ fn a_relayed_answer_has_the_head_a_stored_one_has() {
     assert_eq!(relayed.header("content-length"), Some(RELAY_MIN.to_string().as_str()));
     assert_eq!(relayed.headers.len(), stored.headers.len());
 }
+
+#[test]
+fn a_relay_past_the_calls_timeout_is_cut_by_the_el_connections_deadline() {
+    let gate = Gate::default();
+    let g = gate.clone();
+    let primary = MockEl::with(move |_| Reply::json(answer_of_len(1 << 20)).gated(200 * 1024, &g));
+    let proxy = start_proxy(&[&primary], &["--request-timeout", "400"]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &get_payload());
+    wait_partial(&mut bn, 100 * 1024);
+    // The mock never sends the rest: the call's timeout ends the relay, and the BN's connection.
+    match bn.try_read_response(TIMEOUT) {
+        Err(ReadError::Closed { partial, .. }) => assert!(partial.len() < 1 << 20),
+        other => panic!("expected the connection to close mid-answer, got {other:?}"),
+    }
+    assert_eq!(metric(&proxy, CUT), 1);
+    gate.break_off();
+}
+
+#[test]
+fn a_bn_that_leaves_mid_relay_leaves_the_el_connection_in_step_for_the_next_call() {
+    let gate = Gate::default();
+    let g = gate.clone();
+    let body = answer_of_len(1 << 20);
+    let reply = body.clone();
+    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(300 * 1024, &g));
+    let proxy = start_proxy(&[&primary], &["--loglevel", "debug"]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &get_payload());
+    wait_partial(&mut bn, 200 * 1024);
+    drop(bn);
+    gate.open();
+    // The rest is read and dropped on the same connection, which then carries the next call.
+    primary.set_behaviour(|_| Reply::json(answer_of_len(RELAY_MIN * 2)));
+    let response = proxy.bn().post(&get_payload());
+    assert_eq!((response.status, response.body), (200, answer_of_len(RELAY_MIN * 2)));
+    assert_eq!(primary.connections(), 1, "the EL connection kept its framing");
+    assert_eq!(metric(&proxy, CUT), 0, "nothing broke off on the EL's side");
+}

@@ -501,7 +501,8 @@ impl Proxy {
     }
 
     /// `range` of `scratch` is body of the answer relayed from connection `slot` of client `up`:
-    /// appended to the beacon node's streaming answer and written at once. Bytes whose beacon
+    /// appended to the beacon node's streaming answer, written once `RELAY_WRITE` bytes have
+    /// gathered (`up_read` writes the rest when the socket has no more for now). Bytes whose beacon
     /// node has gone are dropped (the connection reads on to the answer's end, keeping its
     /// framing).
     pub(super) fn relay_bytes(
@@ -520,7 +521,22 @@ impl Proxy {
         let Some(down) = self.bn.get_mut(to.slot).filter(|d| d.serial == to.serial && !d.dead) else {
             return;
         };
-        if down.stream_append(r, self.scratch.get(range).unwrap_or_default()) {
+        let bytes = self.scratch.get(range).unwrap_or_default();
+        let appended = bytes.len();
+        if !down.stream_append(r, bytes) {
+            return;
+        }
+        let gathered = match self.relay_unflushed {
+            Some((slot, n)) if slot == to.slot => n + appended,
+            Some((other, _)) => {
+                self.down_flush(other, now);
+                appended
+            }
+            None => appended,
+        };
+        self.relay_unflushed = Some((to.slot, gathered));
+        if gathered >= super::RELAY_WRITE {
+            self.relay_unflushed = None;
             self.down_flush(to.slot, now);
         }
     }
