@@ -341,7 +341,7 @@ impl Proxy {
     /// `up_read`'s reading: None when the socket has no more for now.
     fn up_read_all(&mut self, up: usize, slot: usize, now: Instant) -> Option<Outcome> {
         let outcome = loop {
-            let Some(conn) = self.ups[up].conns[slot].as_mut() else { return None };
+            let conn = self.ups[up].conns[slot].as_mut()?;
             let read = self.el_sockets.read(up, slot, &mut self.scratch);
             // Whether the request is out is asked before an answer is taken: reading may
             // have sent the last TLS records.

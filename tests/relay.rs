@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::routing::{metric, start_proxy};
-use crate::util::{rpc_body, Framing, Gate, HttpResponse, MockEl, ReadError, Reply, TIMEOUT};
+use crate::util::{rpc_body, wait_until, Framing, Gate, HttpResponse, MockEl, ReadError, Reply, TIMEOUT};
 
 /// `core::relay::RELAY_MIN`: the smallest body relayed as it arrives.
 const RELAY_MIN: usize = 64 * 1024;
@@ -147,7 +147,7 @@ fn a_relay_past_the_calls_timeout_is_cut_by_the_el_connections_deadline() {
     let gate = Gate::default();
     let g = gate.clone();
     let primary = MockEl::with(move |_| Reply::json(answer_of_len(1 << 20)).gated(200 * 1024, &g));
-    let proxy = start_proxy(&[&primary], &["--request-timeout", "400"]);
+    let proxy = start_proxy(&[&primary], &["--request-timeout", "1000"]);
     let mut bn = proxy.bn();
     bn.send_post(&[], &get_payload());
     wait_partial(&mut bn, 100 * 1024);
@@ -174,6 +174,10 @@ fn a_bn_that_leaves_mid_relay_leaves_the_el_connection_in_step_for_the_next_call
     drop(bn);
     gate.open();
     // The rest is read and dropped on the same connection, which then carries the next call.
+    let answered = format!("sync_proxy_el_answer_seconds_count{{el=\"{}\"}}", primary.url());
+    wait_until("the primary's relayed answer was read to its end", TIMEOUT, || {
+        metric(&proxy, &answered) == 1
+    });
     primary.set_behaviour(|_| Reply::json(answer_of_len(RELAY_MIN * 2)));
     let response = proxy.bn().post(&get_payload());
     assert_eq!((response.status, response.body), (200, answer_of_len(RELAY_MIN * 2)));
