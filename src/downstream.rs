@@ -109,14 +109,14 @@ impl Outgoing {
         if !http::status_has_body(status) {
             body = Vec::new();
         }
-        let mut head = Vec::with_capacity(128);
-        http::write_response_head(&mut head, status, content_type, body.len(), keep_alive, minor);
-        Outgoing { head, body, close: !keep_alive, pool: None }
+        let len = body.len();
+        Outgoing::streaming(status, content_type, body, len, keep_alive, minor)
     }
 
     /// The head of an answer whose body of `len` bytes is relayed as it arrives into `body` (an
-    /// empty buffer, reserved for them): byte for byte the head `answer` writes for the same
-    /// status, `Content-Type`, length and keep-alive.
+    /// empty buffer, reserved for them), as `answer` (which calls it with the whole body) writes
+    /// it: byte for byte the same head for the same status, `Content-Type`, length and
+    /// keep-alive.
     pub fn streaming(
         status: u16,
         content_type: Option<&[u8]>,
