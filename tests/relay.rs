@@ -25,7 +25,7 @@ fn get_payload() -> Vec<u8> {
 
 /// Waits until the beacon node has received at least `n` bytes of an answer still incomplete.
 #[track_caller]
-fn wait_partial(bn: &mut crate::util::Bn, n: usize) -> usize {
+pub(crate) fn wait_partial(bn: &mut crate::util::Bn, n: usize) -> usize {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         match bn.try_read_response(std::time::Duration::from_millis(20)) {

@@ -13,7 +13,8 @@
 //! falls back to a plain http EL); a self-signed EL trusted by giving its certificate as
 //! `--builder-ca`; a certificate for another name refused; a handshake that never finishes
 //! failing at the connect deadline; http and https ELs side by side, in order; an EL that ends
-//! each answer with close_notify; start-up errors for a bad `--builder-ca`.
+//! each answer with close_notify; start-up errors for a bad `--builder-ca`; a large answer relayed
+//! to the BN as it arrives (issue 15), as from a plain-HTTP EL.
 
 #![cfg(feature = "tls")]
 
@@ -463,4 +464,24 @@ fn a_large_payload_crosses_tls_byte_for_byte_to_https_and_http_els() {
     assert_eq!(response.status, 200, "{}", response.text());
     assert_same_bytes(&tls_el.el.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the https EL");
     assert_same_bytes(&plain.wait_requests(1, TIMEOUT)[0].body, &body, "the body at the http EL");
+}
+
+#[test]
+fn a_large_answer_from_an_https_el_is_relayed_as_it_arrives() {
+    // Issue 15: the relay takes the plaintext `ElSockets` decrypted, as from a plain socket.
+    let ca = Ca::new();
+    let gate = crate::util::Gate::default();
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{}"}}"#, "c".repeat(2 << 20)).into_bytes();
+    let (reply, g) = (answer.clone(), gate.clone());
+    let el = TlsEl::with(ca.issue(&["localhost"]), move |_| Reply::json(reply.clone()).gated(1 << 20, &g));
+    let ca_file = ca.file();
+    let proxy = Proxy::start(&["--builders", &el.url(), "--builder-ca", ca_file.arg()]);
+    let mut bn = proxy.bn();
+    bn.send_post(&[], &crate::util::rpc_body(1, "engine_getPayloadV5", serde_json::json!(["0x01"])));
+    let got = crate::relay::wait_partial(&mut bn, 512 * 1024);
+    assert!(got < answer.len(), "the answer arrived whole before the EL finished it");
+    gate.open();
+    let response = bn.read_response();
+    assert_eq!(response.status, 200);
+    assert_same_bytes(&response.body, &answer, "the relayed answer");
 }
