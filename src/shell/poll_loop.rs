@@ -22,7 +22,8 @@
 //! registered once (READABLE | WRITABLE); a read capped or paused with bytes possibly waiting
 //! is revisited before the next poll rather than left for an edge that will not come; a
 //! short read for an event that saw the stream open ends the reading without a read that
-//! would only say `WouldBlock` (`drained`); an event for a closed connection (a stale token)
+//! would only say `WouldBlock` (`drained`); each batch's beacon node connections are handled
+//! before the service's own tokens (`on_events`); an event for a closed connection (a stale token)
 //! is ignored; closed connections are reaped only after the batch. It knows no HTTP, no
 //! JSON, no execution clients.
 
@@ -272,9 +273,7 @@ pub fn run<S: Service>(service: &mut S, stopper: &dyn Stopper) -> io::Result<()>
             Err(e) => return Err(e),
         }
         let now = Instant::now();
-        for event in events.iter() {
-            on_event(service, event, now);
-        }
+        on_events(service, &events, now);
         for slot in std::mem::take(&mut service.bn().again) {
             // No event says whether the stream was still open: read until `WouldBlock`.
             readable(service, slot, Edge::Unknown, now);
@@ -285,9 +284,28 @@ pub fn run<S: Service>(service: &mut S, stopper: &dyn Stopper) -> io::Result<()>
     }
 }
 
+/// Handles one poll's events: beacon node connections first, then the rest (listeners, the
+/// service's own tokens: the proxy's execution clients). A request that came in the same batch
+/// as the secondaries' answers to the call before has its primary's copy written before those
+/// answers are read and parsed, whatever order the poll listed them in. Every event of the
+/// batch is still handled in this pass.
+fn on_events<S: Service>(service: &mut S, events: &Events, now: Instant) {
+    for event in events.iter().filter(|e| is_connection(e.token())) {
+        on_event(service, event, now);
+    }
+    for event in events.iter().filter(|e| !is_connection(e.token())) {
+        on_event(service, event, now);
+    }
+}
+
+/// Whether `token` is a beacon node connection's (`bn_sockets::token`).
+fn is_connection(token: Token) -> bool {
+    token.0 >= bn_sockets::BASE
+}
+
 fn on_event<S: Service>(service: &mut S, event: &Event, now: Instant) {
     let token = event.token();
-    if token.0 >= bn_sockets::BASE {
+    if is_connection(token) {
         // A stale event (the connection it was for is gone) names no slot.
         let Some(slot) = service.bn().sockets.slot_of(token) else { return };
         if event.is_writable() {
@@ -580,6 +598,94 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         server.join().expect("server thread").expect("loop");
         assert_eq!(answered, 50);
+    }
+
+    /// Notes what it was handed, in order: `bn` for a connection's bytes, `other` for an event
+    /// of its own token.
+    struct Order {
+        poll: Poll,
+        bn: BnSide,
+        seen: Vec<&'static str>,
+    }
+
+    impl Service for Order {
+        fn poll(&mut self) -> &mut Poll {
+            &mut self.poll
+        }
+
+        fn bn(&mut self) -> &mut BnSide {
+            &mut self.bn
+        }
+
+        fn before_poll(&mut self, _: &dyn Stopper, _: Instant) -> bool {
+            true
+        }
+
+        fn new_connection(&mut self, _: Token, serial: u64, peer: SocketAddr, now: Instant) -> Downstream {
+            Downstream::new(serial, peer, Limits::default(), now)
+        }
+
+        fn on_bytes(&mut self, _: usize, _: &[u8], _: Instant) {
+            self.seen.push("bn");
+        }
+
+        fn on_other_event(&mut self, _: Token, _: bool, _: bool, _: Instant) {
+            self.seen.push("other");
+        }
+    }
+
+    #[test]
+    fn a_request_is_read_before_the_execution_clients_events_of_the_same_poll() {
+        // The service's own token (as an execution client's answer would be) becomes ready
+        // before the beacon node's request; both are in one poll's batch, the other token
+        // listed first. The request must still be handled first: its primary's copy goes out
+        // before the secondaries' answers are read.
+        let poll = Poll::new().expect("poll");
+        let timeouts = Timeouts {
+            read: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+        };
+        let mut bn = BnSide::new(&poll, timeouts, 1024).expect("side");
+        bn.listen(LISTENER, "127.0.0.1:0".parse().expect("address"), 4, "", log::Level::Debug)
+            .expect("listen");
+        let addr = bn.local_addr(LISTENER).expect("address");
+        let waker = mio::Waker::new(poll.registry(), Token(5)).expect("waker");
+        let mut service = Order { poll, bn, seen: Vec::new() };
+        let mut events = Events::with_capacity(16);
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        // Accepted (a bounded wait on the poll), with nothing to read yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while service.bn.iter().count() == 0 {
+            assert!(Instant::now() < deadline, "not accepted");
+            service.poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+            on_events(&mut service, &events, Instant::now());
+        }
+        // The new socket's first edge (writable) is taken, so that it is not listed first.
+        let mut edged = events.iter().any(|e| is_connection(e.token()));
+        while !edged {
+            assert!(Instant::now() < deadline, "no first edge");
+            service.poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+            edged = events.iter().any(|e| is_connection(e.token()));
+            on_events(&mut service, &events, Instant::now());
+        }
+        assert!(service.seen.is_empty());
+        waker.wake().expect("wake");
+        client.write_all(b"x\n").expect("send");
+        while service.seen.len() < 2 {
+            assert!(Instant::now() < deadline, "not both seen: {:?}", service.seen);
+            service.poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            on_events(&mut service, &events, Instant::now());
+            if tokens.len() == 2 {
+                assert_eq!(tokens[0], Token(5), "the poll listed the other token first");
+                assert_eq!(service.seen, ["bn", "other"], "the request first");
+                return;
+            }
+        }
+        // Loopback delivers the bytes before `write` returns, so both are in one batch; when
+        // they were not (never seen here), the order was not tested: say so.
+        panic!("the two events came in separate polls: {:?}", service.seen);
     }
 
     #[test]
