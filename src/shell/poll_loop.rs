@@ -338,11 +338,14 @@ enum Edge {
 /// reading again now would only say `WouldBlock` (one system call per request on a
 /// keep-alive connection). epoll(7): for a stream socket, a read that returns less than was
 /// asked has exhausted what was there, and with EPOLLET every later arrival (bytes, the end
-/// of the stream, an error) raises a new edge; mio on Linux adds nothing on top (no state
-/// kept until `WouldBlock`). Not after an event that saw the end of the stream or an error
-/// (the end would then be read by nobody: its edge is used up), nor on a revisit.
+/// of the stream, an error) raises a new edge (kqueue's EV_CLEAR likewise); mio on Unix adds
+/// nothing on top (no state kept until `WouldBlock`, which its Windows emulation would need:
+/// hence `unix`, though the crate is Unix-only for its signals). Not after an event that saw
+/// the end of the stream or an error (the end would then be read by nobody: its edge is used
+/// up), nor on a revisit. The design card's "draining until `WouldBlock`" holds in substance: the
+/// socket is empty whenever the reading stops without a cap or a pause.
 fn drained(n: usize, capacity: usize, edge: Edge) -> bool {
-    edge == Edge::Open && n < capacity
+    cfg!(unix) && edge == Edge::Open && n < capacity
 }
 
 /// Accepts on listener `token` until nothing waits or its cap is reached.
