@@ -245,15 +245,23 @@ impl Proxy {
         Token(UP_BASE + up * MAX_CONNS + slot)
     }
 
+    /// Pumps every client, after each pass: the wall clock (for the tokens' `iat`) is read
+    /// once for all of them, not once per client.
     fn pump_all(&mut self, now: Instant) {
+        let unix = unix_now();
         for up in 0..self.ups.len() {
-            self.pump(up, now);
+            self.pump_at(up, now, unix);
         }
     }
 
     /// Hands queued jobs to connections and registers new connections.
     fn pump(&mut self, up: usize, now: Instant) {
-        let dispatch = self.ups[up].dispatch(now, unix_now());
+        self.pump_at(up, now, unix_now());
+    }
+
+    /// `pump` with the wall clock (seconds since the epoch) read by the caller.
+    fn pump_at(&mut self, up: usize, now: Instant, unix_now: u64) {
+        let dispatch = self.ups[up].dispatch(now, unix_now);
         // A socket that cannot be registered (or a TLS session that cannot start) would never
         // see an event: that connection failed, like a refused connect (after the rest of
         // this pump).
