@@ -102,11 +102,17 @@ fn a_primary_that_fails_before_its_head_falls_back_to_the_next_el_which_is_relay
     assert_eq!(metric(&proxy, CUT), 0);
 }
 
-/// The answer `el` gives, through the proxy, with the proxy's log after it.
+/// The answer to a getPayload answered with `reply`, through the proxy, and the proxy's log up
+/// to a later call's (so that anything the first call logged is in it).
 fn through_proxy(reply: Reply) -> (HttpResponse, Vec<String>) {
-    let el = MockEl::with(move |_| reply.clone());
+    let el = MockEl::with(move |request| match request.rpc_method.as_deref() {
+        Some("eth_chainId") => Reply::json(r#"{"jsonrpc":"2.0","id":2,"result":"0x1"}"#),
+        _ => reply.clone(),
+    });
     let proxy = start_proxy(&[&el], &["--loglevel", "debug"]);
     let response = proxy.bn().post(&get_payload());
+    assert_eq!(proxy.bn().post(&rpc_body(2, "eth_chainId", json!([]))).status, 200);
+    proxy.wait_log("eth_chainId id 2", TIMEOUT);
     (response, proxy.logs())
 }
 
