@@ -978,6 +978,7 @@ mod tests {
             body: vec![id; len],
             client: "127.0.0.1".into(),
             method: None,
+            payload: None,
             class: if ordered { Class::NewPayload } else { Class::GetPayload },
             id: Some(vec![b'0' + id]),
             timeout: Duration::from_secs(1),
