@@ -781,6 +781,7 @@ mod tests {
             body: Vec::new(),
             client: "127.0.0.1".into(),
             method: None,
+            payload: None,
             class: crate::policy::Class::NonEngine,
             id: None,
             timeout: Duration::from_secs(8),

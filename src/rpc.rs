@@ -70,6 +70,10 @@ pub struct Request {
     /// (`params[1]` may be null -> None). Parsed from a hex QUANTITY string "0x..." into u64;
     /// None when absent, not a string, not valid hex quantity, or overflowing u64. None for other methods.
     pub timestamp: Option<u64>,
+    /// `engine_newPayload*`: the block `params[0]` carries, when its number, hash and timestamp
+    /// are all there and well-formed (for the sync view once an EL calls it VALID). Read by the
+    /// same pass, so that a large body is never scanned again for it. None for other methods.
+    pub payload: Option<PayloadHead>,
 }
 
 /// What the proxy needs to know about an answer body.
@@ -147,12 +151,17 @@ pub fn scan_request(body: &[u8]) -> Result<Request, ScanError> {
 
 /// The request fields out of everything a scan learned: the timestamp is picked by method.
 fn request_of(shape: Shape, fields: Fields) -> Request {
+    let new_payload = fields.method.as_deref().is_some_and(|m| m.starts_with(NEW_PAYLOAD_PREFIX));
     let timestamp = match fields.method.as_deref() {
-        Some(m) if m.starts_with(NEW_PAYLOAD_PREFIX) => fields.payload_timestamp,
+        _ if new_payload => fields.payload_timestamp,
         Some(m) if m.starts_with(FORKCHOICE_PREFIX) => fields.attributes_timestamp,
         _ => None,
     };
-    Request { shape, method: fields.method, id: fields.id, timestamp }
+    let payload = match (new_payload, fields.payload_number, fields.payload_hash, fields.payload_timestamp) {
+        (true, Some(number), Some(hash), Some(timestamp)) => Some(PayloadHead { number, hash, timestamp }),
+        _ => None,
+    };
+    Request { shape, method: fields.method, id: fields.id, timestamp, payload }
 }
 
 /// The block a newPayload call carries, as far as the sync view needs it.
@@ -168,19 +177,9 @@ pub struct PayloadHead {
 
 /// The block number, hash and timestamp of an `engine_newPayload*` request (any version);
 /// `None` for other methods, for invalid JSON, or when one of the three is missing or
-/// malformed. A second pass over a body that `scan_request` already accepted: the proxy calls
-/// it only for a payload an execution client called VALID, so the hot request path stays one
-/// pass looking for fewer members.
+/// malformed: `scan_request(body)`'s `payload`.
 pub fn scan_payload_head(body: &[u8]) -> Option<PayloadHead> {
-    let (_, fields) = scan(body, Mode::Payload).ok()?;
-    if !fields.method.as_deref().is_some_and(|m| m.starts_with(NEW_PAYLOAD_PREFIX)) {
-        return None;
-    }
-    Some(PayloadHead {
-        number: fields.payload_number?,
-        hash: fields.payload_hash?,
-        timestamp: fields.payload_timestamp?,
-    })
+    scan_request(body).ok()?.payload
 }
 
 /// Validates an answer body and extracts its id, status, error code and result.
@@ -218,8 +217,6 @@ pub fn parse_quantity(text: &[u8]) -> Option<u64> {
 enum Mode {
     Request,
     Response,
-    /// A request, also looking for the payload's block number and hash.
-    Payload,
 }
 
 /// What an open array or object is, as far as extraction cares. Only the first three depths
@@ -1003,13 +1000,13 @@ fn object_role(slot: Slot) -> Role {
 fn classify(role: Role, mode: Mode, key: &[u8]) -> Slot {
     match (role, mode, key) {
         (Role::Top, _, b"id") => Slot::Id,
-        (Role::Top, Mode::Request | Mode::Payload, b"method") => Slot::Method,
-        (Role::Top, Mode::Request | Mode::Payload, b"params") => Slot::Params,
+        (Role::Top, Mode::Request, b"method") => Slot::Method,
+        (Role::Top, Mode::Request, b"params") => Slot::Params,
         (Role::Top, Mode::Response, b"result") => Slot::Result,
         (Role::Top, Mode::Response, b"error") => Slot::Error,
         (Role::Payload, _, b"timestamp") => Slot::PayloadTimestamp,
-        (Role::Payload, Mode::Payload, b"blockNumber") => Slot::PayloadNumber,
-        (Role::Payload, Mode::Payload, b"blockHash") => Slot::PayloadHash,
+        (Role::Payload, _, b"blockNumber") => Slot::PayloadNumber,
+        (Role::Payload, _, b"blockHash") => Slot::PayloadHash,
         (Role::Attributes, _, b"timestamp") => Slot::AttributesTimestamp,
         (Role::Result, _, b"status") => Slot::Status,
         (Role::Result, _, b"payloadStatus") => Slot::PayloadStatus,
@@ -1943,8 +1940,9 @@ mod tests {
             if let Some(head) = head {
                 assert_eq!(head.hash, [0xab; 32]);
             }
-            // The request-time scan does not change for it.
+            // The request-time scan reads it in the same pass.
             assert_eq!(request(body.as_bytes()).method.as_deref(), Some(method.as_str()));
+            assert_eq!(request(body.as_bytes()).payload, head);
         }
         assert_eq!(scan_payload_head(b"{not json"), None);
     }
@@ -2400,6 +2398,23 @@ mod tests {
         assert!(method_end < 200, "{method_end}");
         let request = scan.finish(NEW_PAYLOAD_128K).unwrap();
         assert_eq!(request, scan_request(NEW_PAYLOAD_128K).unwrap());
+    }
+
+    /// Each EL's VALID answer to an 8 MiB newPayload scanned the whole body again for the sync
+    /// view's block (four ELs: four extra passes, the first before the BN's answer): the
+    /// request's one pass, whole or fed as the body streams, now reads it.
+    #[test]
+    fn regression_each_valid_answer_scanned_the_whole_request_body_again() {
+        let expected = head_by_serde(NEW_PAYLOAD_128K);
+        assert!(expected.is_some(), "the fixture carries a block");
+        let mut scan = RequestScan::new();
+        for end in (0..NEW_PAYLOAD_128K.len()).step_by(4096) {
+            scan.feed(&NEW_PAYLOAD_128K[..end]).unwrap();
+        }
+        assert_eq!(scan.finish(NEW_PAYLOAD_128K).unwrap().payload, expected);
+        assert_eq!(scan_request(NEW_PAYLOAD_128K).unwrap().payload, expected);
+        let fcu = scan_request(FCU).unwrap();
+        assert_eq!(fcu.payload, None, "only a newPayload carries one");
     }
 
     /// A malformed byte is reported when it arrives, not when the body ends, and the

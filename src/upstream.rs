@@ -172,6 +172,8 @@ pub struct Conn {
     relay: Option<(http::ResponseHead, u64)>,
     /// Whether the current answer's head was already offered for relaying (`Outcome::Head`).
     relay_offered: bool,
+    /// The streaming request's timeout: its deadline once a connection opened for it is made.
+    stream_timeout: Duration,
 }
 
 /// What became of the job on a connection after I/O.
@@ -218,6 +220,7 @@ impl Conn {
             streamed_len: 0,
             relay: None,
             relay_offered: false,
+            stream_timeout: Duration::ZERO,
         }
     }
 
@@ -490,6 +493,9 @@ pub struct Upstream {
     /// The caps on this client's answers (`--max-body-bytes`): a larger or endless answer is
     /// this client's failure, and the call falls back to the next one.
     pub answer_limits: Limits,
+    /// A connection `start_stream` opened, for the next `dispatch` to report in `opened` (the
+    /// event loop connects what a dispatch opened, one way for every connection).
+    stream_opened: Option<usize>,
 }
 
 /// What `dispatch` wants the event loop to do.
@@ -530,6 +536,7 @@ impl Upstream {
             refresh: None,
             tls: None,
             answer_limits: Limits::default(),
+            stream_opened: None,
         }
     }
 
@@ -709,6 +716,7 @@ impl Upstream {
     /// Hands queued jobs to free connections, opening new ones as needed and allowed.
     pub fn dispatch(&mut self, now: Instant, unix_now: u64) -> Dispatch {
         let mut result = Dispatch::default();
+        result.opened.extend(self.stream_opened.take());
         if let Health::Down { retry_at, silent, .. } = self.health {
             // A client that stopped answering is probed with its ordered calls alone; other
             // calls would only wait out their timeout there (a getPayload for a proposal).
@@ -807,11 +815,14 @@ impl Upstream {
         conn.job = Some(Job { sent_at: Some(now), ..job });
     }
 
-    /// Starts a request whose body is still arriving (cut-through, see `core::cut`) on an idle
-    /// connection, and returns that connection: its head goes out now, its body as the event
-    /// loop lends it. Only when the ordered lane is free and nothing ordered waits (the
-    /// request is ordered and must not pass one), the client is up and speaks plain HTTP, and
-    /// a kept-alive connection is idle; None otherwise, and the request takes the usual path.
+    /// Starts a request whose body is still arriving (cut-through, see `core::cut`) and returns
+    /// its connection: an idle kept-alive one, or else one opened for it as `dispatch` opens
+    /// them (within `MAX_CONNS`, one attempt at a time while the client is not known to be up;
+    /// the next `dispatch` reports it for the event loop to connect). Its head goes out once
+    /// it is connected, its body as the event loop lends it. Only when the ordered lane is
+    /// free and nothing ordered waits (the request is ordered and must not pass one), and the
+    /// client is not down, speaks plain HTTP and is not a peer; None otherwise, and the
+    /// request takes the usual path (or starts at a later read, once the lane is free).
     /// While it streams, no other ordered call is dispatched; `timeout` is the call's.
     pub fn start_stream(
         &mut self,
@@ -825,12 +836,12 @@ impl Upstream {
         if self.ordered_busy || !self.backlog.is_empty() || self.streaming().is_some() {
             return None;
         }
-        if self.health != Health::Up || self.tls.is_some() || self.is_peer {
+        if self.is_down() || self.tls.is_some() || self.is_peer || self.stream_opened.is_some() {
             return None;
         }
-        let slot = self.conns.iter().position(|c| {
-            c.as_ref().is_some_and(|c| c.state == ConnState::Idle && c.job.is_none() && !c.dead)
-        })?;
+        let mut opened = Dispatch::default();
+        let slot = self.free_conn(now, &mut opened)?;
+        self.stream_opened = opened.opened.pop();
         let authorization = self.authorization(now, now, unix_now);
         let conn = self.conns[slot].as_mut()?;
         conn.out.clear();
@@ -844,10 +855,13 @@ impl Upstream {
         http::write_forward_head(&mut conn.out, head, &fwd);
         conn.written = 0;
         conn.sent_at = now;
-        conn.state = ConnState::Busy;
-        conn.deadline = now + timeout;
+        if conn.state != ConnState::Connecting {
+            conn.state = ConnState::Busy;
+            conn.deadline = now + timeout;
+        }
         conn.streaming = true;
         conn.streamed_len = declared;
+        conn.stream_timeout = timeout;
         Some(slot)
     }
 
@@ -940,6 +954,12 @@ impl Upstream {
                     conn.state = ConnState::Busy;
                     conn.deadline = now + job.timeout;
                     job.sent_at = Some(now);
+                }
+                // A stream's connection: its clock starts now, as a dispatched call's does.
+                None if conn.streaming => {
+                    conn.state = ConnState::Busy;
+                    conn.deadline = now + conn.stream_timeout;
+                    conn.sent_at = now;
                 }
                 None => {
                     conn.state = ConnState::Idle;
@@ -1034,6 +1054,7 @@ mod tests {
             body: vec![id; len],
             client: "127.0.0.1".into(),
             method: None,
+            payload: None,
             class: if ordered { Class::NewPayload } else { Class::GetPayload },
             id: Some(vec![b'0' + id]),
             timeout: Duration::from_secs(1),
@@ -1385,12 +1406,74 @@ mod tests {
         let mut up = up_with_idle_conn(t0);
         up.mark_down(t0);
         assert_eq!(stream(&mut up, t0), None, "a client that is down");
-        let mut up = upstream(10, 1 << 20);
-        up.mark_up();
-        assert_eq!(stream(&mut up, t0), None, "no idle connection: none is opened for it");
         let mut up = up_with_idle_conn(t0);
         assert!(stream(&mut up, t0).is_some());
         assert_eq!(stream(&mut up, t0), None, "one stream at a time");
+    }
+
+    #[test]
+    fn a_first_stream_opens_a_connection_and_its_clock_starts_once_connected() {
+        let t0 = Instant::now();
+        let mut up = upstream(10, 1 << 20);
+        assert_eq!(up.state(), "unknown", "a fresh proxy has not reached the client yet");
+        let slot = stream(&mut up, t0).expect("a connection is opened for the first call");
+        assert_eq!(up.streaming(), Some(slot));
+        let conn = up.conns[slot].as_mut().unwrap();
+        assert_eq!(conn.state, ConnState::Connecting);
+        assert_eq!(conn.deadline, t0 + CONNECT_TIMEOUT, "the connect deadline holds until it is made");
+        // The event loop connects what the next dispatch reports, as for any new connection.
+        assert_eq!(up.dispatch(t0, 0).opened, vec![slot]);
+        assert!(up.dispatch(t0, 0).opened.is_empty(), "reported once");
+        let connected = t0 + Duration::from_millis(2);
+        up.connected(slot, connected);
+        let conn = up.conns[slot].as_mut().unwrap();
+        assert!(conn.streaming && conn.job.is_none());
+        assert_eq!(conn.state, ConnState::Busy, "a stream's connection is never idle");
+        assert_eq!(conn.deadline, connected + Duration::from_secs(8), "the call's own timeout");
+        let first = written(conn, b"{", connected);
+        assert!(first.starts_with(b"POST ") && first.ends_with(b"\r\n\r\n{"));
+        assert!(up.attach(slot, job(7, 1 << 20, true)).is_ok());
+        let sent_at = up.conns[slot].as_ref().and_then(|c| c.job.as_ref()?.sent_at);
+        assert_eq!(sent_at, Some(connected), "latency counts from the connect, as for a dispatched call");
+    }
+
+    #[test]
+    fn a_stream_whose_connection_is_not_made_frees_the_lane_and_the_client_is_down() {
+        let t0 = Instant::now();
+        let mut up = upstream(10, 1 << 20);
+        let slot = stream(&mut up, t0).unwrap();
+        up.dispatch(t0, 0);
+        let (job, news) = up.connect_failed(slot, t0 + Duration::from_millis(1));
+        assert!(job.is_none() && news, "no job was on it yet; the client is down");
+        assert_eq!(up.streaming(), None, "the lane is free for the call's usual path");
+        up.conns[slot] = None;
+        assert_eq!(stream(&mut up, t0 + Duration::from_millis(2)), None, "a client that is down");
+    }
+
+    #[test]
+    fn a_stream_opens_a_connection_beside_busy_ones_within_the_bound() {
+        let t0 = Instant::now();
+        let mut up = up_with_idle_conn(t0);
+        // The only idle connection takes a getPayload: the stream gets a connection of its own.
+        up.enqueue(job(1, 10, false));
+        assert!(up.dispatch(t0, 0).opened.is_empty());
+        let slot = stream(&mut up, t0).expect("a new connection");
+        assert_ne!(slot, 0);
+        assert_eq!(up.dispatch(t0, 0).opened, vec![slot]);
+        // While the client is not known to be up, one connection attempt at a time.
+        let mut up = upstream(10, 1 << 20);
+        up.enqueue(job(1, 10, false));
+        assert_eq!(up.dispatch(t0, 0).opened.len(), 1);
+        assert_eq!(stream(&mut up, t0), None, "it waits for the attempt under way");
+        // No slot left: nothing beyond `MAX_CONNS` is opened.
+        let mut up = upstream(10, 1 << 20);
+        up.mark_up();
+        for slot in 0..MAX_CONNS {
+            let mut conn = Conn::new(up.endpoint.addrs[0], up.answer_limits, t0);
+            conn.state = ConnState::Busy;
+            up.conns[slot] = Some(conn);
+        }
+        assert_eq!(stream(&mut up, t0), None, "every connection is taken");
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! whole.
 
 use crate::payload::{Fork, NewPayload};
-use crate::util::{fcu, new_payload, post_request, Bn, Launch, MockEl, Proxy, TIMEOUT};
+use serde_json::json;
+
+use crate::util::{
+    default_reply, fcu, new_payload, post_request, rpc_body, Bn, Launch, MockEl, Proxy, Reply, TIMEOUT,
+};
 
 /// A body well above `core::cut::MIN_BODY`, so that it streams.
 const SIZE: usize = 1 << 20;
@@ -16,8 +20,7 @@ struct Setup {
     proxy: Proxy,
 }
 
-/// Two ELs behind the proxy, each with a kept-alive connection from a first newPayload (a
-/// stream starts only on an idle connection of an EL known to be up).
+/// Two ELs behind the proxy, each with a kept-alive connection from a first newPayload.
 fn setup() -> Setup {
     let primary = MockEl::start();
     let secondary = MockEl::start();
@@ -137,4 +140,80 @@ fn an_ordered_call_whole_before_a_streaming_one_goes_first_at_every_el() {
         assert_eq!(ids, [Some(1), Some(10), Some(2)], "the same order at every EL");
         assert_eq!(got[2].body, body);
     }
+}
+
+/// Two ELs behind a fresh proxy that has not yet connected to either.
+fn fresh() -> Setup {
+    let primary = MockEl::start();
+    let secondary = MockEl::start();
+    let builders = format!("{},{}", primary.url(), secondary.url());
+    let proxy = Launch::proxy().args(&["--builders", &builders]).start();
+    Setup { primary, secondary, proxy }
+}
+
+/// Sends the first half of `bytes` (a request whose body starts at `head`), waits until the
+/// primary has a quarter of the body while the beacon node still holds the rest, then sends
+/// the rest and checks that both ELs get the body byte for byte.
+fn streams_before_the_body_is_whole(s: &Setup, bn: &mut Bn, bytes: &[u8], body: &[u8], head: usize, id: u64) {
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    bn.send_raw(&bytes[..half]);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    assert!(!has_id(&s.primary, id), "the primary cannot have the whole request yet");
+    bn.send_raw(&bytes[half..]);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("VALID"), "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        let got = el.wait_for("the large newPayload", TIMEOUT, |r| {
+            r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(id))
+        });
+        let got = got.iter().find(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(id));
+        assert_eq!(got.map(|r| &r.body[..]), Some(body), "the body arrives byte for byte");
+    }
+}
+
+#[test]
+fn the_first_call_on_a_fresh_proxy_streams_on_a_connection_opened_for_it() {
+    let s = fresh();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let mut bn = s.proxy.bn();
+    streams_before_the_body_is_whole(&s, &mut bn, &bytes, &body, head, 2);
+    assert_eq!(s.primary.connections(), 1, "one connection, opened for the stream and kept");
+}
+
+#[test]
+fn a_call_arriving_while_the_primarys_idle_connection_is_busy_streams_on_a_new_one() {
+    let s = setup();
+    // The primary's only kept-alive connection takes a getPayload that it does not answer yet.
+    s.primary.set_behaviour(|r| if r.is("engine_getPayload") { Reply::Hang } else { default_reply(r) });
+    let mut getter = s.proxy.bn();
+    getter.send_post(&[], &rpc_body(5, "engine_getPayloadV4", json!(["0x0000000000000001"])));
+    s.primary.wait_for("the getPayload", TIMEOUT, |r| r.iter().any(|r| r.is("engine_getPayload")));
+    assert_eq!(s.primary.connections(), 1);
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let mut bn = s.proxy.bn();
+    streams_before_the_body_is_whole(&s, &mut bn, &bytes, &body, head, 2);
+    assert_eq!(s.primary.connections(), 2, "the stream had a connection of its own");
+}
+
+#[test]
+fn a_primary_that_refuses_the_streams_connection_gets_the_call_the_usual_way() {
+    let mut s = fresh();
+    s.primary.stop();
+    let (bytes, body, head) = large_request(&s.proxy, 2, None);
+    let half = head + body.len() / 2;
+    let mut bn = s.proxy.bn();
+    bn.send_raw(&bytes[..half]);
+    // The stream's connection is tried (and refused) before the body is whole.
+    s.proxy.wait_log("is down", TIMEOUT);
+    bn.send_raw(&bytes[half..]);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("VALID"), "the secondary answers: {}", answer.text());
+    // The call waits in the primary's backlog and reaches it whole once it is back.
+    s.primary.restart();
+    let got = s.primary.wait_for("the backlog", TIMEOUT, |r| !r.is_empty());
+    assert_eq!(got[0].body, body, "the body arrives byte for byte");
+    assert_eq!(s.secondary.received().len(), 1, "the secondary got it once");
 }

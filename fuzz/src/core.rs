@@ -86,6 +86,7 @@ impl Model {
                         body: req.body,
                         client: String::new(),
                         method: None,
+                        payload: None,
                         class: Class::NonEngine,
                         id: None,
                         timeout: REQUEST_TIMEOUT,

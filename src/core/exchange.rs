@@ -14,6 +14,7 @@ use crate::http::{RequestHead, Response};
 use crate::payload_choice::{self, Got, PayloadId, Report};
 use crate::policy::{self, Choice, Class, Combine, Standing};
 use crate::pool::{self, SharedPool};
+use crate::rpc::PayloadHead;
 
 /// A request read whole from a beacon node, shared (never copied) by every upstream write.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Inbound {
     /// The beacon node's address, appended to `X-Forwarded-For`.
     pub client: String,
     pub method: Option<String>,
+    /// A newPayload's block (number, hash, timestamp), read by the request's one scan.
+    pub payload: Option<PayloadHead>,
     pub class: Class,
     /// The raw JSON text of the request's id.
     pub id: Option<Vec<u8>>,
@@ -417,6 +420,7 @@ mod tests {
             body: Vec::new(),
             client: "127.0.0.1".into(),
             method: Some("engine_newPayloadV3".into()),
+            payload: None,
             class: Class::NewPayload,
             id: None,
             timeout: Duration::from_secs(8),

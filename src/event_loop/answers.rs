@@ -319,7 +319,7 @@ impl Proxy {
         let served = (200..300).contains(&resp.head.status).then_some(now);
         self.metrics.answered(up, latency, status.as_deref(), served);
         if status.as_deref() == Some("VALID") && job.inbound.class == Class::NewPayload {
-            self.note_valid_payload(up, &job.inbound.body);
+            self.note_valid_payload(up, job.inbound.payload);
         }
         self.note_http_status(up, &resp);
         let Some(r) = job.exchange else { return };
@@ -414,13 +414,13 @@ impl Proxy {
     }
 
     /// Execution client `up` called a payload VALID: it moves its head in the sync view (the
-    /// body is scanned again for the block number and hash, only now), and falling behind or
-    /// catching up is said once.
-    pub(super) fn note_valid_payload(&mut self, up: usize, body: &[u8]) {
+    /// block as the request's one scan read it: an 8 MiB body is not scanned again for each
+    /// client's answer), and falling behind or catching up is said once.
+    pub(super) fn note_valid_payload(&mut self, up: usize, payload: Option<rpc::PayloadHead>) {
         if !self.metrics.sync.tracks(up) {
             return;
         }
-        let Some(head) = rpc::scan_payload_head(body) else { return };
+        let Some(head) = payload else { return };
         for change in self.metrics.sync.valid(up, head) {
             let name = self.ups.get(change.el()).map_or("?", |u| u.name());
             match change {

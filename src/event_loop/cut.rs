@@ -1,5 +1,6 @@
 //! The event loop's side of cut-through (`core::cut`): which body is a candidate, starting the
-//! primary's connection once the method is known, lending it the body as it arrives (all but
+//! primary's connection once the method is known (an idle one, or one opened for it and
+//! written from its connect event on), lending it the body as it arrives (all but
 //! the held tail), handing it the request's job once the body is whole and valid, and
 //! aborting it when the body is not JSON, its beacon node goes away, or another ordered call
 //! must go first.
@@ -15,7 +16,7 @@ use super::{unix_now, Proxy};
 use crate::core::cut::{Cut, Next};
 use crate::core::exchange::{ExchangeRef, Inbound};
 use crate::policy::{self, Class};
-use crate::upstream::Job;
+use crate::upstream::{ConnState, Job};
 
 /// Cut-through writes to the primary only.
 const PRIMARY: usize = 0;
@@ -60,8 +61,13 @@ impl Proxy {
                     .ups
                     .get_mut(PRIMARY)
                     .and_then(|up| up.start_stream(head, &client, cut.declared, timeout, now, unix_now()));
-                if cut.conn.is_some() {
-                    log::debug!("streaming a request from {} to the primary as it arrives", down.peer);
+                let Some(conn) = cut.conn else { return };
+                log::debug!("streaming a request from {} to the primary as it arrives", down.peer);
+                if self.primary_connecting(conn) {
+                    // A connection opened for it: the shell connects it (`pump`), and the body
+                    // goes out from the connect event on (`up_event`).
+                    self.pump(PRIMARY, now);
+                } else {
                     self.cut_write(now);
                 }
             }
@@ -79,11 +85,14 @@ impl Proxy {
         let lent = body.get(..cut.writable(body.len())).unwrap_or_default();
         let conn = self.ups.get_mut(PRIMARY).and_then(|up| up.conns.get_mut(slot)?.as_mut());
         let Some(conn) = conn.filter(|c| c.streaming && !c.dead) else {
-            // The connection ended (the client closed it, or it timed out): the request takes
-            // the usual path once whole.
+            // The connection ended (the client closed it, it timed out, or it could not be
+            // made): the request takes the usual path once whole.
             cut.conn = None;
             return;
         };
+        if conn.state == ConnState::Connecting {
+            return;
+        }
         let (head, body) = conn.to_write_lent(lent);
         let written = self.el_sockets.write(PRIMARY, slot, head, body);
         if let Ok(wrote) = &written {
@@ -154,7 +163,16 @@ impl Proxy {
         if let Some(e) = self.exchanges.get_mut(r) {
             e.live_jobs += 1;
         }
-        self.up_write(PRIMARY, conn, now);
+        // Still connecting: the request goes out from the connect event on, as a dispatched one.
+        if !self.primary_connecting(conn) {
+            self.up_write(PRIMARY, conn, now);
+        }
         true
+    }
+
+    /// Whether the primary's connection `conn` is still being made.
+    fn primary_connecting(&self, conn: usize) -> bool {
+        let conn = self.ups.get(PRIMARY).and_then(|up| up.conns.get(conn)?.as_ref());
+        conn.is_some_and(|c| c.state == ConnState::Connecting)
     }
 }
