@@ -76,6 +76,7 @@ mod tests {
             received: now,
             pool: None,
             charge: None,
+            payload: None,
         };
         let reply = Some(Reply { slot: 0, serial: 7 });
         let mut e = Exchange::new(Rc::new(inbound), reply, clients, now);
