@@ -8,6 +8,7 @@
 pub mod bn_sockets;
 pub mod el_sockets;
 pub mod listener;
+pub mod pipe;
 pub mod poll_loop;
 
 /// Something a poll loop can stop: set from a signal handler's token in `main`.
