@@ -767,29 +767,10 @@ mod tests {
 
     /// A reference to a live exchange, for slots that wait for one.
     fn exchange_ref(exchanges: &mut crate::core::exchange::Exchanges) -> ExchangeRef {
-        let head = http::RequestHead {
-            method: "POST".into(),
-            path: "/".into(),
-            minor: 1,
-            headers: Vec::new(),
-            keep_alive: true,
-            expect_continue: false,
-        };
+        use crate::core::exchange::{Exchange, Inbound};
         let now = Instant::now();
-        let inbound = crate::core::exchange::Inbound {
-            head,
-            body: Vec::new(),
-            client: "127.0.0.1".into(),
-            method: None,
-            payload: None,
-            class: crate::policy::Class::NonEngine,
-            id: None,
-            timeout: Duration::from_secs(8),
-            received: now,
-            pool: None,
-            charge: None,
-        };
-        exchanges.insert(crate::core::exchange::Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
+        let inbound = Inbound::for_test(crate::policy::Class::NonEngine, None, now);
+        exchanges.insert(Exchange::new(std::rc::Rc::new(inbound), None, 1, now))
     }
 
     /// A ready `GET` answer of `len` body bytes.

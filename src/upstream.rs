@@ -1026,7 +1026,6 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::RequestHead;
     use crate::policy::Class;
 
     fn upstream(max: usize, max_bytes: usize) -> Upstream {
@@ -1041,27 +1040,11 @@ mod tests {
     }
 
     fn job(id: u8, len: usize, ordered: bool) -> Job {
-        let head = RequestHead {
-            method: "POST".into(),
-            path: "/".into(),
-            minor: 1,
-            headers: Vec::new(),
-            keep_alive: true,
-            expect_continue: false,
-        };
-        let inbound = Inbound {
-            head,
-            body: vec![id; len],
-            client: "127.0.0.1".into(),
-            method: None,
-            payload: None,
-            class: if ordered { Class::NewPayload } else { Class::GetPayload },
-            id: Some(vec![b'0' + id]),
-            timeout: Duration::from_secs(1),
-            received: Instant::now(),
-            pool: None,
-            charge: None,
-        };
+        let class = if ordered { Class::NewPayload } else { Class::GetPayload };
+        let mut inbound = Inbound::for_test(class, None, Instant::now());
+        inbound.body = vec![id; len];
+        inbound.id = Some(vec![b'0' + id]);
+        inbound.timeout = Duration::from_secs(1);
         Job {
             inbound: Rc::new(inbound),
             exchange: None,

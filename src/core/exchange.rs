@@ -37,6 +37,35 @@ pub struct Inbound {
     pub charge: Option<Charge>,
 }
 
+#[cfg(test)]
+impl Inbound {
+    /// A `POST /` call of `class` named `method`, with no body and no id, received at `now`:
+    /// the tests set the fields they care about.
+    pub fn for_test(class: Class, method: Option<&str>, now: Instant) -> Inbound {
+        let head = RequestHead {
+            method: "POST".into(),
+            path: "/".into(),
+            minor: 1,
+            headers: Vec::new(),
+            keep_alive: true,
+            expect_continue: false,
+        };
+        Inbound {
+            head,
+            body: Vec::new(),
+            client: "127.0.0.1".into(),
+            method: method.map(String::from),
+            payload: None,
+            class,
+            id: None,
+            timeout: Duration::from_secs(8),
+            received: now,
+            pool: None,
+            charge: None,
+        }
+    }
+}
+
 impl Drop for Inbound {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
@@ -385,7 +414,6 @@ impl Exchanges {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::RequestHead;
 
     #[test]
     fn a_large_body_goes_back_to_the_pool_when_the_last_reference_is_gone() {
@@ -406,28 +434,8 @@ mod tests {
     }
 
     fn exchange(clients: usize) -> Exchange {
-        let head = RequestHead {
-            method: "POST".into(),
-            path: "/".into(),
-            minor: 1,
-            headers: Vec::new(),
-            keep_alive: true,
-            expect_continue: false,
-        };
         let now = Instant::now();
-        let inbound = Inbound {
-            head,
-            body: Vec::new(),
-            client: "127.0.0.1".into(),
-            method: Some("engine_newPayloadV3".into()),
-            payload: None,
-            class: Class::NewPayload,
-            id: None,
-            timeout: Duration::from_secs(8),
-            received: now,
-            pool: None,
-            charge: None,
-        };
+        let inbound = Inbound::for_test(Class::NewPayload, Some("engine_newPayloadV3"), now);
         Exchange::new(Rc::new(inbound), None, clients, now)
     }
 

@@ -53,31 +53,12 @@ mod tests {
     use super::*;
     use crate::answer_policy::Clock;
     use crate::core::exchange::{Gather, Inbound, Relay, Reply};
-    use crate::http::RequestHead;
 
     fn exchange(class: Class, method: &str, clients: usize) -> Exchange {
-        let head = RequestHead {
-            method: method.into(),
-            path: "/".into(),
-            minor: 1,
-            headers: Vec::new(),
-            keep_alive: true,
-            expect_continue: false,
-        };
         let now = Instant::now();
-        let inbound = Inbound {
-            head,
-            body: Vec::new(),
-            client: "127.0.0.1".into(),
-            method: Some("engine_getPayloadV5".into()),
-            class,
-            id: Some(b"1".to_vec()),
-            timeout: Duration::from_secs(8),
-            received: now,
-            pool: None,
-            charge: None,
-            payload: None,
-        };
+        let mut inbound = Inbound::for_test(class, Some("engine_getPayloadV5"), now);
+        inbound.head.method = method.into();
+        inbound.id = Some(b"1".to_vec());
         let reply = Some(Reply { slot: 0, serial: 7 });
         let mut e = Exchange::new(Rc::new(inbound), reply, clients, now);
         e.combine = Combine::for_class(class);
