@@ -1014,14 +1014,20 @@ mod tests {
         (out, stored.head.clone())
     }
 
-    #[test]
-    fn a_streaming_answer_offers_what_arrived_and_the_next_answer_waits_behind_it_on_a_fake_clock() {
-        let t0 = Instant::now();
+    /// A connection whose two calls (a, then b) wait for their answers.
+    fn two_waiting(t0: Instant) -> (Tested, ExchangeRef, ExchangeRef) {
         let mut exchanges = crate::core::exchange::Exchanges::default();
         let (a, b) = (exchange_ref(&mut exchanges), exchange_ref(&mut exchanges));
         let mut down = connection(usize::MAX, t0);
         down.push(Slot::Waiting(a));
         down.push(Slot::Waiting(b));
+        (down, a, b)
+    }
+
+    #[test]
+    fn a_streaming_answer_offers_what_arrived_and_the_next_answer_waits_behind_it_on_a_fake_clock() {
+        let t0 = Instant::now();
+        let (mut down, a, b) = two_waiting(t0);
         let next = Outgoing::json(200, b"{}".to_vec(), true, 1);
         let next_bytes = [next.head.clone(), next.body.clone()].concat();
         assert!(down.fill(b, next));
@@ -1061,12 +1067,8 @@ mod tests {
     #[test]
     fn a_streaming_answer_cut_off_waits_again_while_unwritten_else_ends_the_connection_after_what_arrived() {
         let t0 = Instant::now();
-        let mut exchanges = crate::core::exchange::Exchanges::default();
-        let (a, b) = (exchange_ref(&mut exchanges), exchange_ref(&mut exchanges));
         // Behind an answer still waited for, no byte of it went out: it may be answered again.
-        let mut down = connection(usize::MAX, t0);
-        down.push(Slot::Waiting(a));
-        down.push(Slot::Waiting(b));
+        let (mut down, a, b) = two_waiting(t0);
         let (out, _) = streaming(10);
         assert!(down.stream(b, out, 10));
         assert!(down.stream_append(b, b"0123"));
