@@ -298,6 +298,11 @@ impl RequestReader {
         }
     }
 
+    /// Whether the body being read is read in place (`room`).
+    pub fn reads_in_place(&self) -> bool {
+        matches!(self.body.as_ref(), Some((_, BodyReader::InPlace { .. })))
+    }
+
     /// The room left in a body being read in place, at most `max` bytes of it, for the next
     /// read from the socket to land in (then `filled`): None when no such body is being read,
     /// and the bytes go through `advance` as usual.
@@ -1531,6 +1536,50 @@ mod tests {
         assert_eq!(request.body, body);
         assert_eq!(request.body.as_ptr(), address, "the spare's memory");
         assert_eq!(pool.borrow().spare_bytes(), 0);
+    }
+
+    #[test]
+    fn a_body_the_spare_holds_is_read_in_place_and_arrives_as_advance_would_have_it() {
+        use crate::pool::{BodyPool, MIN_POOLED};
+        let pool = BodyPool::shared();
+        // The spare holds an older body's bytes, longer than this one: they must not show.
+        pool.borrow_mut().give(vec![b'#'; 3 * MIN_POOLED]);
+        let mut reader = RequestReader::new(Limits { max_head: 64 * 1024, max_body: 4 * MIN_POOLED });
+        reader.use_pool(pool.clone());
+        assert!(reader.room(1024).is_none(), "no body yet");
+        let body: Vec<u8> = (0..2 * MIN_POOLED + 5).map(|i| (i % 251) as u8).collect();
+        let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+        // The read that brought the head brought the body's first bytes too: copied in.
+        let first = [head.as_bytes(), &body[..1000]].concat();
+        let step = reader.advance(&first);
+        assert_eq!(step.consumed, head.len());
+        assert_eq!(reader.advance(&first[head.len()..]).consumed, 1000);
+        let (_, so_far, declared) = reader.body_in_progress().expect("a body in progress");
+        assert_eq!((so_far, declared), (&body[..1000], body.len() as u64));
+        assert_eq!(reader.reserved_ahead(), 3 * MIN_POOLED - 1000, "the spare's room not filled yet");
+        // The rest is read in place, a capped piece at a time.
+        let mut at = 1000;
+        let request = loop {
+            let room = reader.room(100_000).expect("room in the body");
+            assert_eq!(room.len(), 100_000.min(body.len() - at), "capped, and never past the body");
+            let n = room.len().min(70_000);
+            room[..n].copy_from_slice(&body[at..at + n]);
+            at += n;
+            let step = reader.filled(n);
+            assert_eq!(step.consumed, n);
+            if let Some(event) = step.event {
+                break event;
+            }
+            assert_eq!(reader.body_in_progress().map(|(_, b, _)| b), Some(&body[..at]));
+        };
+        let Ok(RequestEvent::Request(request)) = request else { panic!("{request:?}") };
+        assert_eq!(request.body, body, "byte for byte, none of the spare's old bytes");
+        assert!(reader.room(1024).is_none(), "between requests, reads go through `advance`");
+        // The buffer goes back at its body's length and is read in place again.
+        pool.borrow_mut().give(request.body);
+        let step = reader.advance(head.as_bytes());
+        assert_eq!(step.consumed, head.len());
+        assert_eq!(reader.room(usize::MAX).map(|r| r.len()), Some(body.len()));
     }
 
     #[test]
