@@ -11,6 +11,10 @@
 //! else ends the connection), which is how a request without a valid token is answered at its
 //! head.
 //!
+//! A request body framed by `Content-Length` that the pool's spare buffer holds is read in
+//! place: the caller reads the socket straight into the room the reader lends (`room`) and says
+//! how much it read (`filled`), so the body is not copied from a read buffer.
+//!
 //! This module knows no sockets, no JSON and no JWT: it turns bytes into heads and bodies and
 //! heads back into bytes.
 

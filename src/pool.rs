@@ -11,7 +11,9 @@
 //! always the right block: 13 MB getPayload answers, each a fresh allocation, left two answers'
 //! worth resident. So the last large buffer freed (a request body when its last copy is
 //! written, an answer once written to the beacon node or read too late to matter) is kept here
-//! and handed to the next large body or answer that fits. At most one buffer is kept, never
+//! and handed to the next large body or answer that fits. Its bytes are kept with it, so a
+//! request body can be read into it in place (`take_filled`: nothing to zero, see
+//! `http::RequestReader::room`); an answer gets it empty (`take`). At most one buffer is kept, never
 //! larger than a body or answer the proxy accepted (`--max-body-bytes`); it is freed after
 //! [`SPARE_KEEP`] without large bodies (`tick`, called by the event loop), so an idle proxy
 //! gives the memory back.

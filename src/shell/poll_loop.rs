@@ -2,7 +2,8 @@
 //! (`tokens_service::TokensService`): the poll with its timeout (the earliest deadline, and a
 //! stop check at least every `STOP_CHECK`), the clock, and everything about beacon node
 //! connections that does not depend on what their bytes mean: accepting on the listeners,
-//! reads into one scratch buffer capped at `READS_PER_WAKEUP` per connection per wakeup with a
+//! reads into one scratch buffer (or, for a body its reader reads in place, straight into that
+//! body: `read_in_place`) capped at `READS_PER_WAKEUP` per connection per wakeup with a
 //! revisit list, the lingering close's discarding, flushes, the connections' deadlines, and
 //! reaping after the batch with the listeners resumed below their caps.
 //!
@@ -68,7 +69,8 @@ pub struct BnSide {
     /// Connections with more to read after their per-wakeup share, or whose reading must be
     /// looked at again without a new edge (backpressure lifted, a lingering close begun).
     again: Vec<usize>,
-    /// Every read lands here; the service's `on_bytes` sees it before the next read.
+    /// Every read lands here, but one into a body read in place (`read_in_place`); the
+    /// service's `on_bytes` sees it before the next read.
     scratch: Vec<u8>,
     timeouts: Timeouts,
 }
