@@ -513,6 +513,10 @@ impl Service for Proxy {
         self.feed(slot, input, now);
     }
 
+    fn on_body_read(&mut self, slot: usize, n: usize, now: Instant) {
+        self.feed_in_place(slot, n, now);
+    }
+
     /// Between requests, a connection refused for the memory budget waits for it to clear;
     /// `resume_budget_paused` revisits it then (an edge-triggered poll will not say again
     /// that bytes are waiting).

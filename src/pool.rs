@@ -11,7 +11,9 @@
 //! always the right block: 13 MB getPayload answers, each a fresh allocation, left two answers'
 //! worth resident. So the last large buffer freed (a request body when its last copy is
 //! written, an answer once written to the beacon node or read too late to matter) is kept here
-//! and handed to the next large body or answer that fits. At most one buffer is kept, never
+//! and handed to the next large body or answer that fits. Its bytes are kept with it, so a
+//! request body can be read into it in place (`take_filled`: nothing to zero, see
+//! `http::RequestReader::room`); an answer gets it empty (`take`). At most one buffer is kept, never
 //! larger than a body or answer the proxy accepted (`--max-body-bytes`); it is freed after
 //! [`SPARE_KEEP`] without large bodies (`tick`, called by the event loop), so an idle proxy
 //! gives the memory back.
@@ -51,6 +53,23 @@ impl BodyPool {
     /// a buffer of its own, and the spare would only be kept beside it (its memory resident
     /// twice over) until the larger buffer replaced it.
     pub fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        let mut spare = self.take_spare(len)?;
+        spare.clear();
+        Some(spare)
+    }
+
+    /// The spare as a buffer exactly `len` bytes long, for a request body read in place
+    /// (`http::RequestReader::room`): the old bytes it holds are overwritten as the body
+    /// arrives, so only room never written before is zeroed (once: the buffer comes back at
+    /// its body's length). Taken and freed as `take` says.
+    pub fn take_filled(&mut self, len: usize) -> Option<Vec<u8>> {
+        let mut spare = self.take_spare(len)?;
+        spare.resize(len, 0);
+        Some(spare)
+    }
+
+    /// The spare as it was given back, when it is worth taking for `len` bytes (see `take`).
+    fn take_spare(&mut self, len: usize) -> Option<Vec<u8>> {
         if len < MIN_POOLED {
             return None;
         }
@@ -63,13 +82,12 @@ impl BodyPool {
         }
     }
 
-    /// Keeps `buffer` (emptied) as the spare when it is large and larger than the current one;
-    /// otherwise it is simply freed.
-    pub fn give(&mut self, mut buffer: Vec<u8>) {
+    /// Keeps `buffer` as the spare when it is large and larger than the current one; otherwise
+    /// it is simply freed. Its bytes are kept (`take` empties it, `take_filled` reuses them).
+    pub fn give(&mut self, buffer: Vec<u8>) {
         if buffer.capacity() < MIN_POOLED || buffer.capacity() <= self.spare_bytes() {
             return;
         }
-        buffer.clear();
         self.uses += 1;
         self.spare = Some(buffer);
     }
@@ -140,6 +158,21 @@ mod tests {
         assert_eq!(reused.as_ptr(), address, "the same memory");
         assert_eq!(pool.spare_bytes(), 0);
         assert_eq!(pool.uses(), 2, "one buffer kept, one handed out");
+    }
+
+    #[test]
+    fn a_body_read_in_place_gets_the_spare_at_its_length_with_old_bytes_kept() {
+        let mut pool = BodyPool::default();
+        let mut big = Vec::with_capacity(4 * MIN_POOLED);
+        big.resize(2 * MIN_POOLED, 9);
+        pool.give(big);
+        assert_eq!(pool.take_filled(MIN_POOLED - 1), None, "a small body allocates its own");
+        let filled = pool.take_filled(3 * MIN_POOLED).expect("the spare");
+        assert_eq!(filled.len(), 3 * MIN_POOLED);
+        assert_eq!(filled[2 * MIN_POOLED - 1], 9, "old bytes are not zeroed again");
+        assert_eq!(filled[2 * MIN_POOLED], 0, "room never written is");
+        pool.give(filled);
+        assert!(pool.take(MIN_POOLED).expect("the spare").is_empty(), "`take` still hands it over empty");
     }
 
     #[test]

@@ -217,3 +217,70 @@ fn a_primary_that_refuses_the_streams_connection_gets_the_call_the_usual_way() {
     assert_eq!(got[0].body, body, "the body arrives byte for byte");
     assert_eq!(s.secondary.received().len(), 1, "the secondary got it once");
 }
+
+/// Large newPayloads one after another on a proxy logging at debug level: the first is read
+/// through the read buffer, and once its buffer is free again each next one is read straight
+/// into it (`http::RequestReader::room`).
+fn setup_in_place() -> Setup {
+    let primary = MockEl::start();
+    let secondary = MockEl::start();
+    let builders = format!("{},{}", primary.url(), secondary.url());
+    let proxy = Launch::proxy().args(&["--builders", &builders]).env("LOG_LEVEL", "debug").start();
+    Setup { primary, secondary, proxy }
+}
+
+/// Sends large newPayload `id` whole and waits for both ELs to have it and for a small call
+/// after it to reach the secondary: the secondary answered it, so its buffer is free again.
+fn large_then_small(s: &Setup, bn: &mut Bn, id: u64) -> Vec<u8> {
+    let (bytes, body, _) = large_request(&s.proxy, id, None);
+    bn.send_raw(&bytes);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = bn.post(&new_payload(id + 100, 1_700_000_000 + id));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    s.secondary.wait_for("the small call after it", TIMEOUT, |r| {
+        r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(id + 100))
+    });
+    body
+}
+
+#[test]
+fn a_large_body_read_in_place_reaches_every_el_byte_for_byte() {
+    let s = setup_in_place();
+    let mut bn = s.proxy.bn();
+    let first = large_then_small(&s, &mut bn, 1);
+    let mark = s.proxy.log_mark();
+    let second = large_then_small(&s, &mut bn, 2);
+    s.proxy.wait_log_from(mark, "in place", TIMEOUT);
+    for el in [&s.primary, &s.secondary] {
+        let got = el.wait_requests(4, TIMEOUT);
+        assert_eq!(got[0].body, first, "the first, read through the read buffer");
+        assert_eq!(got[2].body, second, "the second, read in place over the first's bytes");
+    }
+}
+
+#[test]
+fn a_malformed_body_read_in_place_resets_the_primary_and_reaches_no_one() {
+    let s = setup_in_place();
+    let mut bn = s.proxy.bn();
+    large_then_small(&s, &mut bn, 1);
+    let mark = s.proxy.log_mark();
+    let (bytes, body, head) = large_request(&s.proxy, 2, Some(SIZE * 3 / 4));
+    let half = head + body.len() / 2;
+    let before = s.primary.bytes_read();
+    bn.send_raw(&bytes[..half]);
+    s.proxy.wait_log_from(mark, "in place", TIMEOUT);
+    s.primary.wait_bytes(before + body.len() / 4, TIMEOUT);
+    bn.send_raw(&bytes[half..]);
+    let answer = bn.read_response();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    s.primary.wait_resets(1, TIMEOUT);
+    let answer = bn.post(&new_payload(3, 1_700_000_012));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    for el in [&s.primary, &s.secondary] {
+        el.wait_for("the next newPayload", TIMEOUT, |r| {
+            r.iter().any(|r| r.rpc_id.as_ref().and_then(|v| v.as_u64()) == Some(3))
+        });
+        assert!(!has_id(el, 2), "no EL got the malformed request whole");
+    }
+}

@@ -35,6 +35,9 @@ impl Proxy {
         let Some((head, _, declared)) = down.reader.body_in_progress() else { return };
         if head.method == "POST" {
             self.cut = Cut::new(slot, down.serial, declared);
+            if self.cut.is_some() && down.reader.reads_in_place() {
+                log::debug!("reading a request body of {declared} bytes from {} in place", down.peer);
+            }
         }
     }
 

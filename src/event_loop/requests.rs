@@ -46,21 +46,44 @@ impl Proxy {
             }
             let step = down.reader.advance(&input[pos..]);
             pos += step.consumed;
-            match step.event {
-                Some(Ok(RequestEvent::Head)) => self.on_head(slot),
-                Some(Ok(RequestEvent::Continue)) => down.push(Slot::Ready(Outgoing::continue_100())),
-                Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
-                Some(Err(e)) => self.on_bad_request(slot, e),
-                None if step.consumed == 0 => break,
-                None => {
-                    if self.cut.is_some() {
-                        self.cut_progress(slot, now);
-                    }
-                }
+            if step.event.is_none() && step.consumed == 0 {
+                break;
             }
+            self.on_step(slot, step.event, now);
         }
         if let Some(down) = self.bn.get_mut(slot) {
             down.after_read(now);
+        }
+    }
+
+    /// `n` bytes were read straight into the body connection `slot` reads in place
+    /// (`http::RequestReader::room`): handled as `feed` handles bytes that were copied there.
+    pub(super) fn feed_in_place(&mut self, slot: usize, n: usize, now: Instant) {
+        let Some(down) = self.bn.get_mut(slot) else { return };
+        let step = down.reader.filled(n);
+        self.on_step(slot, step.event, now);
+        if let Some(down) = self.bn.get_mut(slot) {
+            down.after_read(now);
+        }
+    }
+
+    /// What one step of reading connection `slot`'s requests said: a head to decide on, a
+    /// `100 Continue` owed, a whole request, a bad one, or (None) more of a body.
+    fn on_step(&mut self, slot: usize, event: Option<Result<RequestEvent, HttpError>>, now: Instant) {
+        match event {
+            Some(Ok(RequestEvent::Head)) => self.on_head(slot),
+            Some(Ok(RequestEvent::Continue)) => {
+                if let Some(down) = self.bn.get_mut(slot) {
+                    down.push(Slot::Ready(Outgoing::continue_100()));
+                }
+            }
+            Some(Ok(RequestEvent::Request(req))) => self.on_request(slot, req, now),
+            Some(Err(e)) => self.on_bad_request(slot, e),
+            None => {
+                if self.cut.is_some() {
+                    self.cut_progress(slot, now);
+                }
+            }
         }
     }
 
