@@ -54,7 +54,14 @@ pub enum Slot {
     Ready(Outgoing),
     /// An execution client's answer relayed as it arrives (`core::relay`): the proxy's own
     /// head, then the body as far as it has arrived, `len` bytes once whole.
-    Streaming { exchange: ExchangeRef, out: Outgoing, len: usize },
+    Streaming {
+        exchange: ExchangeRef,
+        out: Outgoing,
+        len: usize,
+        /// Bytes of the body that go from the execution client's socket to this one through a
+        /// pipe (`stream_piped`), after all of `out`: counted here, never in `out.body`.
+        piped: usize,
+    },
 }
 
 /// What became of a streaming answer whose execution client failed (`Downstream::stream_failed`).
@@ -449,7 +456,7 @@ impl Downstream {
         for slot in self.out.iter_mut() {
             if matches!(slot, Slot::Waiting(e) if *e == exchange) {
                 self.queued_bytes += out.head.len() + len;
-                *slot = Slot::Streaming { exchange, out, len };
+                *slot = Slot::Streaming { exchange, out, len, piped: 0 };
                 return true;
             }
         }
@@ -460,10 +467,42 @@ impl Downstream {
     /// no slot streams it (the connection is another, or the bytes are not wanted).
     pub fn stream_append(&mut self, exchange: ExchangeRef, bytes: &[u8]) -> bool {
         for slot in self.out.iter_mut() {
-            if let Slot::Streaming { exchange: e, out, len } = slot {
+            if let Slot::Streaming { exchange: e, out, len, piped } = slot {
                 if *e == exchange {
-                    let room = len.saturating_sub(out.body.len());
+                    let room = len.saturating_sub(out.body.len() + *piped);
                     out.body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// How many bytes of `exchange`'s streaming answer are still to arrive, when they may go
+    /// to the socket straight from the execution client's (through a pipe, `stream_piped`):
+    /// it is the first answer owed, everything of it that arrived is written, and the
+    /// connection is open. None otherwise (the bytes are appended and written as usual).
+    pub fn pipe_ready(&self, exchange: ExchangeRef) -> Option<usize> {
+        if self.dead || self.lingering() {
+            return None;
+        }
+        match self.out.front() {
+            Some(Slot::Streaming { exchange: e, out, len, piped }) if *e == exchange => {
+                let arrived = out.body.len() + piped;
+                (self.written == out.head.len() + arrived && arrived < *len).then(|| len - arrived)
+            }
+            _ => None,
+        }
+    }
+
+    /// `n` more bytes of `exchange`'s streaming answer are in the pipe to this connection's
+    /// socket (never past its length); the shell writes them there and reports them
+    /// (`wrote`). False when no slot streams it.
+    pub fn stream_piped(&mut self, exchange: ExchangeRef, n: usize) -> bool {
+        for slot in self.out.iter_mut() {
+            if let Slot::Streaming { exchange: e, out, len, piped } = slot {
+                if *e == exchange {
+                    *piped += n.min(len.saturating_sub(out.body.len() + *piped));
                     return true;
                 }
             }
@@ -481,14 +520,17 @@ impl Downstream {
             return StreamEnd::Gone;
         };
         let started = i == 0 && self.written > 0;
-        let Some(Slot::Streaming { out, len, .. }) = self.out.get_mut(i) else { return StreamEnd::Gone };
+        let Some(Slot::Streaming { out, len, piped, .. }) = self.out.get_mut(i) else {
+            return StreamEnd::Gone;
+        };
         if !started {
             self.queued_bytes = self.queued_bytes.saturating_sub(out.head.len() + *len);
             self.out[i] = Slot::Waiting(exchange);
             return StreamEnd::Waiting;
         }
-        self.queued_bytes = self.queued_bytes.saturating_sub(*len - out.body.len());
-        *len = out.body.len();
+        let arrived = out.body.len() + *piped;
+        self.queued_bytes = self.queued_bytes.saturating_sub(len.saturating_sub(arrived));
+        *len = arrived;
         out.close = true;
         self.no_more_requests = true;
         StreamEnd::Truncated
@@ -521,7 +563,11 @@ impl Downstream {
                 }
                 let (out, partial) = match slot {
                     Slot::Ready(out) => (out, false),
-                    Slot::Streaming { out, len, .. } => (out, out.body.len() < *len),
+                    // Bytes coming through a pipe are written by whoever drains it
+                    // (`stream_piped`): nothing behind them goes first.
+                    Slot::Streaming { out, len, piped, .. } => {
+                        (out, out.body.len() + piped < *len || *piped > 0)
+                    }
                     Slot::Waiting(_) => return None,
                 };
                 // A partial body ends this write: the answers behind it wait for it.
@@ -552,7 +598,9 @@ impl Downstream {
             // the connection's last.
             let (len, ready, close) = match self.out.front() {
                 Some(Slot::Ready(out)) => (out.len(), out.len(), out.close),
-                Some(Slot::Streaming { out, len, .. }) => (out.head.len() + len, out.len(), out.close),
+                Some(Slot::Streaming { out, len, piped, .. }) => {
+                    (out.head.len() + len, out.len() + piped, out.close)
+                }
                 _ => break,
             };
             let take = left.min(ready - self.written);
@@ -1047,6 +1095,51 @@ mod tests {
         assert_eq!(down.flush(t1), Flushed::Drained);
         assert_eq!(down.written, [&head[..], b"0123456789", &next_bytes[..]].concat());
         assert_eq!((down.queued_bytes(), down.owes_answers()), (0, false));
+    }
+
+    #[test]
+    fn piped_bytes_go_only_once_all_that_arrived_is_written_and_nothing_behind_them_goes_first() {
+        let t0 = Instant::now();
+        let (mut down, a, b) = two_waiting(t0);
+        let next = Outgoing::json(200, b"{}".to_vec(), true, 1);
+        let next_bytes = [next.head.clone(), next.body.clone()].concat();
+        assert!(down.fill(b, next));
+        let (out, head) = streaming(10);
+        assert!(down.stream(a, out, 10));
+        assert_eq!(down.pipe_ready(a), None, "its head is not written yet");
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.pipe_ready(a), Some(10));
+        assert!(down.stream_append(a, b"012"));
+        assert_eq!(down.pipe_ready(a), None, "appended bytes are not written yet");
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert_eq!(down.pipe_ready(a), Some(7));
+        // Seven bytes go into the pipe: the shell writes them, not `to_write`.
+        assert!(down.stream_piped(a, 7 + 5), "never past its length");
+        assert_eq!(down.pipe_ready(a), None, "all of it has arrived");
+        assert_eq!(down.to_write().count(), 0, "the answer behind waits for the pipe");
+        assert_eq!(down.flush(t0), Flushed::Blocked, "what the pipe holds is owed");
+        assert_eq!(down.deadline(&T), Some(t0 + WRITE), "and its write deadline runs");
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(down.wrote(4, t1), Flushed::Blocked);
+        assert_eq!(down.deadline(&T), Some(t1 + WRITE), "each byte taken restarts it");
+        down.wrote(3, t1);
+        assert_eq!(down.flush(t1), Flushed::Drained);
+        assert_eq!(down.written, [&head[..], b"012", &next_bytes[..]].concat());
+        assert_eq!((down.queued_bytes(), down.owes_answers()), (0, false));
+    }
+
+    #[test]
+    fn a_piped_answer_cut_off_ends_the_connection_after_what_reached_the_pipe() {
+        let t0 = Instant::now();
+        let (mut down, a, _) = two_waiting(t0);
+        let (out, head) = streaming(10);
+        assert!(down.stream(a, out, 10));
+        assert_eq!(down.flush(t0), Flushed::Drained);
+        assert!(down.stream_piped(a, 4));
+        assert_eq!(down.stream_failed(a), StreamEnd::Truncated);
+        assert_eq!(down.queued_bytes(), head.len() + 4, "only what reached the pipe is owed");
+        assert_eq!(down.wrote(4, t0), Flushed::Drained);
+        assert!(down.dead, "the beacon node sees the answer end short, then the connection");
     }
 
     #[test]

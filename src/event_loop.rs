@@ -53,6 +53,7 @@ use crate::upstream::{ConnState, Failure, Outcome, Upstream, MAX_CONNS};
 mod answers;
 mod cut;
 mod live_config;
+mod piped;
 mod requests;
 
 const LISTENER: Token = Token(0);
@@ -128,6 +129,10 @@ pub struct Proxy {
     /// write, and how many (`answers::relay_bytes`): written once `RELAY_WRITE` have gathered
     /// or the execution client's socket has no more for now, not after every read.
     relay_unflushed: Option<(usize, usize)>,
+    /// The relayed answer moving from its client's socket to its beacon node's through a pipe
+    /// (`piped`), and whether pipes work here (false after one could not be made).
+    piped: Option<piped::Piped>,
+    pipe_supported: bool,
 }
 
 fn unix_now() -> u64 {
@@ -199,6 +204,8 @@ impl Proxy {
             tls,
             cut: None,
             relay_unflushed: None,
+            piped: None,
+            pipe_supported: cfg!(target_os = "linux"),
         })
     }
 
@@ -349,6 +356,12 @@ impl Proxy {
     /// `up_read`'s reading: None when the socket has no more for now.
     fn up_read_all(&mut self, up: usize, slot: usize, now: Instant) -> Option<Outcome> {
         let outcome = loop {
+            if let Some(outcome) = self.pipe_read(up, slot, now) {
+                if outcome.is_some() || self.piped.is_some() {
+                    return outcome;
+                }
+                // The piping ended without an outcome (its beacon node went away): read on.
+            }
             let conn = self.ups[up].conns[slot].as_mut()?;
             let read = self.el_sockets.read(up, slot, &mut self.scratch);
             // Whether the request is out is asked before an answer is taken: reading may
@@ -543,6 +556,7 @@ impl Service for Proxy {
             // A large answer may have gone out whole: the copies held for it may go.
             self.release_held(now);
         }
+        self.pipe_flushed(slot, now);
     }
 
     fn on_other_event(&mut self, token: Token, readable: bool, writable: bool, now: Instant) {
@@ -582,7 +596,8 @@ impl Service for Proxy {
         }
     }
 
-    fn after_pass(&mut self, _now: Instant) {
+    fn after_pass(&mut self, now: Instant) {
+        self.pipe_check(now);
         self.reap();
         self.resume_budget_paused();
     }

@@ -112,6 +112,9 @@ pub struct Metrics {
     safe_syncing: u64,
     /// Relayed answers cut short by their execution client after part was written.
     relay_cut: u64,
+    /// Bytes of relayed answers moved from an execution client's socket to a beacon node's
+    /// uncopied (`event_loop::piped`).
+    pub piped_bytes: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Beacon node connections closed by a deadline, by `Expired::ALL` index.
@@ -146,6 +149,7 @@ impl Metrics {
             disagreements: 0,
             safe_syncing: 0,
             relay_cut: 0,
+            piped_bytes: 0,
             payload_picks: vec![0; els],
             payload_gain_eth: 0.0,
             payload_mappings_dropped: 0,
@@ -481,6 +485,14 @@ impl Metrics {
              part was written: the beacon node's connection was closed after that part.",
         );
         let _ = writeln!(out, "sync_proxy_relayed_answers_cut_total {}", self.relay_cut);
+        family(
+            &mut out,
+            "sync_proxy_relayed_piped_bytes_total",
+            "counter",
+            "Bytes of answers relayed from a plain-TCP execution client to a beacon node through a \
+             kernel pipe (splice), never copied into the proxy.",
+        );
+        let _ = writeln!(out, "sync_proxy_relayed_piped_bytes_total {}", self.piped_bytes);
         family(
             &mut out,
             "sync_proxy_payload_choice_total",

@@ -295,10 +295,8 @@ impl Conn {
             self.dead = true;
             return Outcome::Pending;
         }
-        if let Some((_, left)) = self.relay.as_mut() {
-            let body = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-            *left -= body as u64;
-            return Outcome::Relayed { body, last: *left == 0 };
+        if self.relay.is_some() {
+            return self.relay_taken(input.len());
         }
         let whole = input.len();
         while !input.is_empty() {
@@ -359,6 +357,21 @@ impl Conn {
         let (head, body, len) = self.reader.take_for_relay()?;
         self.relay = Some((head.clone(), len));
         Some((head, body, len))
+    }
+
+    /// Bytes of the relayed answer's body still to come (None when no answer is relayed):
+    /// what may be taken from the socket without reading past the answer's end.
+    pub fn relay_left(&self) -> Option<u64> {
+        self.relay.as_ref().map(|(_, left)| *left)
+    }
+
+    /// `n` bytes arrived (read, or moved on uncopied) while relaying: those that are the
+    /// relayed answer's body, and whether they end it (then `end_relay`).
+    pub fn relay_taken(&mut self, n: usize) -> Outcome {
+        let Some((_, left)) = self.relay.as_mut() else { return Outcome::Pending };
+        let body = n.min(usize::try_from(*left).unwrap_or(usize::MAX));
+        *left -= body as u64;
+        Outcome::Relayed { body, last: *left == 0 }
     }
 
     /// The relayed answer's last byte was handed out (`Outcome::Relayed` with `last`): the
@@ -1853,8 +1866,14 @@ mod tests {
         assert!(buffer.capacity() >= LARGE, "the body's buffer is reserved whole, once");
         assert!(c.held_bytes() < 1024, "the connection holds none of the body");
         assert!(matches!(c.on_bytes(&input[consumed..], t0), Outcome::Relayed { body: 1000, last: false }));
-        let rest = &body[1000..];
-        assert!(matches!(c.on_bytes(rest, t0), Outcome::Relayed { body, last: true } if body == rest.len()));
+        assert_eq!(c.relay_left(), Some((LARGE - 1000) as u64), "what may be taken from the socket");
+        // Bytes moved on uncopied (`event_loop::piped`) count as read ones do, never past the end.
+        assert!(matches!(c.relay_taken(5), Outcome::Relayed { body: 5, last: false }));
+        let rest = &body[1005..];
+        assert!(
+            matches!(c.relay_taken(rest.len() + 9), Outcome::Relayed { body, last: true } if body == rest.len())
+        );
+        assert_eq!(c.relay_left(), Some(0));
         let (_, resp) = answered(c.end_relay(false, t0));
         assert_eq!((resp.head.status, resp.body.len()), (200, 0));
         assert!(!c.dead && c.state == ConnState::Idle, "kept alive for the next call");

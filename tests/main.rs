@@ -18,6 +18,7 @@ mod lingering;
 mod partition;
 mod payload;
 mod payload_selftest;
+mod piped;
 mod probes_sync;
 mod realnet;
 mod relay;

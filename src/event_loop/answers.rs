@@ -127,6 +127,10 @@ impl Proxy {
             .iter()
             .flatten()
             .filter(|c| !c.dead && c.job.as_ref().is_some_and(|j| Rc::ptr_eq(&j.inbound, &job.inbound)))
+            // A primary relaying its answer has answered: the hold is then the BN's answer's
+            // (`answer_out`), however long the relay's bytes wait for the BN (a piped one
+            // waits for it, so the connection's progress says nothing about the primary).
+            .filter(|c| c.relay_left().is_none())
             .map(|c| c.last_progress);
         let e = job.exchange.and_then(|r| self.exchanges.get(r));
         let large_answer = e.is_some_and(Exchange::large_answer_from_primary);

@@ -96,6 +96,11 @@ impl BnSockets {
         }
     }
 
+    /// The socket in `slot`, to look at.
+    pub fn get(&self, slot: usize) -> Option<&TcpStream> {
+        self.slots.get(slot)?.as_ref().map(|(_, s)| s)
+    }
+
     /// The socket in `slot`, lent for one read or write.
     pub fn get_mut(&mut self, slot: usize) -> Option<&mut TcpStream> {
         self.slots.get_mut(slot)?.as_mut().map(|(_, s)| s)

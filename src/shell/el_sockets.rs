@@ -176,6 +176,13 @@ impl ElSockets {
         }
     }
 
+    /// The socket of connection `slot` of client `el` when it carries plain TCP (no TLS), for
+    /// bytes moved on without being read into the proxy (`shell::pipe`).
+    pub fn plain(&self, el: usize, slot: usize) -> Option<&TcpStream> {
+        let socket = self.by_el.get(el).and_then(|s| s.get(slot)).and_then(Option::as_ref)?;
+        socket.tls.is_none().then_some(&socket.stream)
+    }
+
     /// Whether the TLS session of connection `slot` of client `el` still holds records that
     /// wait for room in the socket (reading may have sent some: a key update's answer, or the
     /// request's last records). Always false on plain TCP.

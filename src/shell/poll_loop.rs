@@ -138,6 +138,12 @@ impl BnSide {
         self.conns.get_mut(slot).and_then(Option::as_mut)
     }
 
+    /// The socket of connection `slot`, for bytes moved to it without the connection's
+    /// buffers (`shell::pipe`); the connection is told what moved (`Downstream::wrote`).
+    pub fn socket(&self, slot: usize) -> Option<&mio::net::TcpStream> {
+        self.sockets.get(slot)
+    }
+
     /// The connection in `slot`, to look at.
     pub fn get(&self, slot: usize) -> Option<&Downstream> {
         self.conns.get(slot).and_then(Option::as_ref)
