@@ -1072,9 +1072,9 @@ mod tests {
         (down, a, b)
     }
 
-    #[test]
-    fn a_streaming_answer_offers_what_arrived_and_the_next_answer_waits_behind_it_on_a_fake_clock() {
-        let t0 = Instant::now();
+    /// A connection owed a streaming answer of 10 body bytes (a) and, behind it, a ready one:
+    /// the streaming answer's head and the ready answer's bytes.
+    fn streaming_then_ready(t0: Instant) -> (Tested, ExchangeRef, Vec<u8>, Vec<u8>) {
         let (mut down, a, b) = two_waiting(t0);
         let next = Outgoing::json(200, b"{}".to_vec(), true, 1);
         let next_bytes = [next.head.clone(), next.body.clone()].concat();
@@ -1082,6 +1082,13 @@ mod tests {
         let (out, head) = streaming(10);
         assert_eq!(out.head, head, "byte for byte the head of the same answer stored");
         assert!(down.stream(a, out, 10));
+        (down, a, head, next_bytes)
+    }
+
+    #[test]
+    fn a_streaming_answer_offers_what_arrived_and_the_next_answer_waits_behind_it_on_a_fake_clock() {
+        let t0 = Instant::now();
+        let (mut down, a, head, next_bytes) = streaming_then_ready(t0);
         assert_eq!(down.queued_bytes(), head.len() + 10 + next_bytes.len(), "charged whole from the start");
         assert_eq!(down.waiting().count(), 0);
         assert_eq!(down.flush(t0), Flushed::Drained);
@@ -1100,12 +1107,7 @@ mod tests {
     #[test]
     fn piped_bytes_go_only_once_all_that_arrived_is_written_and_nothing_behind_them_goes_first() {
         let t0 = Instant::now();
-        let (mut down, a, b) = two_waiting(t0);
-        let next = Outgoing::json(200, b"{}".to_vec(), true, 1);
-        let next_bytes = [next.head.clone(), next.body.clone()].concat();
-        assert!(down.fill(b, next));
-        let (out, head) = streaming(10);
-        assert!(down.stream(a, out, 10));
+        let (mut down, a, head, next_bytes) = streaming_then_ready(t0);
         assert_eq!(down.pipe_ready(a), None, "its head is not written yet");
         assert_eq!(down.flush(t0), Flushed::Drained);
         assert_eq!(down.pipe_ready(a), Some(10));

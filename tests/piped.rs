@@ -6,23 +6,12 @@
 
 use serde_json::json;
 
-use crate::relay::wait_partial;
+use crate::relay::{answer_of_len, gated_el, get_payload, wait_partial};
 use crate::routing::{metric, start_proxy};
-use crate::util::{rpc_body, wait_until, Gate, MockEl, ReadError, Reply, TIMEOUT};
+use crate::util::{rpc_body, wait_until, MockEl, ReadError, Reply, TIMEOUT};
 
 const PIPED: &str = "sync_proxy_relayed_piped_bytes_total";
 const CUT: &str = "sync_proxy_relayed_answers_cut_total";
-
-/// A JSON-RPC answer to id 1 whose body is exactly `len` bytes, not all alike.
-fn answer_of_len(len: usize) -> Vec<u8> {
-    let frame = r#"{"jsonrpc":"2.0","id":1,"result":""}"#.len();
-    let result: String = (0..len - frame).map(|i| char::from(b'a' + (i % 23) as u8)).collect();
-    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{result}"}}"#).into_bytes()
-}
-
-fn get_payload() -> Vec<u8> {
-    rpc_body(1, "engine_getPayloadV5", json!(["0x0000000000000001"]))
-}
 
 #[test]
 fn a_large_answer_is_piped_byte_for_byte_and_its_el_connection_carries_the_next_call() {
@@ -46,9 +35,7 @@ fn a_large_answer_is_piped_byte_for_byte_and_its_el_connection_carries_the_next_
 #[test]
 fn an_el_that_breaks_off_while_piped_closes_the_bn_connection_after_what_arrived() {
     let body = answer_of_len(4 << 20);
-    let gate = Gate::default();
-    let (reply, g) = (body.clone(), gate.clone());
-    let el = MockEl::with(move |_| Reply::json(reply.clone()).gated(2 << 20, &g));
+    let (el, gate) = gated_el(&body, 2 << 20);
     let proxy = start_proxy(&[&el], &["--loglevel", "debug"]);
     let mut bn = proxy.bn();
     bn.send_post(&[], &get_payload());

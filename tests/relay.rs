@@ -13,14 +13,23 @@ const RELAY_MIN: usize = 64 * 1024;
 const CUT: &str = "sync_proxy_relayed_answers_cut_total";
 const RELAYING: &str = "relaying its answer";
 
-/// A JSON-RPC answer to id 1 whose body is exactly `len` bytes.
-fn answer_of_len(len: usize) -> Vec<u8> {
+/// A JSON-RPC answer to id 1 whose body is exactly `len` bytes, not all alike (so that bytes
+/// out of order would show).
+pub(crate) fn answer_of_len(len: usize) -> Vec<u8> {
     let frame = r#"{"jsonrpc":"2.0","id":1,"result":""}"#.len();
-    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{}"}}"#, "b".repeat(len - frame)).into_bytes()
+    let result: String = (0..len - frame).map(|i| char::from(b'a' + (i % 23) as u8)).collect();
+    format!(r#"{{"jsonrpc":"2.0","id":1,"result":"{result}"}}"#).into_bytes()
 }
 
-fn get_payload() -> Vec<u8> {
+pub(crate) fn get_payload() -> Vec<u8> {
     rpc_body(1, "engine_getPayloadV5", json!(["0x0000000000000001"]))
+}
+
+/// A mock EL that answers `body`, sending its first `at` bytes and then waiting for the gate.
+pub(crate) fn gated_el(body: &[u8], at: usize) -> (MockEl, Gate) {
+    let (gate, reply) = (Gate::default(), body.to_vec());
+    let g = gate.clone();
+    (MockEl::with(move |_| Reply::json(reply.clone()).gated(at, &g)), gate)
 }
 
 /// Waits until the beacon node has received at least `n` bytes of an answer still incomplete.
@@ -40,10 +49,8 @@ pub(crate) fn wait_partial(bn: &mut crate::util::Bn, n: usize) -> usize {
 #[test]
 fn a_large_answer_reaches_the_bn_before_the_el_has_sent_all_of_it() {
     let body = answer_of_len(4 << 20);
-    let gate = Gate::default();
     let half = body.len() / 2;
-    let (reply, g) = (body.clone(), gate.clone());
-    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(half, &g));
+    let (primary, gate) = gated_el(&body, half);
     let secondary = MockEl::start();
     let proxy = start_proxy(&[&primary, &secondary], &[]);
     let mut bn = proxy.bn();
@@ -61,9 +68,7 @@ fn a_large_answer_reaches_the_bn_before_the_el_has_sent_all_of_it() {
 #[test]
 fn a_primary_that_breaks_off_mid_relay_closes_the_bn_connection_and_is_counted() {
     let body = answer_of_len(1 << 20);
-    let gate = Gate::default();
-    let (reply, g) = (body.clone(), gate.clone());
-    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(300 * 1024, &g));
+    let (primary, gate) = gated_el(&body, 300 * 1024);
     let secondary = MockEl::start();
     let proxy = start_proxy(&[&primary, &secondary], &["--loglevel", "debug"]);
     let mut bn = proxy.bn();
@@ -150,9 +155,7 @@ fn a_relayed_answer_has_the_head_a_stored_one_has() {
 
 #[test]
 fn a_relay_past_the_calls_timeout_is_cut_by_the_el_connections_deadline() {
-    let gate = Gate::default();
-    let g = gate.clone();
-    let primary = MockEl::with(move |_| Reply::json(answer_of_len(1 << 20)).gated(200 * 1024, &g));
+    let (primary, gate) = gated_el(&answer_of_len(1 << 20), 200 * 1024);
     let proxy = start_proxy(&[&primary], &["--request-timeout", "1000"]);
     let mut bn = proxy.bn();
     bn.send_post(&[], &get_payload());
@@ -168,11 +171,7 @@ fn a_relay_past_the_calls_timeout_is_cut_by_the_el_connections_deadline() {
 
 #[test]
 fn a_bn_that_leaves_mid_relay_leaves_the_el_connection_in_step_for_the_next_call() {
-    let gate = Gate::default();
-    let g = gate.clone();
-    let body = answer_of_len(1 << 20);
-    let reply = body.clone();
-    let primary = MockEl::with(move |_| Reply::json(reply.clone()).gated(300 * 1024, &g));
+    let (primary, gate) = gated_el(&answer_of_len(1 << 20), 300 * 1024);
     let proxy = start_proxy(&[&primary], &["--loglevel", "debug"]);
     let mut bn = proxy.bn();
     bn.send_post(&[], &get_payload());
