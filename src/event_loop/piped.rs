@@ -70,9 +70,15 @@ impl Proxy {
         down.pipe_ready(exchange)?;
         let pipe = match Pipe::new(PIPE_BYTES) {
             Ok(pipe) => pipe,
-            Err(e) => {
+            // No pipes here at all: copied from now on, said once.
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                 log::info!("relayed answers are copied, not piped: no pipe ({e})");
                 self.pipe_supported = false;
+                return None;
+            }
+            // Out of descriptors or memory for now: this answer is copied.
+            Err(e) => {
+                log::debug!("a relayed answer is copied, not piped: no pipe ({e})");
                 return None;
             }
         };

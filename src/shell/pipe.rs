@@ -25,7 +25,14 @@ impl Pipe {
     #[cfg(target_os = "linux")]
     pub fn new(capacity: usize) -> io::Result<Pipe> {
         use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags};
-        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).map_err(|e| {
+            // A kernel without pipe2 has none of this: `Unsupported`, as elsewhere.
+            if e == rustix::io::Errno::NOSYS {
+                io::Error::from(io::ErrorKind::Unsupported)
+            } else {
+                io::Error::from(e)
+            }
+        })?;
         // A refusal (over pipe-max-size) leaves the default size, read back below.
         let _ = fcntl_setpipe_size(&write, capacity);
         let capacity = fcntl_getpipe_size(&write)?;
