@@ -130,7 +130,7 @@ pub struct Proxy {
     /// or the execution client's socket has no more for now, not after every read.
     relay_unflushed: Option<(usize, usize)>,
     /// The relayed answer moving from its client's socket to its beacon node's through a pipe
-    /// (`piped`), and whether pipes work here (false after one could not be made).
+    /// (`piped`), and whether pipes work here (false once the kernel turned out to have none).
     piped: Option<piped::Piped>,
     pipe_supported: bool,
 }
