@@ -22,10 +22,7 @@ struct Setup {
 
 /// Two ELs behind the proxy, each with a kept-alive connection from a first newPayload.
 fn setup() -> Setup {
-    let primary = MockEl::start();
-    let secondary = MockEl::start();
-    let builders = format!("{},{}", primary.url(), secondary.url());
-    let proxy = Launch::proxy().args(&["--builders", &builders]).start();
+    let Setup { primary, secondary, proxy } = two_els(Launch::proxy());
     let answer = proxy.bn().post(&new_payload(1, 1_700_000_000));
     assert_eq!(answer.status, 200, "{}", answer.text());
     primary.wait_requests(1, TIMEOUT);
@@ -142,13 +139,18 @@ fn an_ordered_call_whole_before_a_streaming_one_goes_first_at_every_el() {
     }
 }
 
-/// Two ELs behind a fresh proxy that has not yet connected to either.
-fn fresh() -> Setup {
+/// Two ELs behind a proxy started by `launch`, which has not yet connected to either.
+fn two_els(launch: Launch) -> Setup {
     let primary = MockEl::start();
     let secondary = MockEl::start();
     let builders = format!("{},{}", primary.url(), secondary.url());
-    let proxy = Launch::proxy().args(&["--builders", &builders]).start();
+    let proxy = launch.args(&["--builders", &builders]).start();
     Setup { primary, secondary, proxy }
+}
+
+/// Two ELs behind a fresh proxy that has not yet connected to either.
+fn fresh() -> Setup {
+    two_els(Launch::proxy())
 }
 
 /// Sends the first half of `bytes` (a request whose body starts at `head`), waits until the
@@ -222,11 +224,7 @@ fn a_primary_that_refuses_the_streams_connection_gets_the_call_the_usual_way() {
 /// through the read buffer, and once its buffer is free again each next one is read straight
 /// into it (`http::RequestReader::room`).
 fn setup_in_place() -> Setup {
-    let primary = MockEl::start();
-    let secondary = MockEl::start();
-    let builders = format!("{},{}", primary.url(), secondary.url());
-    let proxy = Launch::proxy().args(&["--builders", &builders]).env("LOG_LEVEL", "debug").start();
-    Setup { primary, secondary, proxy }
+    two_els(Launch::proxy().env("LOG_LEVEL", "debug"))
 }
 
 /// Sends large newPayload `id` whole and waits for both ELs to have it and for a small call
