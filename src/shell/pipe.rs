@@ -1,7 +1,6 @@
 //! A kernel pipe that moves bytes from one socket to another without copying them through
-//! the proxy (`splice(2)`; `tee(2)` duplicates them into a second pipe, for a copy the proxy
-//! must read). Linux only: elsewhere `Pipe::new` says `Unsupported` and callers keep their
-//! copying path.
+//! the proxy (`splice(2)`). Linux only: elsewhere `Pipe::new` says `Unsupported` and callers
+//! keep their copying path.
 //!
 //! It counts the bytes it holds, so a caller always knows how much is in flight between the
 //! two sockets (a bound it can charge to its budget); `capacity` is the kernel's own bound.
@@ -79,29 +78,6 @@ impl Pipe {
         self.held = self.held.saturating_sub(n);
         Ok(n)
     }
-
-    /// Duplicates up to `max` of the held bytes, oldest first, into `other` without taking
-    /// them out of this pipe.
-    pub fn tee_to(&mut self, other: &mut Pipe, max: usize) -> io::Result<usize> {
-        let want = self.held.min(max).min(other.capacity.saturating_sub(other.held));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = tee(self.read.as_fd(), other.write.as_fd(), want)?;
-        other.held += n;
-        Ok(n)
-    }
-
-    /// Reads held bytes, oldest first, into `buf` (a copy; for bytes the proxy must see).
-    pub fn read_into(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = self.held.min(buf.len());
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = read(self.read.as_fd(), &mut buf[..want])?;
-        self.held = self.held.saturating_sub(n);
-        Ok(n)
-    }
 }
 
 #[cfg(target_os = "linux")]
@@ -111,28 +87,8 @@ fn splice(from: std::os::fd::BorrowedFd, to: std::os::fd::BorrowedFd, len: usize
     Ok(rustix::pipe::splice(from, None, to, None, len, SpliceFlags::MOVE | SpliceFlags::NONBLOCK)?)
 }
 
-#[cfg(target_os = "linux")]
-fn tee(from: std::os::fd::BorrowedFd, to: std::os::fd::BorrowedFd, len: usize) -> io::Result<usize> {
-    Ok(rustix::pipe::tee(from, to, len, rustix::pipe::SpliceFlags::NONBLOCK)?)
-}
-
-#[cfg(target_os = "linux")]
-fn read(fd: std::os::fd::BorrowedFd, buf: &mut [u8]) -> io::Result<usize> {
-    Ok(rustix::io::read(fd, buf)?)
-}
-
 #[cfg(not(target_os = "linux"))]
 fn splice(_: std::os::fd::BorrowedFd, _: std::os::fd::BorrowedFd, _: usize) -> io::Result<usize> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn tee(_: std::os::fd::BorrowedFd, _: std::os::fd::BorrowedFd, _: usize) -> io::Result<usize> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read(_: std::os::fd::BorrowedFd, _: &mut [u8]) -> io::Result<usize> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
@@ -224,31 +180,5 @@ mod tests {
             }
         }
         assert_eq!(end, Some(0));
-    }
-
-    #[test]
-    fn a_tee_copy_can_be_read_while_the_original_still_goes_to_the_socket() {
-        let (mut el, from) = pair();
-        let (to, mut bn) = pair();
-        let (mut pipe, mut copy) = (Pipe::new(1 << 20).unwrap(), Pipe::new(1 << 20).unwrap());
-        let sent = data(30_000);
-        el.write_all(&sent).unwrap();
-        fill(&mut pipe, &from, sent.len());
-        let mut teed = 0;
-        while teed < sent.len() {
-            teed += pipe.tee_to(&mut copy, usize::MAX).unwrap();
-        }
-        assert_eq!((pipe.held(), copy.held()), (sent.len(), sent.len()));
-        let mut seen = vec![0; sent.len()];
-        let mut at = 0;
-        while at < seen.len() {
-            at += copy.read_into(&mut seen[at..]).unwrap();
-        }
-        assert_eq!(seen, sent);
-        assert_eq!(copy.held(), 0);
-        while pipe.held() > 0 {
-            pipe.drain_to(&to, usize::MAX).unwrap();
-        }
-        assert_eq!(read_all(&mut bn, sent.len()), sent);
     }
 }
