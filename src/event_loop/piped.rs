@@ -130,7 +130,8 @@ impl Proxy {
     fn pipe_pump(&mut self, now: Instant) -> Option<Outcome> {
         let mut outcome = None;
         loop {
-            let p = self.piped.as_mut()?;
+            // Every way out returns `outcome`: a job answered or failed above is never dropped.
+            let Some(p) = self.piped.as_mut() else { return outcome };
             let (to, exchange) = (p.to, p.exchange);
             if !self.bn.get(to.slot).is_some_and(|d| d.serial == to.serial && !d.dead) {
                 log::debug!("the beacon node of a piped answer has gone; the rest is read and dropped");
@@ -143,7 +144,7 @@ impl Proxy {
                     Some(socket) => p.pipe.drain_to(socket, usize::MAX),
                     None => Err(io::ErrorKind::NotConnected.into()),
                 };
-                let down = self.bn.get_mut(to.slot)?;
+                let Some(down) = self.bn.get_mut(to.slot) else { return outcome };
                 match drained {
                     Ok(n) => {
                         moved |= n > 0;
@@ -170,7 +171,7 @@ impl Proxy {
                     }
                 }
             }
-            let p = self.piped.as_mut()?;
+            let Some(p) = self.piped.as_mut() else { return outcome };
             if !p.el_done {
                 let conn = self.ups.get_mut(p.up).and_then(|u| u.conns.get_mut(p.slot)?.as_mut());
                 let left = conn.as_ref().filter(|c| !c.dead).and_then(|c| c.relay_left());
@@ -207,7 +208,7 @@ impl Proxy {
                     _ => p.el_done = true,
                 }
             }
-            let p = self.piped.as_ref()?;
+            let Some(p) = self.piped.as_ref() else { return outcome };
             if p.el_done && p.pipe.held() == 0 {
                 self.piped = None;
                 // The answers behind it may go now.
