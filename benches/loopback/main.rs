@@ -4,8 +4,10 @@
 //! mirror to the others, as in the Go project's README), (c) one mock EL directly — the
 //! floor — and (d) a minimal blocking forwarder, the least any fan-out proxy costs here, and
 //! (e) a cut-through forwarder that streams each request to the first EL as it arrives and
-//! validates nothing; in the late and down scenarios also (f) a second proxy whose ELs are all
-//! fast. All are measured in the same run, interleaved per repetition, and each figure is the
+//! validates nothing; in the getPayload scenarios also (g) a splicing forwarder that relays the
+//! first EL's answer EL socket → pipe → BN socket with `splice(2)` (Linux), the least a relaying
+//! proxy costs for a large answer; in the late and down scenarios also (f) a second proxy whose
+//! ELs are all fast. All are measured in the same run, interleaved per repetition, and each figure is the
 //! median over the repetitions. The `seq-*` scenarios send back to back (throughput-bound:
 //! every copy of the previous call competes with the next); the `paced-*` ones leave 30 ms
 //! (5 ms at 1 KiB) after each answer, so each call meets an idle proxy, as a block does every
@@ -385,7 +387,9 @@ const BASELINE: usize = 3;
 const FORWARDER: usize = 4;
 /// The same, streaming each request to the first EL as it arrives (cut-through).
 const CUT_THROUGH: usize = 5;
-const TARGETS: usize = 6;
+/// For getPayload scenarios: the minimal forwarder relaying the answer with `splice(2)`.
+const SPLICING: usize = 6;
+const TARGETS: usize = 7;
 const TARGET_NAMES: [&str; TARGETS] = [
     "sync-proxy",
     "nginx mirror",
@@ -393,6 +397,7 @@ const TARGET_NAMES: [&str; TARGETS] = [
     "sync-proxy, all ELs fast",
     "minimal forwarder (reference)",
     "cut-through forwarder (reference)",
+    "splicing forwarder (reference)",
 ];
 
 /// The BN's request body and the answer body every mock EL gives, for a scenario. None when the
@@ -456,6 +461,10 @@ fn run_scenario(
     if s.secondary == Secondary::Fast {
         targets.push((FORWARDER, spawn_forwarder(els.clone()), None));
         targets.push((CUT_THROUGH, spawn_cut_through(els.clone()), None));
+        #[cfg(target_os = "linux")]
+        if matches!(s.call, Call::GetPayload { .. }) {
+            targets.push((SPLICING, mock::spawn_splicing(els.clone()), None));
+        }
     }
     let mut runs: [Vec<Run>; TARGETS] = Default::default();
     let mut cpu: [(u64, usize); TARGETS] = Default::default();
@@ -510,6 +519,7 @@ fn run_scenario(
     finish(BASELINE, baseline, 0);
     finish(FORWARDER, None, 0);
     finish(CUT_THROUGH, None, 0);
+    finish(SPLICING, None, 0);
     if let Some(row) = rows[PROXY].as_mut() {
         row.backlog = backlog;
     }

@@ -175,3 +175,70 @@ fn cut_through(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
         }
     }
 }
+
+// ------------------------------------------------------------------------- splicing forwarder
+
+/// Like the minimal forwarder, but the first EL's answer is relayed as it arrives and its body
+/// goes EL socket → pipe → BN socket with `splice(2)` (Linux), never copied into the forwarder;
+/// the other ELs' answers are read and dropped after the BN has its answer. The least a
+/// relaying proxy costs for a large answer here: every byte still crosses loopback twice.
+#[cfg(target_os = "linux")]
+pub fn spawn_splicing(els: Vec<SocketAddr>) -> SocketAddr {
+    spawn_forwarding(els, splicing)
+}
+
+#[cfg(target_os = "linux")]
+fn splicing(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
+    use rustix::pipe::{fcntl_setpipe_size, pipe, splice, SpliceFlags};
+    use std::io::Read;
+    bn.set_nodelay(true)?;
+    let mut upstreams = connect_all(els)?;
+    let (from_pipe, to_pipe) = pipe()?;
+    let capacity = fcntl_setpipe_size(&to_pipe, 1 << 20)?;
+    let mut from_bn = Framer::new();
+    let mut request = Vec::new();
+    let mut head = vec![0u8; 64 * 1024];
+    loop {
+        request.clear();
+        if from_bn.read_message_status(&mut bn, MessageKind::Request, Some(&mut request))?.is_none() {
+            return Ok(());
+        }
+        for (stream, _) in upstreams.iter_mut() {
+            stream.write_all(&request)?;
+        }
+        let Some((first, _)) = upstreams.first_mut() else { return Ok(()) };
+        // The head, and whatever of the body came with it, through the forwarder; the mock ELs
+        // answer one call at a time, so nothing of a next answer follows.
+        let mut got = 0;
+        let head_end = loop {
+            if let Some(i) = crate::wire::find(&head[..got], b"\r\n\r\n") {
+                break i + 4;
+            }
+            if got == head.len() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+            }
+            let n = first.read(&mut head[got..])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n;
+        };
+        let total = head_end + crate::wire::content_length(&head[..head_end]).unwrap_or(0);
+        bn.write_all(&head[..got])?;
+        let mut left = total.saturating_sub(got);
+        while left > 0 {
+            let filled = splice(&*first, None, &to_pipe, None, left.min(capacity), SpliceFlags::MOVE)?;
+            if filled == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut held = filled;
+            while held > 0 {
+                held -= splice(&from_pipe, None, &bn, None, held, SpliceFlags::MOVE)?;
+            }
+            left -= filled;
+        }
+        for (stream, framer) in upstreams.iter_mut().skip(1) {
+            framer.read_message_status(stream, MessageKind::Response, None)?;
+        }
+    }
+}

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use crate::mock::Secondary;
 use crate::{
-    Call, Row, Scenario, BASELINE, CUT_THROUGH, DIRECT, FORWARDER, NGINX, PROXY, TARGETS, TARGET_NAMES,
+    Call, Row, Scenario, BASELINE, CUT_THROUGH, DIRECT, FORWARDER, NGINX, PROXY, SPLICING, TARGETS,
+    TARGET_NAMES,
 };
 
 pub fn us(v: f64) -> String {
@@ -36,7 +37,7 @@ pub fn table(s: &Scenario, what: &str, reps: usize, rows: &[Option<Row>; TARGETS
         "| target | req/s | p50 | p99 | peak RSS | idle RSS | RSS after | CPU per request | requests | errors | warnings logged | calls dropped |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for which in [PROXY, NGINX, FORWARDER, CUT_THROUGH, DIRECT, BASELINE] {
+    for which in [PROXY, NGINX, FORWARDER, CUT_THROUGH, SPLICING, DIRECT, BASELINE] {
         let Some(r) = &rows[which] else { continue };
         let _ = writeln!(
             out,
@@ -108,6 +109,17 @@ pub fn table(s: &Scenario, what: &str, reps: usize, rows: &[Option<Row>; TARGETS
             c.p50 / d.p50,
             us(c.p50 - d.p50)
         );
+    }
+    if let (Some(c), Some(d)) = (&rows[SPLICING], &rows[DIRECT]) {
+        let _ = writeln!(
+            out,
+            "- splicing forwarder vs direct: p50 {:.2}× (+{})",
+            c.p50 / d.p50,
+            us(c.p50 - d.p50)
+        );
+    }
+    if let (Some(p), Some(c)) = (&rows[PROXY], &rows[SPLICING]) {
+        let _ = writeln!(out, "- proxy vs splicing forwarder: p50 {:.2}×", p.p50 / c.p50);
     }
     if let (Some(n), Some(d)) = (&rows[NGINX], &rows[DIRECT]) {
         let _ = writeln!(out, "- nginx vs direct: p50 {:.2}× (+{})", n.p50 / d.p50, us(n.p50 - d.p50));
