@@ -5,7 +5,8 @@
 # default build (with the cargo feature `tls`, which must reach an https:// builder's start-up,
 # reading the system's root certificates) and the minimal one (`--no-default-features`, which
 # must refuse https:// at start-up). Builds go to target/static so the ordinary release build is
-# left alone. CI runs this from .ci/run.
+# left alone. Last, the ordinary release build (stripped, LTO, with `tls`) must stay within
+# 2 MiB (issue 5's bound). CI runs this from .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -66,3 +67,10 @@ if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
 else
   echo "skip: the $musl target is not installed (rustup target add $musl)"
 fi
+
+# The size bound, on the ordinary (dynamically linked) release build with the default features.
+cargo build --release --bin sync-proxy
+size=$(stat -c %s target/release/sync-proxy)
+limit=$((2 * 1024 * 1024))
+[ "$size" -le "$limit" ] || { echo "FAIL: target/release/sync-proxy is $size bytes, over $limit"; exit 1; }
+echo "ok: target/release/sync-proxy is $size bytes (at most $limit)"
