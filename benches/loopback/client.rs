@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use crate::wire::{Framer, MessageKind};
 use crate::RUN_CAP;
 
+/// A target that answers nothing for this long has failed: the connection reports an error
+/// instead of hanging the benchmark.
+const STUCK: Duration = Duration::from_secs(30);
+
 /// What one run of the load against one target measured.
 pub struct Run {
     pub requests: usize,
@@ -49,15 +53,22 @@ pub fn run_load(
             let (barrier, wire) = (barrier.clone(), wire.clone());
             let share = requests / conns + usize::from(i < requests % conns);
             thread::spawn(move || -> io::Result<(Vec<f64>, usize, Instant)> {
-                let mut stream = TcpStream::connect(addr)?;
-                stream.set_nodelay(true)?;
-                let mut framer = Framer::new();
-                for _ in 0..warmup {
-                    stream.write_all(&wire)?;
-                    framer.read_message_status(&mut stream, MessageKind::Response, None)?;
-                    thread::sleep(gap);
-                }
+                let warmed = (|| -> io::Result<(TcpStream, Framer)> {
+                    let mut stream = TcpStream::connect(addr)?;
+                    stream.set_nodelay(true)?;
+                    stream.set_read_timeout(Some(STUCK))?;
+                    let mut framer = Framer::new();
+                    for _ in 0..warmup {
+                        stream.write_all(&wire)?;
+                        framer.read_message_status(&mut stream, MessageKind::Response, None)?;
+                        thread::sleep(gap);
+                    }
+                    Ok((stream, framer))
+                })();
+                // Every connection meets the others here, warmed up or failed: one that failed
+                // must not hold the run up forever.
                 barrier.wait();
+                let (mut stream, mut framer) = warmed?;
                 let mut deadline = Instant::now() + RUN_CAP;
                 let mut latencies = Vec::with_capacity(share);
                 let mut errors = 0;

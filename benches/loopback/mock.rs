@@ -189,12 +189,14 @@ pub fn spawn_splicing(els: Vec<SocketAddr>) -> SocketAddr {
 
 #[cfg(target_os = "linux")]
 fn splicing(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
-    use rustix::pipe::{fcntl_setpipe_size, pipe, splice, SpliceFlags};
+    use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe, splice, SpliceFlags};
     use std::io::Read;
     bn.set_nodelay(true)?;
     let mut upstreams = connect_all(els)?;
     let (from_pipe, to_pipe) = pipe()?;
-    let capacity = fcntl_setpipe_size(&to_pipe, 1 << 20)?;
+    // 1 MiB, as the proxy asks; where fs.pipe-max-size is lower, what the system gives.
+    let _ = fcntl_setpipe_size(&to_pipe, 1 << 20);
+    let capacity = fcntl_getpipe_size(&to_pipe)?;
     let mut from_bn = Framer::new();
     let mut request = Vec::new();
     let mut head = vec![0u8; 64 * 1024];
