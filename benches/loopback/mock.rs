@@ -100,19 +100,30 @@ fn connect_all(els: &[SocketAddr]) -> io::Result<Vec<(TcpStream, Framer)>> {
         .collect()
 }
 
+/// Reads the BN's next request whole into `request` and writes it to every EL; false when the
+/// BN closed its connection between requests.
+fn request_to_all(
+    bn: &mut TcpStream,
+    from_bn: &mut Framer,
+    request: &mut Vec<u8>,
+    upstreams: &mut [(TcpStream, Framer)],
+) -> io::Result<bool> {
+    request.clear();
+    if from_bn.read_message_status(bn, MessageKind::Request, Some(request))?.is_none() {
+        return Ok(false);
+    }
+    for (stream, _) in upstreams.iter_mut() {
+        stream.write_all(request)?;
+    }
+    Ok(true)
+}
+
 fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
     bn.set_nodelay(true)?;
     let mut upstreams = connect_all(els)?;
     let mut from_bn = Framer::new();
     let (mut request, mut answer) = (Vec::new(), Vec::new());
-    loop {
-        request.clear();
-        if from_bn.read_message_status(&mut bn, MessageKind::Request, Some(&mut request))?.is_none() {
-            return Ok(());
-        }
-        for (stream, _) in upstreams.iter_mut() {
-            stream.write_all(&request)?;
-        }
+    while request_to_all(&mut bn, &mut from_bn, &mut request, &mut upstreams)? {
         for (i, (stream, framer)) in upstreams.iter_mut().enumerate() {
             answer.clear();
             framer.read_message_status(stream, MessageKind::Response, Some(&mut answer))?;
@@ -121,6 +132,7 @@ fn forward(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
             }
         }
     }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------- cut-through forwarder
@@ -200,14 +212,7 @@ fn splicing(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
     let mut from_bn = Framer::new();
     let mut request = Vec::new();
     let mut head = vec![0u8; 64 * 1024];
-    loop {
-        request.clear();
-        if from_bn.read_message_status(&mut bn, MessageKind::Request, Some(&mut request))?.is_none() {
-            return Ok(());
-        }
-        for (stream, _) in upstreams.iter_mut() {
-            stream.write_all(&request)?;
-        }
+    while request_to_all(&mut bn, &mut from_bn, &mut request, &mut upstreams)? {
         let Some((first, _)) = upstreams.first_mut() else { return Ok(()) };
         // The head, and whatever of the body came with it, through the forwarder; the mock ELs
         // answer one call at a time, so nothing of a next answer follows.
@@ -243,4 +248,5 @@ fn splicing(mut bn: TcpStream, els: &[SocketAddr]) -> io::Result<()> {
             framer.read_message_status(stream, MessageKind::Response, None)?;
         }
     }
+    Ok(())
 }

@@ -94,29 +94,14 @@ pub fn table(s: &Scenario, what: &str, reps: usize, rows: &[Option<Row>; TARGETS
             p.rps / f.rps
         );
     }
-    if let (Some(f), Some(d)) = (&rows[FORWARDER], &rows[DIRECT]) {
-        let _ = writeln!(
-            out,
-            "- minimal forwarder vs direct: p50 {:.2}× (+{})",
-            f.p50 / d.p50,
-            us(f.p50 - d.p50)
-        );
-    }
-    if let (Some(c), Some(d)) = (&rows[CUT_THROUGH], &rows[DIRECT]) {
-        let _ = writeln!(
-            out,
-            "- cut-through forwarder vs direct: p50 {:.2}× (+{})",
-            c.p50 / d.p50,
-            us(c.p50 - d.p50)
-        );
-    }
-    if let (Some(c), Some(d)) = (&rows[SPLICING], &rows[DIRECT]) {
-        let _ = writeln!(
-            out,
-            "- splicing forwarder vs direct: p50 {:.2}× (+{})",
-            c.p50 / d.p50,
-            us(c.p50 - d.p50)
-        );
+    for (which, name) in [
+        (FORWARDER, "minimal forwarder"),
+        (CUT_THROUGH, "cut-through forwarder"),
+        (SPLICING, "splicing forwarder"),
+    ] {
+        if let (Some(f), Some(d)) = (&rows[which], &rows[DIRECT]) {
+            let _ = writeln!(out, "- {name} vs direct: p50 {:.2}× (+{})", f.p50 / d.p50, us(f.p50 - d.p50));
+        }
     }
     if let (Some(p), Some(c)) = (&rows[PROXY], &rows[SPLICING]) {
         let _ = writeln!(out, "- proxy vs splicing forwarder: p50 {:.2}×", p.p50 / c.p50);
