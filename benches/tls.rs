@@ -46,32 +46,27 @@ fn server() -> (Vec<u8>, Arc<ServerConfig>) {
 /// Moves every TLS record each side has to the other until neither has any.
 fn pump(client: &mut ClientConnection, server: &mut ServerConnection) {
     let mut wire = Vec::with_capacity(64 * 1024);
-    loop {
-        let mut moved = false;
-        while client.wants_write() {
-            wire.clear();
-            client.write_tls(&mut wire).expect("client records");
-            let mut input = &wire[..];
-            while !input.is_empty() {
-                server.read_tls(&mut input).expect("server reads");
-                server.process_new_packets().expect("server accepts");
-            }
-            moved = true;
+    while records(client, server, &mut wire) | records(server, client, &mut wire) {}
+}
+
+/// Hands every record `from` has to `to`; false when it had none.
+fn records<A: SideData, B: SideData>(
+    from: &mut ConnectionCommon<A>,
+    to: &mut ConnectionCommon<B>,
+    wire: &mut Vec<u8>,
+) -> bool {
+    let mut moved = false;
+    while from.wants_write() {
+        wire.clear();
+        from.write_tls(wire).expect("records out");
+        let mut input = &wire[..];
+        while !input.is_empty() {
+            to.read_tls(&mut input).expect("records in");
+            to.process_new_packets().expect("accepted");
         }
-        while server.wants_write() {
-            wire.clear();
-            server.write_tls(&mut wire).expect("server records");
-            let mut input = &wire[..];
-            while !input.is_empty() {
-                client.read_tls(&mut input).expect("client reads");
-                client.process_new_packets().expect("client accepts");
-            }
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
+        moved = true;
     }
+    moved
 }
 
 fn connect(
