@@ -4,11 +4,11 @@
 //! mirror to the others, as in the Go project's README), (c) one mock EL directly — the
 //! floor — and (d) a minimal blocking forwarder, the least any fan-out proxy costs here, and
 //! (e) a cut-through forwarder that streams each request to the first EL as it arrives and
-//! validates nothing; in the getPayload scenarios also (g) a splicing forwarder that relays the
+//! validates nothing; in the getPayload scenarios also (f) a splicing forwarder that relays the
 //! first EL's answer EL socket → pipe → BN socket with `splice(2)` (Linux), the least a relaying
-//! proxy costs for a large answer; in the late and down scenarios also (f) a second proxy whose
-//! ELs are all fast. All are measured in the same run, interleaved per repetition, and each figure is the
-//! median over the repetitions. The `seq-*` scenarios send back to back (throughput-bound:
+//! proxy costs for a large answer; in the late and down scenarios also (g) a second proxy whose
+//! ELs are all fast. All are measured in the same run, interleaved per repetition, and each
+//! figure is the median over the repetitions. The `seq-*` scenarios send back to back (throughput-bound:
 //! every copy of the previous call competes with the next); the `paced-*` ones leave 30 ms
 //! (5 ms at 1 KiB) after each answer, so each call meets an idle proxy, as a block does every
 //! 12 s. The `seq-*-8` and `seq-*-16` scenarios and `paced-1k-16` measure the fan-out width
